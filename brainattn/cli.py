@@ -1,0 +1,102 @@
+"""The ``brainattn`` command.
+
+Each capability owns its verbs in its own ``cli`` module exposing ``register(app)``; this file
+only assembles them, so verbs that do not exist yet are simply not listed. User errors
+(:class:`~brainattn.errors.BrainAttnError`, bad options) print one line ``error: ...`` and exit
+with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+
+import click
+import typer
+
+from brainattn import __version__
+from brainattn.errors import BrainAttnError
+
+# Modules exposing ``register(app)``; a module that is not present is not listed.
+_VERB_MODULES = [
+    "brainattn.data.cli",
+    "brainattn.encoders.cli",
+    "brainattn.psychophysics.cli",
+    "brainattn.theory.cli",
+    "brainattn.report.cli",
+    "brainattn.demo",
+]
+
+app = typer.Typer(
+    name="brainattn",
+    help="Attention for computational neuroscience: brain encoders, difference scaling, theory.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool):
+    if value:
+        typer.echo(f"brainattn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+):
+    """brainattn command line."""
+    if debug:
+        os.environ["BRAINATTN_DEBUG"] = "1"
+
+
+def _register_all() -> None:
+    for mod in _VERB_MODULES:
+        try:
+            spec = importlib.util.find_spec(mod)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None:
+            continue
+        importlib.import_module(mod).register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning user errors into ``error: ...`` and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("BRAINATTN_DEBUG") == "1"
+    try:
+        rv = typer.main.get_command(app).main(args=args, prog_name="brainattn", standalone_mode=False)
+    except BrainAttnError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.UsageError as exc:
+        if debug:
+            traceback.print_exc()
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Atomic writes, NetCDF results with provenance, safe loading of user files.
+
+Every artefact brainattn writes goes through :func:`atomic_path` (or a helper built on it):
+the content is written to a temporary file in the destination folder and renamed into place,
+so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io as _io
+import json
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainattn.errors import DataError, OutputExistsError, UnsafeFileError
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(array), allow_pickle=False)
+    return Path(path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a whole output folder in a temporary sibling, then move it into place.
+
+    Refuses an existing non-empty ``path`` unless ``overwrite``; on failure nothing is left.
+    """
+    path = Path(path)
+    check_output_dir(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse an output folder that exists and is not empty, unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output {path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"output folder {path} exists and is not empty; choose another folder or pass --overwrite"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# provenance and NetCDF
+
+
+def provenance(seed: int | None = None, **extra: Any) -> dict[str, Any]:
+    """Attributes stamped on every saved result: version, command line, seed, UTC time, device."""
+    from brainattn import __version__
+
+    attrs: dict[str, Any] = {
+        "brainattn_version": __version__,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if seed is not None:
+        attrs["seed"] = int(seed)
+    try:
+        import torch
+
+        attrs["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        attrs["torch_version"] = torch.__version__
+    except Exception:  # pragma: no cover
+        attrs["device"] = "cpu"
+    for k, v in extra.items():
+        attrs[k] = v
+    return attrs
+
+
+def _netcdf_safe_attrs(attrs: dict) -> dict:
+    out = {}
+    for k, v in attrs.items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            v = int(v)
+        elif isinstance(v, (dict, list, tuple)) and not (
+            isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v) and len(v) > 0
+        ):
+            v = json.dumps(v, default=_json_default)
+        elif isinstance(v, Path):
+            v = str(v)
+        out[k] = v
+    return out
+
+
+def save_netcdf(ds, path: str | os.PathLike, *, seed: int | None = None, **extra: Any) -> Path:
+    """Save an ``xarray.Dataset`` atomically (h5netcdf engine) with provenance attrs added."""
+    ds = ds.copy()
+    attrs = dict(ds.attrs)
+    for k, v in provenance(seed=seed, **extra).items():
+        attrs.setdefault(k, v)
+    ds.attrs = _netcdf_safe_attrs(attrs)
+    for name in list(ds.variables):
+        ds[name].attrs = _netcdf_safe_attrs(dict(ds[name].attrs))
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
+    return Path(path)
+
+
+def load_netcdf(path: str | os.PathLike):
+    """Load a NetCDF file fully into memory (the file is closed on return)."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected a NetCDF file written by brainattn)")
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
+# --------------------------------------------------------------------------------------------
+# safe loading of user files
+
+
+def load_npy(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
+    """Load a ``.npy`` array without ever unpickling (object arrays are refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise UnsafeFileError(
+                f"{path}: holds pickled Python objects; brainattn only reads plain numeric .npy arrays"
+            ) from exc
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+
+
+_PLAIN_BUILTINS = {"dict", "int", "str", "float", "bool", "list", "tuple", "set", "frozenset", "complex"}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds plain data; any global lookup is refused.
+
+    Dicts, ints, strings, floats and None are pickled with opcodes that need no global, so any
+    ``find_class`` call means the file asks for code or a class: refused. The only exceptions
+    are NumPy scalars (``numpy.int64`` keys written by numpy), rebuilt from raw bytes.
+    """
+
+    def __init__(self, fh, source: str):
+        super().__init__(fh)
+        self._source = source
+
+    def find_class(self, module, name):  # noqa: D401 - pickle API
+        if module == "builtins" and name in _PLAIN_BUILTINS:
+            return getattr(__import__("builtins"), name)
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
+            return _np_scalar
+        if module == "numpy" and name == "dtype":
+            return _np_dtype
+        raise UnsafeFileError(
+            f"{self._source}: refuses to load '{module}.{name}'; the file must hold only a plain "
+            "dict of int/str/float/None (a pickle naming code or classes is never executed)"
+        )
+
+
+def _np_scalar(dtype, data):
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes):
+        raise UnsafeFileError("refuses a numpy scalar that is not a plain number")
+    return np.frombuffer(data, dtype=dtype)[0].item()
+
+
+def _np_dtype(spec, align=False, copy=False):
+    if not isinstance(spec, str) or spec.lstrip("<>|=") not in {
+        "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "b1",
+    }:
+        raise UnsafeFileError(f"refuses numpy dtype {spec!r}")
+    return np.dtype(spec)
+
+
+def _check_plain(obj, source: str, depth: int = 0):
+    if depth > 20:
+        raise UnsafeFileError(f"{source}: nested too deeply")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, source, depth + 1)
+            _check_plain(v, source, depth + 1)
+        return
+    raise UnsafeFileError(
+        f"{source}: holds a {type(obj).__name__}; expected only a dict of int/str/float/None"
+    )
+
+
+def load_plain_pickle(path_or_bytes: str | os.PathLike | bytes, *, source: str | None = None) -> dict:
+    """Read a pickled dict of plain values (e.g. Algonauts ``mapping_*.npy``) without running code.
+
+    Handles both a raw pickle and the ``.npy`` wrapping numpy gives a pickled 0-d object array
+    (``np.save(path, dict)``), which is how the Algonauts mapping files are stored: the object
+    array's payload is itself a pickle, read here with the same restricted unpickler.
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        raw = bytes(path_or_bytes)
+        source = source or "<bytes>"
+    else:
+        p = Path(path_or_bytes)
+        source = source or str(p)
+        if not p.is_file():
+            raise DataError(f"{p}: no such file")
+        raw = p.read_bytes()
+    if raw[:6] == b"\x93NUMPY":
+        raw = _npy_object_payload(raw, source)
+    try:
+        obj = _PlainUnpickler(_io.BytesIO(raw), source).load()
+    except UnsafeFileError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{source}: not a readable pickled dict ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict):
+        raise UnsafeFileError(f"{source}: holds a {type(obj).__name__}; expected a dict label -> name")
+    _check_plain(obj, source)
+    return obj
+
+
+def _npy_object_payload(raw: bytes, source: str) -> bytes:
+    """Return the pickle payload of an ``.npy`` file holding a 0-d object array."""
+    import ast
+
+    major = raw[6]
+    if major == 1:
+        hlen = int.from_bytes(raw[8:10], "little")
+        start = 10
+    else:
+        hlen = int.from_bytes(raw[8:12], "little")
+        start = 12
+    header = raw[start : start + hlen].decode("latin1")
+    try:
+        meta = ast.literal_eval(header)
+    except (ValueError, SyntaxError) as exc:
+        raise DataError(f"{source}: malformed .npy header") from exc
+    if meta.get("descr") != "|O":
+        raise DataError(f"{source}: expected a pickled dict, found a numeric array ({meta.get('descr')})")
+    return raw[start + hlen :]

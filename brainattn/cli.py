@@ -14,8 +14,12 @@ import os
 import sys
 import traceback
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click; older versions use the click package
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click
 
 from brainattn import __version__
 from brainattn.errors import BrainAttnError

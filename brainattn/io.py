@@ -147,6 +147,8 @@ def _netcdf_safe_attrs(attrs: dict) -> dict:
             continue
         if isinstance(v, bool):
             v = int(v)
+        elif isinstance(v, str):
+            v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
         elif isinstance(v, (dict, list, tuple)) and not (
             isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v) and len(v) > 0
         ):
@@ -219,10 +221,15 @@ class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module, name):  # noqa: D401 - pickle API
         if module == "builtins" and name in _PLAIN_BUILTINS:
             return getattr(__import__("builtins"), name)
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
-            return _np_scalar
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            if name == "scalar":
+                return _np_scalar
+            if name == "_reconstruct":
+                return _np_reconstruct
         if module == "numpy" and name == "dtype":
             return _np_dtype
+        if module == "numpy" and name == "ndarray":
+            return np.ndarray
         raise UnsafeFileError(
             f"{self._source}: refuses to load '{module}.{name}'; the file must hold only a plain "
             "dict of int/str/float/None (a pickle naming code or classes is never executed)"
@@ -235,9 +242,18 @@ def _np_scalar(dtype, data):
     return np.frombuffer(data, dtype=dtype)[0].item()
 
 
+def _np_reconstruct(subtype, shape, dtype_code):
+    # np.save(path, dict) stores a 0-d object ndarray; numpy rebuilds it with _reconstruct and
+    # then fills it through ndarray.__setstate__ (numpy's own code; the items are still
+    # unpickled by this restricted unpickler and checked afterwards).
+    if subtype is not np.ndarray:
+        raise UnsafeFileError(f"refuses to rebuild an array of type {subtype!r}")
+    return np.ndarray.__new__(np.ndarray, shape, dtype_code)
+
+
 def _np_dtype(spec, align=False, copy=False):
     if not isinstance(spec, str) or spec.lstrip("<>|=") not in {
-        "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "b1",
+        "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "b1", "O8", "O4",
     }:
         raise UnsafeFileError(f"refuses numpy dtype {spec!r}")
     return np.dtype(spec)
@@ -282,6 +298,8 @@ def load_plain_pickle(path_or_bytes: str | os.PathLike | bytes, *, source: str |
         raise
     except Exception as exc:
         raise DataError(f"{source}: not a readable pickled dict ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
+        obj = obj.item()
     if not isinstance(obj, dict):
         raise UnsafeFileError(f"{source}: holds a {type(obj).__name__}; expected a dict label -> name")
     _check_plain(obj, source)

@@ -1,0 +1,66 @@
+"""Encoding models of fMRI responses to images: backbones and feature cache, the transformer
+brain encoder, the ridge and factorized baselines, the training loop and metrics.
+
+Public API::
+
+    TransformerBrainEncoder, SpatialFeatureEncoder, RidgeEncoder   (sklearn-style estimators)
+    assign_queries                                                   (vertex -> query map)
+    GaborBackbone, TimmViTBackbone, make_backbone, get_features      (tokens, cache)
+    pearson_per_column, noise_normalized, roi_medians, score_table   (metrics)
+    fit_run, evaluate_run, predict_run                               (run folders, the CLI's core)
+
+Run-folder files the report draws
+---------------------------------
+``scores.nc`` (held-out test images; written by :func:`score_table`)
+    dims ``vertex``, ``metric``, ``roi``.
+    ``score`` (vertex, metric) float64, ``metric`` = ``pearson_r`` | ``r2`` |
+    ``noise_normalized`` (percent: ``100 * max(r, 0)**2 / NC`` capped at 100; NaN without a noise
+    ceiling). ``status`` (vertex) str: ``ok``, ``constant_target``, ``constant_prediction``,
+    ``nonfinite`` -- r is NaN unless ``ok``. ``noise_ceiling`` (vertex, percent) when the data
+    set has one. ``roi_median`` (roi, metric): median over the ROI's valid vertices.
+    Vertex coords: ``hemisphere`` (lh/rh), ``hemi_vertex``, ``roi_<family>`` (str ROI name,
+    ``Unknown`` for unlabelled). ROI coords: ``roi`` (``family/name``), ``roi_family``,
+    ``roi_name``, ``roi_n_vertices``. attrs: ``model``, ``subject``, ``backbone``,
+    ``n_test_images``, ``mean_r``, ``median_r``, ``n_undefined_vertices``, ``fit_seconds`` and
+    provenance.
+``attention.nc`` (transformer runs)
+    ``attention`` (image, query, row, col) float32: head-mean attention of each query on the
+    token grid, last decoder layer, sums to 1 per (image, query); coords ``image`` (row index of
+    the data set), ``image_id`` (image), ``query`` (``lh:FFA-1``...), ``query_hemisphere``,
+    ``query_roi`` (query), ``row``, ``col``; attrs ``grid_rows``, ``grid_cols``. Row 0 is the top
+    of the image. In ``vertices`` mode the maps are averaged over each ROI's vertices.
+``history.csv``
+    one row per epoch: ``epoch, lr, train_loss, val_loss, val_mean_r, val_median_r, seconds``.
+``config.json``, ``split.json`` (train/val/test image indices), ``model.safetensors`` +
+``model.json``, ``fit.log``.
+"""
+
+from __future__ import annotations
+
+_LAZY = {
+    "TransformerBrainEncoder": "brainattn.encoders.transformer",
+    "assign_queries": "brainattn.encoders.transformer",
+    "SpatialFeatureEncoder": "brainattn.encoders.factorized",
+    "RidgeEncoder": "brainattn.encoders.ridge",
+    "GaborBackbone": "brainattn.encoders.backbones",
+    "TimmViTBackbone": "brainattn.encoders.backbones",
+    "make_backbone": "brainattn.encoders.backbones",
+    "get_features": "brainattn.encoders.cache",
+    "pearson_per_column": "brainattn.encoders.metrics",
+    "noise_normalized": "brainattn.encoders.metrics",
+    "roi_medians": "brainattn.encoders.metrics",
+    "score_table": "brainattn.encoders.metrics",
+    "fit_run": "brainattn.encoders.run",
+    "evaluate_run": "brainattn.encoders.run",
+    "predict_run": "brainattn.encoders.run",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'brainattn.encoders' has no attribute {name!r}")

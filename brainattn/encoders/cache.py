@@ -1,0 +1,123 @@
+"""On-disk float16 feature cache, memory-mapped, keyed by data set + backbone + layer + stream.
+
+Layout: ``<cache_dir>/<dataset-tag>__<backbone>__<hash>/`` holding ``features.npy`` (float16,
+``(n_images, n_tokens, dim)``, opened with ``mmap_mode="r"``) and ``meta.json`` (the full key,
+token ``grid``, ``image_ids``). The folder is built in a temporary sibling and renamed, so an
+interrupted extraction leaves nothing behind and the next call starts again.
+
+The default cache folder is ``$BRAINATTN_CACHE`` or ``~/.cache/brainattn/features``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from brainattn.errors import DataError
+from brainattn.io import atomic_dir, atomic_write_json, load_npy
+from brainattn.utils import progress
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BRAINATTN_CACHE", Path.home() / ".cache" / "brainattn" / "features"))
+
+
+def dataset_key(image_paths, tag: str = "") -> dict:
+    """Identity of a data set's images: count + digest of the ordered file names and sizes."""
+    h = hashlib.sha1()
+    for p in image_paths:
+        p = Path(p)
+        h.update(p.name.encode())
+        try:
+            h.update(str(p.stat().st_size).encode())
+        except OSError:
+            pass
+    return {"dataset": tag, "n_images": len(image_paths), "images_sha1": h.hexdigest()[:16]}
+
+
+def cache_folder(cache_dir, key: dict) -> Path:
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(key.get("dataset", "data")))[:40] or "data"
+    bb = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(key.get("backbone", "bb")))[:40]
+    return Path(cache_dir) / f"{tag}__{bb}__{digest}"
+
+
+class FeatureCache:
+    """A read-only view of a cached token array.
+
+    Attributes: ``features`` (memmap float16 (n_images, n_tokens, dim)), ``grid`` (rows, cols),
+    ``image_ids`` (list of str), ``key`` (dict), ``path``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_p = self.path / "meta.json"
+        if not meta_p.is_file():
+            raise DataError(f"{self.path}: not a brainattn feature cache (no meta.json)")
+        meta = json.loads(meta_p.read_text())
+        self.key = meta["key"]
+        self.grid = tuple(meta["grid"])
+        self.image_ids = list(meta["image_ids"])
+        self.features = load_npy(self.path / "features.npy", mmap=True)
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def extract_features(backbone, image_paths, *, image_ids=None, batch_size: int = 32,
+                     device: str = "cpu") -> np.ndarray:
+    """Run ``backbone`` over image files in batches (progress bar): float32 (n, L, C)."""
+    from brainattn.encoders.backbones import load_images
+
+    out = None
+    n = len(image_paths)
+    for s in progress(range(0, n, batch_size), desc=f"features {backbone.name}",
+                      total=(n + batch_size - 1) // batch_size):
+        imgs = load_images(image_paths[s : s + batch_size], backbone.image_size)
+        f = backbone(imgs.to(device)).cpu().numpy()
+        if out is None:
+            out = np.empty((n, *f.shape[1:]), dtype=np.float32)
+        out[s : s + len(f)] = f
+    return out
+
+
+def get_features(backbone, image_paths, *, image_ids=None, dataset_tag: str = "",
+                 cache_dir=None, batch_size: int = 32, device: str = "cpu") -> FeatureCache:
+    """Features of ``image_paths`` from the cache, extracting (once) on a miss.
+
+    The cache key is the data set identity (tag, image names and sizes) + ``backbone.key()``
+    (name, weights digest, layer, stream, image size).
+    """
+    from brainattn.encoders.backbones import load_images
+
+    image_paths = [str(p) for p in image_paths]
+    image_ids = [Path(p).stem for p in image_paths] if image_ids is None else list(image_ids)
+    key = {**dataset_key(image_paths, dataset_tag), **backbone.key()}
+    folder = cache_folder(cache_dir or default_cache_dir(), key)
+    if (folder / "meta.json").is_file():
+        cache = FeatureCache(folder)
+        if cache.key == json.loads(json.dumps(key)):
+            return cache
+    n = len(image_paths)
+    if n == 0:
+        raise DataError("no images to extract features from")
+    with atomic_dir(folder, overwrite=True) as tmp:
+        mm = None
+        for s in progress(range(0, n, batch_size), desc=f"features {backbone.name}",
+                          total=(n + batch_size - 1) // batch_size):
+            imgs = load_images(image_paths[s : s + batch_size], backbone.image_size)
+            f = backbone(imgs.to(device)).cpu().numpy()
+            if mm is None:
+                mm = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
+                                               shape=(n, *f.shape[1:]))
+            mm[s : s + len(f)] = f.astype(np.float16)
+        mm.flush()
+        del mm
+        atomic_write_json(tmp / "meta.json", {"key": key, "grid": list(backbone.grid),
+                                              "image_ids": image_ids})
+    return FeatureCache(folder)

@@ -1,0 +1,87 @@
+"""``brainattn fit``, ``brainattn evaluate``, ``brainattn predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("fit")
+    def fit(
+        data: Path = typer.Argument(..., help="Data set folder (Algonauts-2023 / NSD layout)."),
+        model: str = typer.Option("transformer", "--model", help="transformer | ridge | factorized"),
+        subject: str = typer.Option("subj01", "--subject"),
+        backbone: str = typer.Option("gabor", "--backbone",
+                                     help="'gabor' (embedded, no weights) or a timm ViT name, "
+                                          "e.g. vit_base_patch14_dinov2"),
+        weights: Path = typer.Option(None, "--weights",
+                                     help="Local weights file (.safetensors, or .pth loaded "
+                                          "with weights_only=True); never downloaded."),
+        layer: int = typer.Option(-1, "--layer", help="ViT block whose tokens are used."),
+        stream: str = typer.Option("block", "--stream", help="block (output) | q (qkv query)"),
+        image_size: int = typer.Option(None, "--image-size", help="px (default 224)"),
+        queries: str = typer.Option("rois", "--queries", help="rois | hemis | vertices"),
+        roi_families: str = typer.Option(None, "--roi-families",
+                                         help="Comma-separated ROI families for the queries, in "
+                                              "priority order (default: all but streams)."),
+        prf_bias: bool = typer.Option(False, "--prf-bias", help="Learn a Gaussian pRF prior."),
+        epochs: int = typer.Option(None, "--epochs"),
+        batch_size: int = typer.Option(None, "--batch-size"),
+        lr: float = typer.Option(None, "--lr"),
+        width: int = typer.Option(768, "--width"),
+        heads: int = typer.Option(16, "--heads"),
+        ffn: int = typer.Option(1024, "--ffn"),
+        layers: int = typer.Option(1, "--layers"),
+        dropout: float = typer.Option(0.1, "--dropout"),
+        patience: int = typer.Option(5, "--patience", help="Early-stopping patience (epochs)."),
+        pool: str = typer.Option("mean", "--pool", help="ridge features: mean | pca"),
+        n_components: int = typer.Option(256, "--n-components", help="ridge PCA size"),
+        val_fraction: float = typer.Option(0.1, "--val-fraction"),
+        test_fraction: float = typer.Option(0.1, "--test-fraction"),
+        seed: int = typer.Option(0, "--seed"),
+        device: str = typer.Option("auto", "--device"),
+        cache: Path = typer.Option(None, "--cache", help="Feature cache folder "
+                                   "(default $BRAINATTN_CACHE or ~/.cache/brainattn/features)."),
+        out: Path = typer.Option(..., "--out", help="Run folder to write."),
+        overwrite: bool = typer.Option(False, "--overwrite"),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out."),
+    ):
+        """Fit an encoding model and write model, scores.nc, attention.nc, history, log."""
+        from brainattn.encoders.run import fit_run
+
+        fit_run(data, out, overwrite=overwrite, resume=resume, cache_dir=cache, model=model,
+                subject=subject, backbone=backbone, weights=weights, layer=layer, stream=stream,
+                image_size=image_size, queries=queries, roi_families=roi_families,
+                prf_bias=prf_bias, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
+                heads=heads, ffn=ffn, layers=layers, dropout=dropout, patience=patience,
+                pool=pool, n_components=n_components, val_fraction=val_fraction,
+                test_fraction=test_fraction, seed=seed, device=device)
+        typer.echo(f"wrote {out}")
+
+    @app.command("evaluate")
+    def evaluate(
+        run: Path = typer.Argument(..., help="Run folder written by brainattn fit."),
+        data: Path = typer.Option(None, "--data", help="Data set (default: the one fitted on)."),
+        device: str = typer.Option("auto", "--device"),
+        cache: Path = typer.Option(None, "--cache"),
+    ):
+        """Score a fitted run on its held-out test images; rewrites RUN/scores.nc."""
+        from brainattn.encoders.run import evaluate_run
+
+        evaluate_run(run, data=data, cache_dir=cache, device=device)
+
+    @app.command("predict")
+    def predict(
+        run: Path = typer.Argument(..., help="Run folder written by brainattn fit."),
+        images: list[Path] = typer.Argument(..., help="Image files."),
+        out: Path = typer.Option(None, "--out", help="NetCDF to write (default RUN/predictions.nc)."),
+        overwrite: bool = typer.Option(False, "--overwrite"),
+        device: str = typer.Option("auto", "--device"),
+    ):
+        """Predict vertex responses to new images."""
+        from brainattn.encoders.run import predict_run
+
+        path = predict_run(run, [str(p) for p in images], out, overwrite=overwrite, device=device)
+        typer.echo(f"wrote {path}")

@@ -1,0 +1,379 @@
+"""Run folders: fit a model on a data set, evaluate it, predict new images.
+
+A run folder (``--out DIR``) holds::
+
+    config.json        every option of the fit (resume compares it key by key)
+    model.safetensors  the fitted model (best epoch); model.json its class and build arguments
+    scores.nc          per-vertex accuracy on the held-out test images (see brainattn.encoders)
+    attention.nc       transformer only: attention of each ROI query on held-out images
+    history.csv        one row per epoch (gradient-trained models)
+    split.json         image indices of the train / val / test split
+    fit.log            what happened, with times
+    checkpoint/        per-epoch checkpoint + state.json (resume), best.safetensors
+
+Files are written atomically; ``checkpoint/`` exists while a fit is unfinished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from brainattn.errors import ConfigError, DataError, OutputExistsError
+from brainattn.io import atomic_write_json, atomic_write_text, check_output_dir, save_netcdf
+
+MODELS = ("transformer", "ridge", "factorized")
+
+#: options of :func:`fit_run` and their defaults (also the keys of config.json)
+DEFAULTS = {
+    "model": "transformer", "subject": "subj01", "backbone": "gabor", "weights": None,
+    "layer": -1, "stream": "block", "image_size": None, "queries": "rois", "roi_families": None,
+    "epochs": None, "batch_size": None, "lr": None, "width": 768, "heads": 16, "ffn": 1024,
+    "layers": 1, "dropout": 0.1, "prf_bias": False, "pool": "mean", "n_components": 256,
+    "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "device": "auto",
+    "n_attention_images": 32, "patience": 5,
+}
+
+
+class _Log:
+    def __init__(self, path: Path | None, echo=True):
+        self.path = path
+        self.echo = echo
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.perf_counter() - self.t0:7.1f} s] {msg}"
+        if self.echo:
+            import sys
+
+            print(line, file=sys.stderr)
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(line + "\n")
+
+
+def open_dataset(data, subject: str):
+    """``data``: an ``xarray.Dataset`` (returned as is) or an Algonauts-layout folder."""
+    import xarray as xr
+
+    if isinstance(data, xr.Dataset):
+        return data
+    from brainattn.data import open_algonauts
+
+    return open_algonauts(data, subject=subject)
+
+
+def split_images(n: int, val_fraction: float, test_fraction: float, seed: int):
+    """Seeded train / val / test split of ``n`` images (sorted index arrays)."""
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < f < 0.5:
+            raise ConfigError(f"--{name.replace('_', '-')} {f}: expected a number in (0, 0.5)")
+    perm = np.random.default_rng([seed, 1234]).permutation(n)
+    n_test = max(2, int(round(n * test_fraction)))
+    n_val = max(2, int(round(n * val_fraction)))
+    if n - n_test - n_val < 4:
+        raise DataError(f"{n} images are too few for a train/val/test split")
+    return (np.sort(perm[n_test + n_val :]), np.sort(perm[n_test : n_test + n_val]),
+            np.sort(perm[:n_test]))
+
+
+def _roi_coords(ds) -> dict:
+    return {k[4:]: np.asarray(ds[k].values).astype(str) for k in ds.coords if k.startswith("roi_")}
+
+
+def _vertex_coords(ds) -> dict:
+    out = {}
+    for k in ("hemisphere", "hemi_vertex"):
+        if k in ds.coords:
+            out[k] = np.asarray(ds[k].values)
+    for k in ds.coords:
+        if k.startswith("roi_"):
+            out[k] = np.asarray(ds[k].values).astype(str)
+    return out
+
+
+def resolve_config(**options) -> dict:
+    cfg = dict(DEFAULTS)
+    unknown = set(options) - set(cfg)
+    if unknown:
+        raise ConfigError(f"unknown options: {', '.join(sorted(unknown))}")
+    cfg.update({k: v for k, v in options.items() if v is not None or k in ("weights",)})
+    if cfg["model"] not in MODELS:
+        raise ConfigError(f"--model {cfg['model']!r}: expected one of {', '.join(MODELS)}")
+    if cfg["weights"] is not None:
+        cfg["weights"] = str(Path(cfg["weights"]).resolve())
+    if cfg["epochs"] is None:
+        cfg["epochs"] = {"transformer": 15, "factorized": 30, "ridge": 0}[cfg["model"]]
+    if cfg["batch_size"] is None:
+        cfg["batch_size"] = {"transformer": 16, "factorized": 64, "ridge": 0}[cfg["model"]]
+    if cfg["lr"] is None:
+        cfg["lr"] = {"transformer": 5e-4, "factorized": 3e-3, "ridge": 0.0}[cfg["model"]]
+    return cfg
+
+
+def make_estimator(cfg: dict):
+    from brainattn.encoders.factorized import SpatialFeatureEncoder
+    from brainattn.encoders.ridge import RidgeEncoder
+    from brainattn.encoders.transformer import TransformerBrainEncoder
+
+    common = {"epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
+              "seed": cfg["seed"], "device": cfg["device"], "patience": cfg["patience"]}
+    if cfg["model"] == "transformer":
+        return TransformerBrainEncoder(queries=cfg["queries"], width=cfg["width"],
+                                       heads=cfg["heads"], ffn=cfg["ffn"], layers=cfg["layers"],
+                                       dropout=cfg["dropout"], prf_bias=cfg["prf_bias"], **common)
+    if cfg["model"] == "factorized":
+        return SpatialFeatureEncoder(**common)
+    return RidgeEncoder(pool=cfg["pool"], n_components=cfg["n_components"], seed=cfg["seed"],
+                        device=cfg["device"])
+
+
+def load_estimator(run: Path, device: str = "cpu"):
+    from brainattn.encoders.factorized import SpatialFeatureEncoder
+    from brainattn.encoders.ridge import RidgeEncoder
+    from brainattn.encoders.transformer import TransformerBrainEncoder
+
+    meta_p = run / "model.json"
+    if not meta_p.is_file():
+        raise DataError(f"{run}: no model.json; not a finished brainattn run folder")
+    cls = {"TransformerBrainEncoder": TransformerBrainEncoder, "RidgeEncoder": RidgeEncoder,
+           "SpatialFeatureEncoder": SpatialFeatureEncoder}[json.loads(meta_p.read_text())["class"]]
+    return cls.load(run, device=device)
+
+
+def features_for(ds, cfg: dict, *, cache_dir=None, log=None):
+    """Backbone + feature cache for the data set's images (extracted once)."""
+    from brainattn.encoders.backbones import make_backbone
+    from brainattn.encoders.cache import get_features
+    from brainattn.utils import resolve_device
+
+    dev = resolve_device(cfg["device"])
+    bb = make_backbone(cfg["backbone"], weights=cfg["weights"], layer=cfg["layer"],
+                       stream=cfg["stream"], image_size=cfg["image_size"], device=str(dev))
+    paths = [str(p) for p in ds["image_path"].values]
+    ids = [str(i) for i in ds["image_id"].values] if "image_id" in ds.coords else None
+    tag = f"{Path(str(ds.attrs.get('root', 'data'))).name}-{ds.attrs.get('subject', '')}"
+    t0 = time.perf_counter()
+    cache = get_features(bb, paths, image_ids=ids, dataset_tag=tag, cache_dir=cache_dir,
+                         device=str(dev))
+    if log:
+        log(f"features {cache.features.shape} grid {cache.grid} from {cache.path} "
+            f"({time.perf_counter() - t0:.1f} s)")
+    return bb, cache
+
+
+def fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_dir=None,
+            echo: bool = True, stop_after: int | None = None, **options) -> Path:
+    """Fit one model on one subject and write the run folder ``out`` (see module docstring)."""
+    import xarray as xr
+
+    cfg = resolve_config(**options)
+    cfg["data"] = None if isinstance(data, xr.Dataset) else str(Path(data).resolve())
+    out = Path(out)
+    if resume:
+        cfg_p = out / "config.json"
+        if not cfg_p.is_file():
+            raise DataError(f"--resume: {out} holds no config.json (nothing to resume)")
+        from brainattn.encoders.training import config_diff
+
+        old = json.loads(cfg_p.read_text())
+        diff = config_diff(old, cfg)
+        if diff:
+            raise ConfigError(f"--resume: {out} was fitted with different options (differ: "
+                              f"{', '.join(diff)}); use the same options or a new --out folder")
+    else:
+        check_output_dir(out, overwrite=overwrite)
+        if out.is_dir() and overwrite:
+            import shutil
+
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    ds = open_dataset(data, cfg["subject"])
+    n_images = ds.sizes["image"]
+    roi = _roi_coords(ds)
+    families = cfg["roi_families"]
+    if isinstance(families, str):
+        families = [f for f in families.split(",") if f]
+    for f in families or []:
+        if f not in roi:
+            raise DataError(f"--roi-families: family {f!r} is not in the data set (it has: "
+                            f"{', '.join(roi) or 'none'})")
+    betas = np.asarray(ds["betas"].values, dtype=np.float32)
+    from brainattn.encoders._base import check_targets
+
+    check_targets(betas, n_images)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_json(out / "config.json", cfg)
+    log = _Log(out / "fit.log", echo=echo)
+    log(f"fit {cfg['model']} on {ds.attrs.get('subject', cfg['subject'])}: {n_images} images x "
+        f"{betas.shape[1]} vertices")
+    bb, cache = features_for(ds, cfg, cache_dir=cache_dir, log=log)
+    X = cache.features
+    if X.shape[0] != n_images:
+        raise DataError(f"features hold {X.shape[0]} images, betas {n_images}; delete {cache.path}")
+    tr, va, te = split_images(n_images, cfg["val_fraction"], cfg["test_fraction"], cfg["seed"])
+    atomic_write_json(out / "split.json", {"train": tr, "val": va, "test": te})
+    est = make_estimator(cfg)
+    t0 = time.perf_counter()
+    kw = {}
+    if cfg["model"] == "transformer":
+        from brainattn.encoders.transformer import assign_queries
+
+        hemi = ds["hemisphere"].values if "hemisphere" in ds.coords else np.full(betas.shape[1], "lh")
+        names, vq = assign_queries(cfg["queries"], hemi, roi, families)
+        kw = {"vertex_query": vq, "query_names": names, "grid": cache.grid}
+        log(f"{len(names)} queries ({cfg['queries']})")
+    elif cfg["model"] == "factorized":
+        kw = {"grid": cache.grid}
+    if cfg["model"] == "ridge":
+        est.fit(X, betas, train_idx=np.concatenate([tr, va]))
+    else:
+        est.fit(X, betas, train_idx=tr, val_idx=va, ckpt_dir=out / "checkpoint", resume=resume,
+                log=log, stop_after=stop_after, **kw)
+        if not est.finished_:
+            log("stopped before the last epoch; continue with --resume")
+            return out
+        _write_history(out / "history.csv", est.history_)
+    fit_s = time.perf_counter() - t0
+    log(f"fitted in {fit_s:.1f} s")
+    est.save(out)
+    scores = _scores(est, X, betas, te, ds, cfg, fit_seconds=fit_s)
+    save_netcdf(scores, out / "scores.nc", seed=cfg["seed"])
+    log(_summary(scores))
+    if cfg["model"] == "transformer" and cfg["n_attention_images"] > 0:
+        att = attention_dataset(est, X, te[: cfg["n_attention_images"]], ds, cache.grid)
+        save_netcdf(att, out / "attention.nc", seed=cfg["seed"])
+    if (out / "checkpoint").is_dir():
+        import shutil
+
+        shutil.rmtree(out / "checkpoint")
+    return out
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]))
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _scores(est, X, betas, test_idx, ds, cfg, **attrs):
+    from brainattn.encoders.metrics import score_table
+
+    pred = est.predict(X[test_idx] if not isinstance(X, np.ndarray) else X[test_idx])
+    nc = ds["noise_ceiling"].values if "noise_ceiling" in ds else None
+    return score_table(pred, betas[test_idx], noise_ceiling=nc, vertex_coords=_vertex_coords(ds),
+                       device=cfg["device"],
+                       attrs={"model": cfg["model"], "subject": str(ds.attrs.get("subject", "")),
+                              "backbone": cfg["backbone"], "split": "test",
+                              "n_test_images": len(test_idx), **attrs})
+
+
+def _summary(scores) -> str:
+    lines = [f"test mean r {scores.attrs['mean_r']:.4f}, median r {scores.attrs['median_r']:.4f}"]
+    if scores.sizes.get("roi", 0):
+        lines.append(f"{'ROI':28s} {'n':>6s} {'median r':>9s} {'median NC-norm %':>17s}")
+        for i in range(scores.sizes["roi"]):
+            r, _, nn = scores["roi_median"].values[i]
+            lines.append(f"{str(scores['roi'].values[i]):28s} {int(scores['roi_n_vertices'].values[i]):6d} "
+                         f"{r:9.3f} {nn:17.1f}")
+    return "\n".join(lines)
+
+
+def attention_dataset(est, X, idx, ds, grid):
+    """``attention.nc``: ``attention`` (image, query, row, col), head-mean, last layer; in
+    ``vertices`` mode averaged over each ROI's vertex queries (``query`` = ROI then)."""
+    import xarray as xr
+
+    idx = np.asarray(idx)
+    maps = est.attention_maps(X[idx])
+    names = list(est.query_names_)
+    if est.queries == "vertices":
+        keys = np.asarray(["other"] * len(names), dtype=object)
+        roi = _roi_coords(ds)
+        hemi = ds["hemisphere"].values.astype(str)
+        for f in reversed([f for f in roi if f != "streams"]):
+            lab = roi[f]
+            keys[lab != "Unknown"] = lab[lab != "Unknown"]
+        keys = np.asarray([f"{h}:{k}" for h, k in zip(hemi, keys, strict=True)])
+        uniq = list(dict.fromkeys(keys.tolist()))
+        maps = np.stack([maps[:, keys == u].mean(1) for u in uniq], 1)
+        names = uniq
+    hemi = [n.split(":", 1)[0] for n in names]
+    rois = [n.split(":", 1)[1] if ":" in n else n for n in names]
+    coords = {"image": idx, "query": np.asarray(names, dtype=str),
+              "query_hemisphere": ("query", np.asarray(hemi, dtype=str)),
+              "query_roi": ("query", np.asarray(rois, dtype=str)),
+              "row": np.arange(grid[0]), "col": np.arange(grid[1])}
+    if "image_id" in ds.coords:
+        coords["image_id"] = ("image", np.asarray(ds["image_id"].values[idx]).astype(str))
+    return xr.Dataset(
+        {"attention": (("image", "query", "row", "col"), maps.astype(np.float32),
+                       {"long_name": "head-mean attention weight of the query on each token, "
+                                     "last decoder layer (sums to 1 over row, col)"})},
+        coords=coords, attrs={"grid_rows": grid[0], "grid_cols": grid[1],
+                              "note": "row 0 is the top of the image; col 0 the left"})
+
+
+def evaluate_run(run, *, data=None, cache_dir=None, device: str = "auto", echo=True):
+    """Recompute ``scores.nc`` of a finished run on its test split; returns the Dataset."""
+    run = Path(run)
+    cfg_p = run / "config.json"
+    if not cfg_p.is_file():
+        raise DataError(f"{run}: no config.json; expected a run folder written by brainattn fit")
+    cfg = json.loads(cfg_p.read_text())
+    cfg["device"] = device
+    if data is None and cfg.get("data") is None:
+        raise DataError(f"{run}: was fitted on an in-memory data set; pass the data set")
+    ds = open_dataset(data if data is not None else cfg["data"], cfg["subject"])
+    est = load_estimator(run, device="cpu" if device == "auto" else device)
+    _, cache = features_for(ds, cfg, cache_dir=cache_dir)
+    split = json.loads((run / "split.json").read_text())
+    betas = np.asarray(ds["betas"].values, dtype=np.float32)
+    scores = _scores(est, cache.features, betas, np.asarray(split["test"]), ds, cfg)
+    save_netcdf(scores, run / "scores.nc", seed=cfg["seed"])
+    if echo:
+        print(_summary(scores))
+    return scores
+
+
+def predict_run(run, images, out=None, *, overwrite: bool = False, device: str = "auto"):
+    """Predict betas for image files with a run's model -> ``predictions.nc``
+    (``prediction`` (image, vertex), coords ``image_path``, ``image_id``)."""
+    import xarray as xr
+
+    from brainattn.encoders.backbones import make_backbone
+    from brainattn.encoders.cache import extract_features
+
+    run = Path(run)
+    cfg_p = run / "config.json"
+    if not cfg_p.is_file():
+        raise DataError(f"{run}: no config.json; expected a run folder written by brainattn fit")
+    if not images:
+        raise ConfigError("predict: give at least one image file")
+    for p in images:
+        if not Path(p).is_file():
+            raise DataError(f"image {p}: no such file")
+    out = Path(out) if out is not None else run / "predictions.nc"
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite or choose another --out")
+    cfg = json.loads(cfg_p.read_text())
+    est = load_estimator(run, device="cpu" if device == "auto" else device)
+    bb = make_backbone(cfg["backbone"], weights=cfg["weights"], layer=cfg["layer"],
+                       stream=cfg["stream"], image_size=cfg["image_size"])
+    X = extract_features(bb, [str(p) for p in images])
+    pred = est.predict(X)
+    ds = xr.Dataset({"prediction": (("image", "vertex"), pred, {"units": "same as the betas"})},
+                    coords={"image_path": ("image", np.asarray([str(p) for p in images])),
+                            "image_id": ("image", np.asarray([Path(p).stem for p in images]))})
+    save_netcdf(ds, out, model=cfg["model"])
+    return out

@@ -1,0 +1,336 @@
+"""Transformer brain encoder (Adeli, Sun & Kriegeskorte 2025): learned queries cross-attend
+to a frozen backbone's token grid; each vertex reads out its own query's output.
+
+Architecture (DETR-style decoder, no encoder layers)::
+
+    memory  = LayerNorm(Linear(z-scored tokens))                (B, L, d)
+    keys    = memory + sine-2D-PE(grid)      values = memory
+    tgt     = learned queries                                   (1, Q, d), broadcast over B
+    per layer (pre-norm):  tgt += Dropout(Wo . attention(Wq LN(tgt), Wk keys, Wv values,
+                                                      + optional Gaussian pRF bias))
+                           tgt += Dropout(FFN(LN(tgt)))
+    out     = LN(tgt)                                           (B, Q, d)
+    pred[v] = out[query(v)] . w_v + b_v                          (B, V)
+
+All attention goes through :func:`brainattn.kernels.attention` (Triton on CUDA); the pRF prior
+``-||x - mu||^2 / (2 sigma^2)`` per head and query enters as its rank-4 factors
+(:func:`brainattn.kernels.prf_bias_factors`), never as a dense (Q, L) matrix. Readout: one
+weight vector per vertex applied to its query's output -- the same function as the published
+per-hemisphere ``Linear(d -> n_vertices)`` with each vertex taking its own ROI query's row; in
+``vertices`` mode every vertex has its own query and its own readout vector.
+
+Query modes (:func:`assign_queries`): ``rois`` -- one query per ROI per hemisphere (a vertex
+belongs to the first listed ROI family that labels it) plus one ``other`` query per hemisphere
+for unlabelled vertices; ``hemis`` -- one query per hemisphere; ``vertices`` -- one per vertex.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainattn.encoders._base import EncoderModule, TorchEncoder
+from brainattn.errors import ConfigError, DataError, ShapeError
+
+QUERY_MODES = ("rois", "hemis", "vertices")
+
+
+def assign_queries(mode: str, hemisphere, roi_labels: dict | None = None,
+                   families: list[str] | None = None, unknown: str = "Unknown"):
+    """Which query each vertex reads from.
+
+    Parameters
+    ----------
+    mode : ``rois`` | ``hemis`` | ``vertices``.
+    hemisphere : (n_vertices,) str, ``lh``/``rh``.
+    roi_labels : ``{family: (n_vertices,) str labels}``; needed for ``rois``.
+    families : families to use, in priority order (default: all in ``roi_labels`` except
+        ``streams``); a family not in ``roi_labels`` is an error.
+
+    Returns
+    -------
+    query_names : list of str, e.g. ``lh:FFA-1``, ``lh:other``; vertex_query : (n_vertices,) int.
+    """
+    hemisphere = np.asarray(hemisphere).astype(str)
+    v = hemisphere.shape[0]
+    if mode not in QUERY_MODES:
+        raise ConfigError(f"--queries {mode!r}: expected one of {', '.join(QUERY_MODES)}")
+    if mode == "vertices":
+        return [f"{h}:v{i}" for i, h in enumerate(hemisphere)], np.arange(v)
+    hemis = list(dict.fromkeys(hemisphere.tolist()))
+    if mode == "hemis":
+        names = [f"{h}:all" for h in hemis]
+        return names, np.array([hemis.index(h) for h in hemisphere])
+    roi_labels = roi_labels or {}
+    if families is None:
+        families = [f for f in roi_labels if f != "streams"]
+    for f in families:
+        if f not in roi_labels:
+            raise DataError(
+                f"ROI family {f!r} is not in the data set (it has: {', '.join(roi_labels) or 'none'})"
+            )
+    label = np.full(v, "other", dtype=object)
+    for f in reversed(families):
+        lab = np.asarray(roi_labels[f]).astype(str)
+        if lab.shape != (v,):
+            raise ShapeError(f"roi_{f} has {lab.shape[0]} labels for {v} vertices")
+        known = lab != unknown
+        label[known] = lab[known]
+    keys = [f"{h}:{lab}" for h, lab in zip(hemisphere, label, strict=True)]
+    names = []
+    for h in hemis:  # ROIs in first-seen order per hemisphere, ``other`` last
+        rois = [k for k in dict.fromkeys(keys) if k.startswith(f"{h}:") and k != f"{h}:other"]
+        names += rois + ([f"{h}:other"] if f"{h}:other" in keys else [])
+    index = {n: i for i, n in enumerate(names)}
+    return names, np.array([index[k] for k in keys])
+
+
+def sine_position_encoding(grid, d: int, temperature: float = 10000.0) -> torch.Tensor:
+    """DETR's 2-D sine encoding of a (rows, cols) token grid: (rows*cols, d), d divisible by 4.
+
+    Row and column coordinates are normalised to (0, 2*pi]; each uses d/2 channels of
+    interleaved sin/cos at geometrically spaced frequencies.
+    """
+    if d % 4:
+        raise ConfigError(f"width {d}: must be divisible by 4 for the 2-D sine encoding")
+    rows, cols = grid
+    y = (torch.arange(rows, dtype=torch.float64) + 1) / rows * 2 * math.pi
+    x = (torch.arange(cols, dtype=torch.float64) + 1) / cols * 2 * math.pi
+    npf = d // 2
+    dim_t = temperature ** (2 * (torch.arange(npf, dtype=torch.float64) // 2) / npf)
+    px = x[:, None] / dim_t
+    py = y[:, None] / dim_t
+    px = torch.stack([px[:, 0::2].sin(), px[:, 1::2].cos()], -1).flatten(1)
+    py = torch.stack([py[:, 0::2].sin(), py[:, 1::2].cos()], -1).flatten(1)
+    pos = torch.cat([py[:, None, :].expand(rows, cols, npf), px[None, :, :].expand(rows, cols, npf)], -1)
+    return pos.reshape(rows * cols, d).float()
+
+
+def token_positions(grid) -> torch.Tensor:
+    """Token centres in [-1, 1]^2, (rows*cols, 2) as (x, y), row-major."""
+    rows, cols = grid
+    y = (torch.arange(rows) + 0.5) / rows * 2 - 1
+    x = (torch.arange(cols) + 0.5) / cols * 2 - 1
+    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    return torch.stack([xx.flatten(), yy.flatten()], -1).float()
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm decoder layer: cross-attention (brainattn kernel) then FFN."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, n_queries: int,
+                 prf_bias: bool, seed: int = 0):
+        super().__init__()
+        if d % heads:
+            raise ConfigError(f"width {d} must be divisible by heads {heads}")
+        self.d, self.h = d, heads
+        self.norm_q = nn.LayerNorm(d)
+        self.wq = nn.Linear(d, d)
+        self.wk = nn.Linear(d, d)
+        self.wv = nn.Linear(d, d)
+        self.wo = nn.Linear(d, d)
+        self.norm_ff = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.drop = nn.Dropout(dropout)
+        self.prf_bias = prf_bias
+        if prf_bias:
+            g = torch.Generator().manual_seed(seed + 11)
+            self.prf_mu = nn.Parameter((torch.rand(heads, n_queries, 2, generator=g) * 2 - 1) * 0.7)
+            self.prf_log_sigma = nn.Parameter(torch.full((heads, n_queries), math.log(0.5)))
+
+    def _qkv(self, tgt, keys, values):
+        B = keys.shape[0]
+        L = keys.shape[1]
+        Q = tgt.shape[1]
+        hd = self.d // self.h
+        q = self.wq(self.norm_q(tgt)).view(tgt.shape[0], Q, self.h, hd).transpose(1, 2)
+        k = self.wk(keys).view(B, L, self.h, hd).transpose(1, 2)
+        v = self.wv(values).view(B, L, self.h, hd).transpose(1, 2)
+        return q, k, v
+
+    def _bias(self, positions):
+        if not self.prf_bias:
+            return None, None
+        from brainattn.kernels import prf_bias_factors
+
+        sigma = self.prf_log_sigma.float().exp().clamp_min(0.03)
+        return prf_bias_factors(self.prf_mu.float(), sigma, positions)
+
+    def forward(self, tgt, keys, values, positions, need_weights: bool = False):
+        from brainattn.kernels import attention, attention_weights
+
+        q, k, v = self._qkv(tgt, keys, values)
+        q_bias, k_bias = self._bias(positions)
+        if q.dtype != torch.float32 and q_bias is not None:
+            q, k, v = q, k.to(q.dtype), v.to(q.dtype)
+        o = attention(q.contiguous(), k.contiguous(), v.contiguous(), q_bias=q_bias, k_bias=k_bias)
+        B = k.shape[0]
+        o = o.transpose(1, 2).reshape(B, -1, self.d)
+        tgt = tgt + self.drop(self.wo(o))
+        tgt = tgt + self.drop(self.ffn(self.norm_ff(tgt)))
+        w = None
+        if need_weights:
+            w = attention_weights(q.float(), k.float(), q_bias=q_bias, k_bias=k_bias).mean(1)
+        return tgt, w
+
+
+class TransformerModule(EncoderModule):
+    """The torch module behind :class:`TransformerBrainEncoder` (see the module docstring)."""
+
+    def __init__(self, n_tokens, n_features, n_vertices, *, vertex_query, grid, width=768,
+                 heads=16, ffn=1024, layers=1, dropout=0.1, prf_bias=False, seed=0,
+                 query_names=None):
+        vertex_query = np.asarray(vertex_query, dtype=np.int64)
+        super().__init__(n_tokens, n_features, n_vertices, vertex_query=vertex_query,
+                         grid=list(grid), width=width, heads=heads, ffn=ffn, layers=layers,
+                         dropout=dropout, prf_bias=prf_bias, seed=seed, query_names=query_names)
+        if vertex_query.shape != (n_vertices,):
+            raise ShapeError(f"vertex_query has {vertex_query.shape[0]} entries for {n_vertices} vertices")
+        if grid[0] * grid[1] != n_tokens:
+            raise ShapeError(f"grid {tuple(grid)} does not hold {n_tokens} tokens")
+        nq = int(vertex_query.max()) + 1
+        self.n_queries = nq
+        self.grid = tuple(grid)
+        self.query_names = list(query_names) if query_names is not None else [f"q{i}" for i in range(nq)]
+        g = torch.Generator().manual_seed(seed)
+        self.input_proj = nn.Linear(n_features, width)
+        self.input_norm = nn.LayerNorm(width)
+        self.queries = nn.Parameter(torch.randn(1, nq, width, generator=g) * 0.02)
+        self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, ffn, dropout, nq, prf_bias, seed)
+                                    for _ in range(layers))
+        self.out_norm = nn.LayerNorm(width)
+        self.readout_w = nn.Parameter(torch.randn(n_vertices, width, generator=g) * width**-0.5 * 0.1)
+        self.readout_b = nn.Parameter(torch.zeros(n_vertices))
+        self.register_buffer("pos", sine_position_encoding(grid, width), persistent=False)
+        self.register_buffer("positions", token_positions(grid), persistent=False)
+        self.register_buffer("vertex_query", torch.as_tensor(vertex_query), persistent=False)
+        self.per_vertex = nq == n_vertices and bool((vertex_query == np.arange(n_vertices)).all())
+        order = np.argsort(vertex_query, kind="stable")
+        counts = np.bincount(vertex_query, minlength=nq)
+        self._groups = [torch.as_tensor(ix) for ix in np.split(order, np.cumsum(counts)[:-1])]
+
+    def decode(self, x, need_weights: bool = False):
+        """Tokens (B, L, C) -> query outputs (B, Q, width) [, last layer's head-mean attention
+        (B, Q, L)]."""
+        mem = self.input_norm(self.input_proj(self.normalise(x)))
+        keys = mem + self.pos.to(mem.dtype)
+        tgt = self.queries
+        w = None
+        for i, layer in enumerate(self.layers):
+            tgt, w = layer(tgt, keys, mem, self.positions,
+                           need_weights=need_weights and i == len(self.layers) - 1)
+        if tgt.shape[0] != x.shape[0]:
+            tgt = tgt.expand(x.shape[0], -1, -1)
+        return self.out_norm(tgt), w
+
+    def readout(self, out):
+        if self.per_vertex:
+            return (out * self.readout_w).sum(-1) + self.readout_b
+        pred = out.new_empty(out.shape[0], self.readout_w.shape[0])
+        for qi, ix in enumerate(self._groups):
+            if len(ix):
+                ix = ix.to(out.device)
+                pred[:, ix] = out[:, qi] @ self.readout_w[ix].to(out.dtype).T
+        return pred + self.readout_b.to(out.dtype)
+
+    def forward(self, x):
+        out, _ = self.decode(x)
+        return self.readout(out)
+
+
+class TransformerBrainEncoder(TorchEncoder):
+    """Transformer brain encoder, scikit-learn style.
+
+    Parameters
+    ----------
+    queries : ``rois`` | ``hemis`` | ``vertices`` (needs ``vertex_query`` in :meth:`fit`
+        unless ``hemis``/``vertices`` can be derived from ``hemisphere``).
+    width, heads, ffn, layers, dropout : decoder size (defaults as published: 768, 16, 1024, 1,
+        0.1).
+    prf_bias : learn a Gaussian pRF prior (centre, size) per head and query.
+    epochs, batch_size, lr, weight_decay, grad_clip, schedule ('cosine'|'step'|'constant'),
+    warmup (epochs), patience (early stopping on validation mean r; None = off),
+    val_fraction, seed, device ('auto'), amp (bf16 autocast on CUDA).
+
+    Learned: ``module_``, ``history_``, ``best_epoch_``, ``query_names_``, ``vertex_query_``.
+    """
+
+    _param_names = ("queries", "width", "heads", "ffn", "layers", "dropout", "prf_bias",
+                    "epochs", "batch_size", "lr", "weight_decay", "grad_clip", "schedule",
+                    "warmup", "patience", "val_fraction", "seed", "device", "amp")
+
+    def __init__(self, queries: str = "rois", width: int = 768, heads: int = 16, ffn: int = 1024,
+                 layers: int = 1, dropout: float = 0.1, prf_bias: bool = False, epochs: int = 15,
+                 batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-4,
+                 grad_clip: float | None = 0.1, schedule: str = "cosine", warmup: int = 0,
+                 patience: int | None = 5, val_fraction: float = 0.1, seed: int = 0,
+                 device: str = "auto", amp: bool = True):
+        self.queries = queries
+        self.width = width
+        self.heads = heads
+        self.ffn = ffn
+        self.layers = layers
+        self.dropout = dropout
+        self.prf_bias = prf_bias
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.grad_clip = grad_clip
+        self.schedule = schedule
+        self.warmup = warmup
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.device = device
+        self.amp = amp
+
+    def _build(self, n_tokens, n_features, n_vertices, *, vertex_query=None, grid=None,
+               query_names=None, **_):
+        if vertex_query is None:
+            vertex_query = np.arange(n_vertices) if self.queries == "vertices" else np.zeros(n_vertices, int)
+        if grid is None:
+            side = int(round(math.sqrt(n_tokens)))
+            if side * side != n_tokens:
+                raise ShapeError(f"{n_tokens} tokens are not a square grid; pass grid=(rows, cols)")
+            grid = (side, side)
+        return TransformerModule(n_tokens, n_features, n_vertices, vertex_query=vertex_query,
+                                 grid=grid, width=self.width, heads=self.heads, ffn=self.ffn,
+                                 layers=self.layers, dropout=self.dropout, prf_bias=self.prf_bias,
+                                 seed=self.seed, query_names=query_names)
+
+    def fit(self, X, Y, *, vertex_query=None, query_names=None, grid=None, **kw):
+        """Fit; ``vertex_query`` (n_vertices,) int maps vertices to queries (see
+        :func:`assign_queries`); default one shared query (or one per vertex in ``vertices``)."""
+        super().fit(X, Y, vertex_query=vertex_query, query_names=query_names, grid=grid, **kw)
+        self.query_names_ = self.module_.query_names
+        self.vertex_query_ = self.module_.vertex_query.cpu().numpy()
+        return self
+
+    @torch.no_grad()
+    def attention_maps(self, X, *, batch_size: int = 32) -> np.ndarray:
+        """Head-mean attention of every query over the token grid, last decoder layer:
+        float32 (n_images, n_queries, rows, cols), each map sums to 1."""
+        from brainattn.encoders.backbones import check_tokens
+
+        self._check_fitted()
+        check_tokens(X)
+        m = self.module_.eval()
+        dev = next(m.parameters()).device
+        out = []
+        for s in range(0, X.shape[0], batch_size):
+            x = torch.as_tensor(np.asarray(X[s : s + batch_size], dtype=np.float32), device=dev)
+            _, w = m.decode(x, need_weights=True)
+            out.append(w.float().cpu().numpy())
+        a = np.concatenate(out, 0)
+        return a.reshape(a.shape[0], a.shape[1], *m.grid)
+
+    @classmethod
+    def load(cls, folder, device: str = "cpu"):
+        est = super().load(folder, device)
+        est.query_names_ = est.module_.query_names
+        est.vertex_query_ = est.module_.vertex_query.cpu().numpy()
+        return est

@@ -1,0 +1,151 @@
+"""Triton kernels against the float64 reference.
+
+On a machine without a GPU they run in Triton's interpreter (conftest sets TRITON_INTERPRET=1)
+at small sizes in float32 and float16 (the interpreter's bfloat16 dot is broken); on a GPU the
+same tests run in bfloat16, float16 and float32.
+"""
+
+import math
+
+import pytest
+import torch
+
+from brainattn.errors import ConfigError
+from brainattn.kernels import attention, prf_bias_factors
+from brainattn.kernels.reference import reference_attention
+
+pytestmark = pytest.mark.triton
+pytest.importorskip("triton")
+
+GPU = torch.cuda.is_available()
+DEV = "cuda" if GPU else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else [])
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _force_triton(monkeypatch):
+    monkeypatch.setenv("BRAINATTN_ATTENTION", "triton")
+
+
+def _rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+# (B, Bq, H, Lq, Lk, D, dense bias heads or None, low-rank: None | "prf" | (Bf, Hf, R))
+CASES = {
+    "bcast-q-nobias-d16": (2, 1, 2, 19, 37, 16, None, None),
+    "perbatch-q-dense-d48": (2, 2, 1, 33, 20, 48, 1, None),
+    "bcast-q-prf-d32": (3, 1, 2, 21, 35, 32, None, "prf"),
+    "dense+lowrank-d64": (2, 1, 2, 17, 40, 64, 2, (2, 1, 3)),
+    "b1-lq1-d96": (1, 1, 1, 1, 33, 96, 1, None),
+    "perbatch-factors-d128": (2, 2, 1, 9, 18, 128, None, (2, 1, 2)),
+}
+
+
+def _make(case, dtype, seed):
+    B, Bq, H, Lq, Lk, D, bh, lr = CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(Bq, H, Lq, D, generator=g)
+    k = torch.randn(B, H, Lk, D, generator=g)
+    v = torch.randn(B, H, Lk, D, generator=g)
+    bias = None if bh is None else torch.randn(bh, Lq, Lk, generator=g)
+    qb = kb = None
+    if lr == "prf":
+        mu = torch.rand(H, Lq, 2, generator=g) * 2 - 1
+        sigma = torch.rand(H, Lq, generator=g) * 0.4 + 0.3
+        side = math.ceil(math.sqrt(Lk))
+        grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side),
+                                          indexing="ij"), -1).reshape(-1, 2)[:Lk]
+        qb, kb = prf_bias_factors(mu, sigma, grid)
+    elif lr is not None:
+        Bf, Hf, R = lr
+        qb = torch.randn(Bf, Hf, Lq, R, generator=g) * 0.5
+        kb = torch.randn(1, H, Lk, R, generator=g) * 0.5
+    cast = [t.to(dtype) for t in (q, k, v)] + [bias, qb, kb]
+    return [None if t is None else t.to(DEV).requires_grad_() for t in cast]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("case", list(CASES))
+def test_triton_matches_reference(case, dtype):
+    ins = _make(case, dtype, seed=hash(case) % 1000)
+    q, k, v, bias, qb, kb = ins
+    out, lse = attention(q, k, v, bias=bias, q_bias=qb, k_bias=kb, return_lse=True)
+    B, _, H, Lq, Lk, D = CASES[case][:6]
+    assert out.shape == (B, H, Lq, D) and out.dtype == dtype and lse.dtype == torch.float32
+    g = torch.Generator().manual_seed(1)
+    gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    glse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
+    ((out.double() * gout.to(DEV)).sum() + (lse.double() * glse.to(DEV)).sum()).backward()
+    ref = [None if t is None else t.detach().double().cpu().requires_grad_() for t in ins]
+    rout, rlse = reference_attention(ref[0], ref[1], ref[2], bias=ref[3], q_bias=ref[4],
+                                     k_bias=ref[5])
+    ((rout * gout).sum() + (rlse * glse).sum()).backward()
+    tol = TOL[dtype]
+    assert _rel(out, rout) <= tol
+    assert _rel(lse, rlse) <= tol
+    for name, a, r in zip(["q", "k", "v", "bias", "q_bias", "k_bias"], ins, ref, strict=True):
+        if a is not None:
+            assert a.grad.shape == a.shape and a.grad.dtype == a.dtype, name
+            err = _rel(a.grad, r.grad)
+            assert err <= tol, f"d{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+def test_triton_nan_pattern_matches_reference():
+    q, k, v, *_ = _make("bcast-q-nobias-d16", torch.float32, seed=5)
+    q, k, v = (t.detach().clone() for t in (q, k, v))
+    q[0, 1, 3, 2] = math.nan  # row 3 of head 1, every batch (queries broadcast)
+    k[1, 0, 30, 0] = math.nan  # every row of (b=1, h=0)
+    v[0, 0, 2, 5] = math.nan  # column 5 of (b=0, h=0)
+    out, lse = attention(q, k, v, return_lse=True)
+    rout, rlse = reference_attention(q.cpu(), k.cpu(), v.cpu())
+    assert torch.equal(out.isnan().cpu(), rout.isnan())
+    assert torch.equal(lse.isnan().cpu(), rlse.isnan())
+    assert 0 < int(rout.isnan().sum()) < rout.numel() // 2
+    fin = ~rout.isnan()
+    assert _rel(out.cpu()[fin], rout[fin]) < 1e-5
+    # the backward runs through NaN without crashing and gives the reference's NaN pattern
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    attention(*leaves).sum().backward()
+    refl = [t.cpu().double().requires_grad_() for t in (q, k, v)]
+    reference_attention(*refl)[0].sum().backward()
+    for a, r in zip(leaves, refl, strict=True):
+        assert torch.equal(a.grad.isnan().cpu(), r.grad.isnan())
+    assert leaves[2].grad.isfinite().any()  # dv of (b=0, h=0) rows stays finite
+
+
+def test_triton_rejects_what_it_cannot_run():
+    q = torch.randn(1, 1, 4, 16, dtype=torch.float64, device=DEV)
+    k = torch.randn(2, 1, 5, 16, dtype=torch.float64, device=DEV)
+    with pytest.raises(ConfigError, match="float16/bfloat16/float32"):
+        attention(q, k, k)
+    q = torch.randn(1, 1, 4, 20, device=DEV)
+    k = torch.randn(2, 1, 5, 20, device=DEV)
+    with pytest.raises(ConfigError, match="head dims"):
+        attention(q, k, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device")
+def test_gpu_deterministic_and_no_quadratic_allocation():
+    B, H, Lq, Lk, D = 8, 4, 2048, 512, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    bias = torch.randn(H, Lq, Lk, device="cuda", generator=g)
+    grads = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        attention(*leaves[:3], bias=leaves[3]).float().square().sum().backward()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        assert peak < B * H * Lq * Lk * 2, f"peak {peak} bytes reaches a B*H*Lq*Lk buffer"
+        grads.append([t.grad for t in leaves])
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,282 @@
+"""Time brainattn's attention against its peers on the brain-encoder shapes (bf16, one GPU).
+
+    PYTHONPATH=. python3 benchmarks/attention.py [--cases rois,vertices,prf,dense] [--out FILE]
+
+For each case it times forward and forward+backward (median of ``triton.testing.do_bench``,
+after warm-up) for brainattn and each peer that accepts the case: SDPA with the flash, cuDNN and
+efficient backends (bias materialised and expanded where that is the only way), FlexAttention
+under torch.compile with a ``score_mod`` reading the bias, and a plain eager implementation.
+It also measures the card's dense bf16 matmul rate and device-to-device copy bandwidth, checks
+brainattn's output against the eager/math result, and prints a markdown table (ms, TFLOP/s, peak
+memory, ratio to the best peer), written to ``--out`` too.
+
+Imports only torch, triton and brainattn.kernels (which imports only torch and triton).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from brainattn.kernels import attention, prf_bias_factors
+
+DT = torch.bfloat16
+CASES = {
+    # name: (B, Bq, H, Lq, Lk, D, bias kind)
+    "rois": (64, 1, 16, 50, 962, 48, None),
+    "rois+bias": (64, 1, 16, 50, 962, 48, "dense"),
+    "vertices": (16, 1, 12, 20000, 962, 64, None),
+    "vertices+prf": (16, 1, 12, 20000, 962, 64, "prf"),
+    "dense": (16, 16, 12, 4096, 962, 64, "dense"),
+}
+GROUPS = {"rois": ["rois", "rois+bias"], "vertices": ["vertices"], "prf": ["vertices+prf"],
+          "dense": ["dense"]}
+
+
+def bench(fn, warmup=100, rep=400) -> float:
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def ceilings() -> tuple[float, float]:
+    """Dense bf16 matmul rate (TFLOP/s) and copy bandwidth (GB/s, read + write)."""
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=DT)
+    b = torch.randn(n, n, device="cuda", dtype=DT)
+    t = bench(lambda: a @ b, 50, 300)
+    tflops = 2 * n**3 / t / 1e9
+    x = torch.randn(2**30, device="cuda", dtype=DT)  # 2 GiB
+    y = torch.empty_like(x)
+    t = bench(lambda: y.copy_(x), 50, 300)
+    gbs = 2 * x.numel() * 2 / t / 1e6
+    return tflops, gbs
+
+
+def make_case(name, seed=0):
+    B, Bq, H, Lq, Lk, D, kind = CASES[name]
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(Bq, H, Lq, D, device="cuda", dtype=DT, generator=g)
+    k = torch.randn(B, H, Lk, D, device="cuda", dtype=DT, generator=g)
+    v = torch.randn(B, H, Lk, D, device="cuda", dtype=DT, generator=g)
+    extra = {}
+    if kind == "dense":
+        extra["bias"] = torch.randn(H, Lq, Lk, device="cuda", dtype=DT, generator=g)
+    elif kind == "prf":
+        side = math.ceil(math.sqrt(Lk - 1))
+        lin = torch.linspace(-1, 1, side, device="cuda")
+        pos = torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(-1, 2)
+        pos = torch.cat([torch.zeros(1, 2, device="cuda"), pos[: Lk - 1]])  # token 0: CLS
+        tmask = torch.ones(Lk, dtype=torch.bool, device="cuda")
+        tmask[0] = False
+        mu = torch.rand(H, Lq, 2, device="cuda", generator=g) * 2 - 1
+        sigma = torch.rand(H, Lq, device="cuda", generator=g) * 0.3 + 0.1
+        extra["mu"], extra["sigma"], extra["pos"], extra["tmask"] = mu, sigma, pos, tmask
+    return (B, H, Lq, Lk, D), q, k, v, extra
+
+
+def peers_for(name, q, k, v, extra, dims):
+    """{peer name: callable(q, k, v, leaves) -> out (B, H, Lq, D)}."""
+    B, H, Lq, Lk, D = dims
+    scale = D**-0.5
+    kind = CASES[name][6]
+    out = {}
+
+    def qx(q):
+        return q.expand(B, H, Lq, D)
+
+    def sdpa(backend, mask_fn=None):
+        def f(q, k, v, ex):
+            mask = None if mask_fn is None else mask_fn(ex)
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(qx(q), k, v, attn_mask=mask, scale=scale)
+        return f
+
+    def eager(q, k, v, ex):
+        s = torch.matmul(qx(q), k.transpose(-1, -2)) * scale
+        if kind == "dense":
+            s = s + ex["bias"]
+        elif kind == "prf":
+            qb, kb = prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"])
+            s = s + (qb @ kb.transpose(-1, -2)).to(s.dtype)
+        return torch.matmul(torch.softmax(s.float(), -1).to(v.dtype), v)
+
+    if kind is None:
+        out["sdpa-flash"] = sdpa(SDPBackend.FLASH_ATTENTION)
+        out["sdpa-cudnn"] = sdpa(SDPBackend.CUDNN_ATTENTION)
+        out["sdpa-efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION)
+    elif kind == "dense":
+        out["sdpa-efficient+bias"] = sdpa(
+            SDPBackend.EFFICIENT_ATTENTION, lambda ex: ex["bias"].unsqueeze(0).expand(B, H, Lq, Lk))
+    elif kind == "prf":
+        def mat_bias(ex):
+            qb, kb = prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"])
+            return (qb @ kb.transpose(-1, -2)).to(DT).expand(B, H, Lq, Lk)
+        out["sdpa-efficient+bias"] = sdpa(SDPBackend.EFFICIENT_ATTENTION, mat_bias)
+
+        def folded(backend):
+            def f(q, k, v, ex):  # bias folded into wider q/k: [q, qb/scale] . [k, kb]
+                qb, kb = prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"])
+                pad = (-(D + 4)) % 16
+                qw = torch.cat([qx(q), (qb / scale).to(DT).expand(B, H, Lq, 4),
+                                q.new_zeros(1, 1, 1, pad).expand(B, H, Lq, pad)], -1)
+                kw = torch.cat([k, kb.to(DT).expand(B, H, Lk, 4),
+                                k.new_zeros(1, 1, 1, pad).expand(B, H, Lk, pad)], -1)
+                vw = torch.cat([v, v.new_zeros(1, 1, 1, 4 + pad).expand(B, H, Lk, 4 + pad)], -1)
+                with sdpa_kernel([backend]):
+                    o = F.scaled_dot_product_attention(qw, kw, vw, scale=scale)
+                return o[..., :D]
+            return f
+        out["folded-flash"] = folded(SDPBackend.FLASH_ATTENTION)
+        out["folded-cudnn"] = folded(SDPBackend.CUDNN_ATTENTION)
+        out["sdpa-flash (no bias)"] = sdpa(SDPBackend.FLASH_ATTENTION)
+        out["sdpa-cudnn (no bias)"] = sdpa(SDPBackend.CUDNN_ATTENTION)
+    if name in ("rois", "vertices", "dense", "rois+bias"):
+        from torch.nn.attention.flex_attention import flex_attention
+        flex = torch.compile(flex_attention, dynamic=False)
+
+        def flex_fn(q, k, v, ex):
+            if kind == "dense":
+                bias = ex["bias"]
+
+                def mod(score, b, h, i, j):
+                    return score + bias[h, i, j]
+                return flex(qx(q), k, v, score_mod=mod, scale=scale)
+            return flex(qx(q), k, v, scale=scale)
+        out["flex"] = flex_fn
+    out["eager"] = eager
+    return out
+
+
+def brainattn_fn(name):
+    kind = CASES[name][6]
+
+    def f(q, k, v, ex):
+        if kind == "dense":
+            return attention(q, k, v, bias=ex["bias"])
+        if kind == "prf":
+            qb, kb = prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"])
+            return attention(q, k, v, q_bias=qb, k_bias=kb)
+        return attention(q, k, v)
+    return f
+
+
+def measure(fn, q, k, v, extra, dims, flops_fwd):
+    """(fwd ms, fwd+bwd ms, peak GiB of one fwd+bwd beyond the inputs, output)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    ex = {key: (t.detach().clone().requires_grad_() if t.is_floating_point() else t)
+          for key, t in extra.items()}
+    if "pos" in ex:
+        ex["pos"].requires_grad_(False)
+    with torch.no_grad():
+        out = fn(q, k, v, extra)  # compile / autotune
+    g = torch.randn_like(out)
+    y = fn(*leaves, ex)
+    y.backward(g)
+    torch.cuda.synchronize()
+    grads = [p for p in [*leaves, *ex.values()] if p.requires_grad]
+
+    def fwd():
+        with torch.no_grad():
+            fn(q, k, v, extra)
+
+    def fwdbwd():
+        for p in grads:
+            p.grad = None
+        fn(*leaves, ex).backward(g)
+
+    t_f = bench(fwd)
+    t_fb = bench(fwdbwd)
+    for p in grads:
+        p.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fwdbwd()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+    return t_f, t_fb, peak, out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default="rois,vertices,prf,dense")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.cuda.get_device_name()
+    header = (f"card: {dev}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
+              f"UTC; torch {torch.__version__}; triton {triton.__version__}; "
+              f"cuDNN {torch.backends.cudnn.version()}")
+    print(header, flush=True)
+    mm, bw = ceilings()
+    print(f"ceilings: dense bf16 matmul {mm:.0f} TFLOP/s; copy {bw:.0f} GB/s", flush=True)
+    lines = [header, "",
+             f"Ceilings measured in this run: dense bf16 matmul (8192^3) {mm:.0f} TFLOP/s; "
+             f"device copy {bw:.0f} GB/s (read + write).", "",
+             "TFLOP/s counts 4·B·H·Lq·Lk·D for the forward and 3.5× that for forward+backward "
+             "(no recomputation counted). Peak: extra GiB allocated by one forward+backward. "
+             "Ratio: best peer's fwd+bwd time / this row's (>1: faster than the best peer).", "",
+             "| case | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak GiB "
+             "| ratio | max rel err |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    names = [c for grp in args.cases.split(",") for c in GROUPS[grp]]
+    for name in names:
+        dims, q, k, v, extra = make_case(name)
+        B, H, Lq, Lk, D = dims
+        flops = 4 * B * H * Lq * Lk * D
+        rows = []
+        ba_out = None
+        impls = {"brainattn": brainattn_fn(name), **peers_for(name, q, k, v, extra, dims)}
+        for impl, fn in impls.items():
+            t0 = time.time()
+            try:
+                tf, tfb, peak, out = measure(fn, q, k, v, extra, dims, flops)
+            except Exception as exc:  # a peer that refuses the case or runs out of memory
+                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+                print(f"{name:14s} {impl:22s} failed: {msg}", flush=True)
+                rows.append((impl, None, None, None, None, msg))
+                torch.cuda.empty_cache()
+                continue
+            if impl == "brainattn":
+                ba_out = out.float()
+                err = float("nan")
+            elif ba_out is None:
+                err = float("nan")
+            else:
+                err = ((out.float() - ba_out).norm() / out.float().norm()).item()
+            rows.append((impl, tf, tfb, peak, err, None))
+            print(f"{name:14s} {impl:22s} fwd {tf:8.3f} ms  fwd+bwd {tfb:8.3f} ms  "
+                  f"peak {peak:6.2f} GiB  rel.diff vs brainattn {err:.1e}  "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+            del out
+            torch.cuda.empty_cache()
+        peer_times = [r[2] for r in rows if r[0] != "brainattn" and r[2] is not None
+                      and "no bias" not in r[0]]
+        best = min(peer_times) if peer_times else float("nan")
+        for impl, tf, tfb, peak, err, msg in rows:
+            if tf is None:
+                lines.append(f"| {name} | {impl} | – | – | – | – | – | – | {msg} |")
+                continue
+            lines.append(
+                f"| {name} | {impl} | {tf:.3f} | {flops / tf / 1e9:.0f} | {tfb:.3f} | "
+                f"{3.5 * flops / tfb / 1e9:.0f} | {peak:.2f} | {best / tfb:.2f} | "
+                f"{'' if math.isnan(err) else f'{err:.1e}'} |")
+        del q, k, v, extra
+        torch.cuda.empty_cache()
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

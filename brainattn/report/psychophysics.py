@@ -1,0 +1,243 @@
+"""Psychophysics section: the measured perceptual scale vs the Fisher prediction, fit checks.
+
+Reads the ``scale.nc`` that ``brainattn scale fit`` writes (see
+:mod:`brainattn.psychophysics`). Names are looked up among a few spellings so that the report
+keeps drawing when the format grows:
+
+- dim ``level`` with coord ``stimulus`` (physical value of each level);
+- the scale: ``scale`` (level, stat) with ``stat`` in ``estimate, se, lower, upper``, or
+  variables ``estimate``/``lower``/``upper`` (also ``scale_``-prefixed) on ``level``;
+- the prediction: ``predicted`` (or ``predicted_scale``, ``prediction``) on ``level``;
+- the residual envelope: sorted deviance residuals ``residual`` (or ``deviance_residuals``)
+  with bootstrap bounds ``envelope_lower``/``envelope_upper`` on one dim;
+- the runs test: attrs ``runs_p`` / ``runs_test_p`` (and ``runs_observed``, ``runs_expected``);
+- the trials: ``resp`` and ``S1..S4`` (or ``stim`` (trial, slot)) on ``trial``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brainattn.report.discovery import Run
+from brainattn.report.figures import Section, load_result, provenance_of, render
+
+TEXT = (
+    "Maximum likelihood difference scaling: the perceptual scale estimated from the trials "
+    "(points, with bootstrap 95% intervals) against the scale predicted from the stimulus "
+    "model's Fisher information (line), both normalised to run from 0 to 1. The fit checks "
+    "compare the deviance residuals with their bootstrap envelope and report the runs test "
+    "(too few or too many runs of same-sign residuals point to a misfit); the design panel "
+    "shows which level gaps the trials compared."
+)
+
+
+def _first(ds, names, *, where=None):
+    pool = ds.variables if where is None else where
+    for n in names:
+        if n in pool:
+            return n
+    return None
+
+
+def scale_arrays(ds) -> dict:
+    """``stimulus``, ``estimate``, ``lower``, ``upper`` (NaN when absent), ``predicted`` or None."""
+    n = ds.sizes.get("level")
+    if n is None:
+        raise ValueError("scale.nc has no 'level' dimension")
+    stim = ds["stimulus"].values.astype(float) if "stimulus" in ds.variables else \
+        (ds["level"].values.astype(float) if "level" in ds.variables else np.arange(1.0, n + 1))
+    out = {"stimulus": stim}
+    scale = ds["scale"] if "scale" in ds.data_vars else None
+    stat_dim = None
+    if scale is not None:
+        stat_dim = next((d for d in scale.dims if d != "level"), None)
+    for key in ("estimate", "lower", "upper", "se"):
+        if stat_dim is not None and key in [str(s) for s in ds[stat_dim].values]:
+            out[key] = scale.sel({stat_dim: key}).values.astype(float)
+            continue
+        name = _first(ds, (key, f"scale_{key}", f"ci_{key}"))
+        if key == "estimate" and name is None and scale is not None and scale.dims == ("level",):
+            name = "scale"
+        out[key] = ds[name].values.astype(float) if name else np.full(n, np.nan)
+    p = _first(ds, ("predicted", "predicted_scale", "prediction", "fisher_scale"))
+    out["predicted"] = ds[p].values.astype(float) if p else None
+    return out
+
+
+def _normalise(v, ref):
+    lo, hi = ref[0], np.nanmax(ref)
+    span = hi - lo if np.isfinite(hi - lo) and hi != lo else 1.0
+    return (v - lo) / span
+
+
+def plot_scale(ds):
+    """Measured scale (points with interval bars, one per level) vs the predicted scale.
+
+    The estimate's points carry ``gid`` ``"scale-estimate"`` and the prediction's line
+    ``"scale-predicted"``.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    a = scale_arrays(ds)
+    x, est = a["stimulus"], a["estimate"]
+    fig, ax = plt.subplots(figsize=(4.8, 3.8), layout="constrained")
+    y = _normalise(est, est)
+    lo, hi = _normalise(a["lower"], est), _normalise(a["upper"], est)
+    yerr = None
+    if np.isfinite(lo).any():
+        yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+        yerr = np.nan_to_num(yerr)
+    cont = ax.errorbar(x, y, yerr=yerr, fmt="o", color="C0", ms=5, capsize=3,
+                       label="measured (MLDS, 95% bootstrap)")
+    cont[0].set_gid("scale-estimate")
+    if a["predicted"] is not None:
+        (ln,) = ax.plot(x, _normalise(a["predicted"], a["predicted"]), color="C3", lw=2,
+                        label="Fisher prediction")
+        ln.set_gid("scale-predicted")
+    ax.set(xlabel=str(ds["stimulus"].attrs.get("long_name", "stimulus")) if "stimulus" in ds else
+           "level", ylabel="perceptual scale (normalised)",
+           title=str(ds.attrs.get("variable", ds.attrs.get("title", "perceptual scale"))))
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    sns.despine(ax=ax)
+    return fig
+
+
+def runs_test(ds) -> dict:
+    """Runs-test numbers from the attrs (``p``, ``observed``, ``expected``), NaN when absent."""
+    out = {}
+    for key, names in (("p", ("runs_p", "runs_test_p", "runs_pvalue", "runs_test_pvalue")),
+                       ("observed", ("runs_observed", "runs", "n_runs")),
+                       ("expected", ("runs_expected", "runs_mean"))):
+        k = _first(ds, names, where=ds.attrs)
+        if k is None and any(n in ds.data_vars for n in names):
+            k2 = _first(ds, names)
+            out[key] = float(np.asarray(ds[k2].values).ravel()[0])
+        else:
+            out[key] = float(ds.attrs[k]) if k is not None else float("nan")
+    return out
+
+
+def trial_table(ds):
+    """(resp (n,), stim (n, 3|4)) or None when the file holds no trials."""
+    if "resp" not in ds.variables:
+        return None
+    resp = ds["resp"].values.astype(float)
+    if "stim" in ds.variables:
+        stim = np.asarray(ds["stim"].transpose(ds["resp"].dims[0], ...).values)
+    else:
+        cols = [c for c in ("S1", "S2", "S3", "S4") if c in ds.variables]
+        if len(cols) < 3:
+            return None
+        stim = np.stack([ds[c].values for c in cols], axis=1)
+    return resp, stim.astype(np.int64)
+
+
+def plot_diagnostics(ds):
+    """Residual envelope, runs test and design, side by side.
+
+    The envelope's sorted residuals carry ``gid`` ``"envelope-residuals"``; the design heatmap
+    ``"design-counts"``.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
+    res = _first(ds, ("residual", "residuals", "deviance_residuals", "envelope_residual"))
+    lo = _first(ds, ("envelope_lower", "envelope_lo", "residual_lower"))
+    hi = _first(ds, ("envelope_upper", "envelope_hi", "residual_upper"))
+    if res is not None:
+        r = np.sort(ds[res].values.astype(float).ravel())
+        cdf = (np.arange(1, r.size + 1) - 0.5) / r.size
+        if lo is not None and hi is not None:
+            ax1.fill_betweenx(cdf, np.sort(ds[lo].values.ravel()), np.sort(ds[hi].values.ravel()),
+                              color="0.8", label="bootstrap 95% envelope")
+        (ln,) = ax1.plot(r, cdf, color="C0", lw=1.5, label="observed")
+        ln.set_gid("envelope-residuals")
+        ax1.legend(fontsize=8, frameon=False, loc="upper left")
+        ax1.set(xlabel="deviance residual", ylabel="cumulative proportion",
+                title="residual envelope")
+    else:
+        ax1.text(0.5, 0.5, "no residuals in scale.nc", ha="center", va="center")
+        ax1.set_axis_off()
+    rt = runs_test(ds)
+    ax2.set_axis_off()
+    lines = ["runs test on the deviance residuals"]
+    if np.isfinite(rt["observed"]):
+        lines.append(f"runs observed: {rt['observed']:.0f}")
+    if np.isfinite(rt["expected"]):
+        lines.append(f"runs expected: {rt['expected']:.1f}")
+    lines.append(f"p = {rt['p']:.3g}" if np.isfinite(rt["p"]) else "p: not in scale.nc")
+    if np.isfinite(rt["p"]):
+        lines.append("no evidence of misfit" if rt["p"] >= 0.05 else "misfit (p < 0.05)")
+    for k in ("sigma", "loglik", "aic", "n_trials", "link"):
+        if k in ds.attrs:
+            v = ds.attrs[k]
+            lines.append(f"{k}: {v:.4g}" if isinstance(v, (float, np.floating)) else f"{k}: {v}")
+    ax2.text(0.02, 0.98, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9)
+    ax2.set_title("goodness of fit")
+    tt = trial_table(ds)
+    if tt is not None:
+        resp, stim = tt
+        if stim.shape[1] == 3:
+            g1, g2 = stim[:, 1] - stim[:, 0], stim[:, 2] - stim[:, 1]
+            xl, yl = "gap S2\u2212S1 (levels)", "gap S3\u2212S2 (levels)"
+        else:
+            g1, g2 = stim[:, 1] - stim[:, 0], stim[:, 3] - stim[:, 2]
+            xl, yl = "gap S2\u2212S1 (levels)", "gap S4\u2212S3 (levels)"
+        m1, m2 = int(max(1, g1.max())), int(max(1, g2.max()))
+        counts = np.zeros((m2 + 1, m1 + 1))
+        np.add.at(counts, (g2, g1), 1)
+        hm = ax3.imshow(counts, origin="lower", cmap="Blues", aspect="auto")
+        hm.set_gid("design-counts")
+        fig.colorbar(hm, ax=ax3, label="trials")
+        ax3.set(xlabel=xl, ylabel=yl, title=f"design: {len(resp)} trials, "
+                f"{int(np.max(stim))} levels")
+    else:
+        ax3.text(0.5, 0.5, "no trial table in scale.nc", ha="center", va="center")
+        ax3.set_axis_off()
+    sns.despine(fig=fig)
+    return fig
+
+
+def scale_table(ds):
+    """The scale per level as a DataFrame (stimulus, estimate, lower, upper, predicted)."""
+    import pandas as pd
+
+    a = scale_arrays(ds)
+    df = pd.DataFrame({"stimulus": a["stimulus"], "estimate": a["estimate"],
+                       "lower": a["lower"], "upper": a["upper"]})
+    if a["predicted"] is not None:
+        df["predicted"] = a["predicted"]
+    df.index = pd.RangeIndex(1, len(df) + 1, name="level")
+    return df
+
+
+def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: bool = True) -> Section:
+    """Draw every difference-scaling run into one section."""
+    sec = Section("psychophysics", "Psychophysics", TEXT, missing=list(missing or []))
+    many = len(runs) > 1
+    for run in runs:
+        sec.missing.extend(run.missing)
+        if "scale.nc" not in run.files:
+            continue
+        ds = load_result(run.files["scale.nc"])
+        sec.provenance.append(provenance_of(ds, run.files["scale.nc"]))
+        tag = f"-{run.label}" if many else ""
+        sec.figures.append(render(plot_scale(ds), f"psychophysics-scale{tag}",
+                                  "Measured scale (one point per level, bootstrap 95% interval) "
+                                  "and the Fisher-information prediction.", svg=svg))
+        sec.figures.append(render(plot_diagnostics(ds), f"psychophysics-fit{tag}",
+                                  "Goodness of fit: residual envelope, runs test, and the trial "
+                                  "design (count of trials per pair of gaps).", svg=svg))
+        sec.tables.append((f"Scale per level ({run.label})", scale_table(ds)))
+        if "summary.txt" in run.files:
+            txt = run.files["summary.txt"].read_text(encoding="utf-8", errors="replace")
+            sec.tables.append((f"summary.txt ({run.label})", "<pre>" + _esc(txt) + "</pre>"))
+    return sec
+
+
+def _esc(s: str) -> str:
+    import html
+
+    return html.escape(s)

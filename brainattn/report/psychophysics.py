@@ -1,17 +1,15 @@
 """Psychophysics section: the measured perceptual scale vs the Fisher prediction, fit checks.
 
-Reads the ``scale.nc`` that ``brainattn scale fit`` writes (see
-:mod:`brainattn.psychophysics`). Names are looked up among a few spellings so that the report
-keeps drawing when the format grows:
+Reads the ``scale.nc`` that ``brainattn scale fit`` writes (layout documented in
+:mod:`brainattn.psychophysics.mlds`): ``stimulus`` (level), ``scale`` / ``scale_normalized``
+(level, stat) with ``stat`` in ``estimate, se, lower, upper``, ``predicted_scale`` (level, 0 -> 1),
+``residual_sorted`` (rank) with ``envelope`` (rank, bound) (``bound`` = lower, median, upper),
+``resp`` (trial) and ``S`` (trial, position); attrs ``runs_observed``, ``runs_p``,
+``envelope_outside``, ``area_match``... A few other spellings (``estimate``/``lower``/``upper``
+variables, ``S1..S4``, ``envelope_lower``/``envelope_upper``) are read too.
 
-- dim ``level`` with coord ``stimulus`` (physical value of each level);
-- the scale: ``scale`` (level, stat) with ``stat`` in ``estimate, se, lower, upper``, or
-  variables ``estimate``/``lower``/``upper`` (also ``scale_``-prefixed) on ``level``;
-- the prediction: ``predicted`` (or ``predicted_scale``, ``prediction``) on ``level``;
-- the residual envelope: sorted deviance residuals ``residual`` (or ``deviance_residuals``)
-  with bootstrap bounds ``envelope_lower``/``envelope_upper`` on one dim;
-- the runs test: attrs ``runs_p`` / ``runs_test_p`` (and ``runs_observed``, ``runs_expected``);
-- the trials: ``resp`` and ``S1..S4`` (or ``stim`` (trial, slot)) on ``trial``.
+The scale is drawn normalised (``psi_1 = 0``, ``psi_p = 1``, R's ``optim`` convention), with
+the prediction normalised the same way.
 """
 
 from __future__ import annotations
@@ -47,7 +45,11 @@ def scale_arrays(ds) -> dict:
     stim = ds["stimulus"].values.astype(float) if "stimulus" in ds.variables else \
         (ds["level"].values.astype(float) if "level" in ds.variables else np.arange(1.0, n + 1))
     out = {"stimulus": stim}
-    scale = ds["scale"] if "scale" in ds.data_vars else None
+    scale = None
+    for name in ("scale_normalized", "scale"):
+        if name in ds.data_vars:
+            scale = ds[name]
+            break
     stat_dim = None
     if scale is not None:
         stat_dim = next((d for d in scale.dims if d != "level"), None)
@@ -59,13 +61,14 @@ def scale_arrays(ds) -> dict:
         if key == "estimate" and name is None and scale is not None and scale.dims == ("level",):
             name = "scale"
         out[key] = ds[name].values.astype(float) if name else np.full(n, np.nan)
-    p = _first(ds, ("predicted", "predicted_scale", "prediction", "fisher_scale"))
+    p = _first(ds, ("predicted_scale", "predicted", "prediction", "fisher_scale"))
     out["predicted"] = ds[p].values.astype(float) if p else None
     return out
 
 
 def _normalise(v, ref):
-    lo, hi = ref[0], np.nanmax(ref)
+    """``(v - ref[0]) / (ref[-1] - ref[0])``: psi_1 = 0, psi_p = 1."""
+    lo, hi = ref[0], ref[-1]
     span = hi - lo if np.isfinite(hi - lo) and hi != lo else 1.0
     return (v - lo) / span
 
@@ -118,13 +121,29 @@ def runs_test(ds) -> dict:
     return out
 
 
+def envelope_bounds(ds):
+    """(lower, upper) of the bootstrap envelope of the sorted residuals, or None."""
+    if "envelope" in ds.data_vars and "bound" in ds.coords:
+        e = ds["envelope"]
+        bd = [str(b) for b in ds["bound"].values]
+        if "lower" in bd and "upper" in bd:
+            return (e.sel(bound="lower").values.astype(float),
+                    e.sel(bound="upper").values.astype(float))
+    lo = _first(ds, ("envelope_lower", "envelope_lo"))
+    hi = _first(ds, ("envelope_upper", "envelope_hi"))
+    if lo and hi:
+        return ds[lo].values.astype(float).ravel(), ds[hi].values.astype(float).ravel()
+    return None
+
+
 def trial_table(ds):
     """(resp (n,), stim (n, 3|4)) or None when the file holds no trials."""
     if "resp" not in ds.variables:
         return None
     resp = ds["resp"].values.astype(float)
-    if "stim" in ds.variables:
-        stim = np.asarray(ds["stim"].transpose(ds["resp"].dims[0], ...).values)
+    name = _first(ds, ("S", "stim"))
+    if name is not None and ds[name].ndim == 2:
+        stim = np.asarray(ds[name].transpose(ds["resp"].dims[0], ...).values)
     else:
         cols = [c for c in ("S1", "S2", "S3", "S4") if c in ds.variables]
         if len(cols) < 3:
@@ -143,14 +162,13 @@ def plot_diagnostics(ds):
     import seaborn as sns
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
-    res = _first(ds, ("residual", "residuals", "deviance_residuals", "envelope_residual"))
-    lo = _first(ds, ("envelope_lower", "envelope_lo", "residual_lower"))
-    hi = _first(ds, ("envelope_upper", "envelope_hi", "residual_upper"))
+    res = _first(ds, ("residual_sorted", "deviance_residual", "residual", "residuals"))
+    env = envelope_bounds(ds)
     if res is not None:
         r = np.sort(ds[res].values.astype(float).ravel())
         cdf = (np.arange(1, r.size + 1) - 0.5) / r.size
-        if lo is not None and hi is not None:
-            ax1.fill_betweenx(cdf, np.sort(ds[lo].values.ravel()), np.sort(ds[hi].values.ravel()),
+        if env is not None and len(env[0]) == r.size:
+            ax1.fill_betweenx(cdf, np.sort(env[0]), np.sort(env[1]),
                               color="0.8", label="bootstrap 95% envelope")
         (ln,) = ax1.plot(r, cdf, color="C0", lw=1.5, label="observed")
         ln.set_gid("envelope-residuals")
@@ -170,7 +188,10 @@ def plot_diagnostics(ds):
     lines.append(f"p = {rt['p']:.3g}" if np.isfinite(rt["p"]) else "p: not in scale.nc")
     if np.isfinite(rt["p"]):
         lines.append("no evidence of misfit" if rt["p"] >= 0.05 else "misfit (p < 0.05)")
-    for k in ("sigma", "loglik", "aic", "n_trials", "link"):
+    if "envelope_outside" in ds.attrs:
+        lines.append(f"residuals outside envelope: {100 * float(ds.attrs['envelope_outside']):.1f}%")
+    for k in ("method", "link", "n_trials", "sigma_estimate", "loglik", "aic", "six_point_p",
+              "area_match", "correlation"):
         if k in ds.attrs:
             v = ds.attrs[k]
             lines.append(f"{k}: {v:.4g}" if isinstance(v, (float, np.floating)) else f"{k}: {v}")

@@ -100,6 +100,7 @@ def make_attention(seed: int = 0):
 
 
 def make_scale(n_levels: int = N_LEVELS, seed: int = 0):
+    """scale.nc in the layout of ``brainattn.psychophysics.mlds`` (triads, glm convention)."""
     rng = np.random.default_rng(seed)
     stim = np.linspace(1, 5, n_levels)
     truth = np.log(stim) / np.log(5) * 4.0
@@ -109,23 +110,28 @@ def make_scale(n_levels: int = N_LEVELS, seed: int = 0):
     triads = [(a, b, c) for a in range(1, n_levels + 1) for b in range(a + 1, n_levels + 1)
               for c in range(b + 1, n_levels + 1) if b - a <= 3 and c - b <= 3]
     stim_tab = np.array(triads * 2)
-    resp = rng.integers(0, 2, len(stim_tab))
-    res = rng.normal(0, 1, len(stim_tab))
+    n = len(stim_tab)
+    resp = rng.integers(0, 2, n)
+    res = rng.normal(0, 1, n)
+    env = np.stack([np.sort(res) - 0.5, np.sort(res), np.sort(res) + 0.5], axis=1)
     ds = xr.Dataset(
-        {"scale": (("level", "stat"), scale),
-         "predicted": ("level", np.log(stim)),
-         "residual": ("trial", res),
-         "envelope_lower": ("trial", np.sort(res) - 0.5),
-         "envelope_upper": ("trial", np.sort(res) + 0.5),
-         "resp": ("trial", resp),
-         "S1": ("trial", stim_tab[:, 0]), "S2": ("trial", stim_tab[:, 1]),
-         "S3": ("trial", stim_tab[:, 2])},
+        {"stimulus": ("level", stim),
+         "scale": (("level", "stat"), scale),
+         "scale_normalized": (("level", "stat"), scale / est[-1]),
+         "sigma": ("stat", [1.0, 0.0, 1.0, 1.0]),
+         "predicted_scale": ("level", np.log(stim) / np.log(5)),
+         "deviance_residual": ("trial", res),
+         "residual_sorted": ("rank", np.sort(res)),
+         "envelope": (("rank", "bound"), env),
+         "resp": ("trial", resp.astype(np.int8)),
+         "S": (("trial", "position"), stim_tab.astype(np.int32))},
         coords={"level": np.arange(1, n_levels + 1), "stat": ["estimate", "se", "lower", "upper"],
-                "stimulus": ("level", stim), "trial": np.arange(len(stim_tab))},
-        attrs={"runs_p": 0.42, "runs_observed": 120, "runs_expected": 118.5, "sigma": 1.0,
-               "variable": "mode spatial frequency"},
+                "trial": np.arange(n), "rank": np.arange(n), "position": ["S1", "S2", "S3"],
+                "bound": ["lower", "median", "upper"]},
+        attrs={"method": "glm", "link": "probit", "design": "triad", "n_trials": n,
+               "n_levels": n_levels, "runs_p": 0.42, "runs_observed": 120,
+               "envelope_outside": 0.0, "sigma_estimate": 1.0, "area_match": 0.93},
     )
-    ds["stimulus"].attrs["long_name"] = "spatial frequency (c/deg)"
     return ds
 
 

@@ -134,7 +134,7 @@ def test_scale_plot_has_one_point_per_level_and_the_prediction(fakes):
     assert len(pts.get_xdata()) == fakes.N_LEVELS
     np.testing.assert_allclose(pts.get_xdata(), ds["stimulus"].values)
     est = ds["scale"].sel(stat="estimate").values
-    np.testing.assert_allclose(pts.get_ydata(), est / est.max())  # normalised, psi_1 = 0
+    np.testing.assert_allclose(pts.get_ydata(), est / est[-1])  # normalised: psi_1 = 0, psi_p = 1
     pred = _by_gid(fig, "scale-predicted")["scale-predicted"].get_ydata()
     assert pred[0] == pytest.approx(0) and pred[-1] == pytest.approx(1)
     # the SVG written for papers holds the same points
@@ -146,7 +146,7 @@ def test_scale_plot_has_one_point_per_level_and_the_prediction(fakes):
 def test_scale_arrays_read_separate_variables(fakes):
     ds = fakes.make_scale(7)
     sc = ds["scale"]
-    flat = ds.drop_vars(["scale", "stat"]).assign(
+    flat = ds.drop_vars(["scale", "scale_normalized", "sigma", "stat"]).assign(
         estimate=sc.sel(stat="estimate", drop=True), lower=sc.sel(stat="lower", drop=True),
         upper=sc.sel(stat="upper", drop=True))
     a = psychophysics.scale_arrays(flat)
@@ -158,14 +158,16 @@ def test_diagnostics_show_runs_test_and_design_counts(fakes):
     ds = fakes.make_scale()
     fig = psychophysics.plot_diagnostics(ds)
     texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
-    assert "p = 0.42" in texts and "runs observed: 120" in texts
+    assert "p = 0.42" in texts and "runs observed: 120" in texts and "area_match: 0.93" in texts
     counts = np.asarray(_by_gid(fig, "design-counts")["design-counts"].get_array())
     assert counts.sum() == ds.sizes["trial"]
-    g1 = ds["S2"].values - ds["S1"].values
-    g2 = ds["S3"].values - ds["S2"].values
+    S = ds["S"].values
+    g1, g2 = S[:, 1] - S[:, 0], S[:, 2] - S[:, 1]
     assert counts[1, 2] == np.sum((g1 == 2) & (g2 == 1))
     res = _by_gid(fig, "envelope-residuals")["envelope-residuals"]
-    np.testing.assert_allclose(res.get_xdata(), np.sort(ds["residual"].values))
+    np.testing.assert_allclose(res.get_xdata(), np.sort(ds["deviance_residual"].values))
+    band = [c for c in fig.axes[0].collections if c.get_label() == "bootstrap 95% envelope"]
+    assert len(band) == 1
 
 
 def test_render_gives_png_and_svg():

@@ -204,6 +204,40 @@ def measure(fn, q, k, v, extra, dims, flops_fwd):
     return t_f, t_fb, peak, out
 
 
+def breakdown(name, q, k, v, extra):
+    """Milliseconds of each brainattn kernel on this case: fwd, bwd dk/dv side, bwd dq side,
+    bwd dense-bias side (each backward pass includes the small delta pre-pass)."""
+    from brainattn.kernels import _triton as T
+
+    kind = CASES[name][6]
+    bias = extra.get("bias")
+    qb = kb = None
+    if kind == "prf":
+        qb, kb = prf_bias_factors(extra["mu"], extra["sigma"], extra["pos"],
+                                  token_mask=extra["tmask"])
+    scale = q.shape[-1] ** -0.5
+    out, lse = T._forward(q, k, v, bias, qb, kb, scale)
+    dout = torch.randn_like(out)
+    res = {"fwd": bench(lambda: T._forward(q, k, v, bias, qb, kb, scale))}
+    lr = qb is not None
+    masks = {"bwd dk/dv": (0, 1, 1, 0, 0, lr), "bwd dq": (1, 0, 0, 0, lr, 0)}
+    if bias is not None:
+        masks["bwd dbias"] = (0, 0, 0, 1, 0, 0)
+    for label, needs in masks.items():
+        res[label] = bench(lambda needs=needs: T._backward(q, k, v, bias, qb, kb, out, lse, dout,
+                                                           None, scale, needs))
+    # host time to issue one forward+backward through autograd (no sync): launch-bound if ~GPU time
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    fn = brainattn_fn(name)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        fn(*leaves, extra).backward(dout)
+    res["host fwd+bwd"] = (time.perf_counter() - t0) / 20 * 1e3
+    torch.cuda.synchronize()
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="rois,vertices,prf,dense")
@@ -226,6 +260,7 @@ def main(argv=None):
              "| case | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak GiB "
              "| ratio | max rel err |",
              "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     names = [c for grp in args.cases.split(",") for c in GROUPS[grp]]
     for name in names:
         dims, q, k, v, extra = make_case(name)
@@ -268,9 +303,16 @@ def main(argv=None):
                 f"| {name} | {impl} | {tf:.3f} | {flops / tf / 1e9:.0f} | {tfb:.3f} | "
                 f"{3.5 * flops / tfb / 1e9:.0f} | {peak:.2f} | {best / tfb:.2f} | "
                 f"{'' if math.isnan(err) else f'{err:.1e}'} |")
+        try:
+            parts = breakdown(name, q, k, v, extra)
+            txt = ", ".join(f"{key} {val:.3f} ms" for key, val in parts.items())
+            print(f"{name:14s} brainattn kernels: {txt}", flush=True)
+            notes.append(f"- {name}: brainattn kernels: {txt}")
+        except Exception as exc:
+            print(f"{name}: breakdown failed: {exc}", flush=True)
         del q, k, v, extra
         torch.cuda.empty_cache()
-    table = "\n".join(lines)
+    table = "\n".join(lines + ["", "Per-kernel times (median):", *notes])
     print("\n" + table)
     if args.out:
         with open(args.out, "w") as fh:

@@ -149,3 +149,19 @@ def test_gpu_deterministic_and_no_quadratic_allocation():
         grads.append([t.grad for t in leaves])
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
+
+
+def test_split_factors_reproduce_the_low_rank_product():
+    from brainattn.kernels._triton import _split_pair
+
+    g = torch.Generator().manual_seed(2)
+    mu = torch.rand(2, 30, 2, generator=g) * 2 - 1
+    sigma = torch.rand(2, 30, generator=g) * 0.2 + 0.02  # narrow pRFs: factors up to ~1e3
+    pos = torch.rand(50, 2, generator=g) * 2 - 1
+    qb, kb = prf_bias_factors(mu, sigma, pos)
+    qa, ka = _split_pair(qb, kb, 16)
+    assert qa.dtype == torch.float16 and qa.shape == (1, 2, 30, 16) and ka.shape == (1, 1, 50, 16)
+    approx = qa.double() @ ka.double().transpose(-1, -2)
+    exact = qb.double() @ kb.double().transpose(-1, -2)
+    scale = (qb.double().abs() @ kb.double().abs().transpose(-1, -2)).max()
+    assert ((approx - exact).abs().max() / scale).item() < 2e-6

@@ -1,0 +1,39 @@
+"""fMRI data sets: the Algonauts-2023 / NSD layout, generic readers, noise ceilings and the
+embedded synthetic visual cortex.
+
+Public API::
+
+    open_algonauts(root, subject="subj01", *, drop_nonfinite=False) -> xr.Dataset
+    write_algonauts(ds, root, subject=None, *, overwrite=False) -> Path
+    list_subjects(root) -> list[str]
+    load_betas(path, mask=None) -> (n_images, n_features) float32
+    load_labels(path, mask=None) -> (n_features,) int64
+    ncsnr(repeats), noise_ceiling(ncsnr, n=1), split_half_reliability(repeats, n=None)
+    synth.generate(out, subjects=2, images=2000, seed=0, image_size=224, overwrite=False)
+    summarize(root) -> dict (what ``brainattn data info`` prints)
+"""
+
+from __future__ import annotations
+
+from brainattn.data.algonauts import list_subjects, open_algonauts, write_algonauts
+from brainattn.data.noise_ceiling import (
+    ncsnr,
+    noise_ceiling,
+    noise_ceiling_from_repeats,
+    spearman_brown,
+    split_half_reliability,
+)
+from brainattn.data.readers import load_betas, load_labels
+
+__all__ = [
+    "open_algonauts",
+    "write_algonauts",
+    "list_subjects",
+    "load_betas",
+    "load_labels",
+    "ncsnr",
+    "noise_ceiling",
+    "noise_ceiling_from_repeats",
+    "split_half_reliability",
+    "spearman_brown",
+]

@@ -21,6 +21,7 @@ first 10,242 vertices, which are the fsaverage5 vertices in FreeSurfer's icosahe
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -183,24 +184,18 @@ def surface_values(scores, metric: str = "noise_normalized"):
     return out, ""
 
 
-def _face_nanmean(v):
-    """A face's value: the mean of its scored vertices (NaN only when none is scored).
-
-    nilearn colours faces, not vertices; with its default mean a face touching one unscored
-    vertex would be blank, hiding scattered or thin ROIs.
-    """
-    ok = np.isfinite(v)
-    return float(v[ok].mean()) if ok.any() else np.nan
-
-
 def plot_surface(values: dict, *, title: str = "", unit: str = "% of noise ceiling",
                  views=("lateral", "medial", "ventral"), cmap: str = "inferno"):
     """The inflated fsaverage5 surface coloured by ``values`` (hemisphere -> (10242,) array).
 
     The colour range is the finite range of the values drawn (``vmin``/``vmax`` of the colour
-    bar). The mesh polygons are rasterised so the SVG stays small.
+    bar). nilearn colours faces, not vertices: a face takes the mean of its scored vertices
+    (``np.nanmean``; with the default mean a face touching one unscored vertex would be blank,
+    hiding scattered or thin ROIs). The mesh polygons are rasterised so the SVG stays small.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from nilearn import datasets, plotting
 
     fs = datasets.load_fsaverage("fsaverage5")
@@ -220,22 +215,27 @@ def plot_surface(values: dict, *, title: str = "", unit: str = "% of noise ceili
     for r, h in enumerate(hemis):
         for c, view in enumerate(views):
             ax = axes[r][c]
-            plotting.plot_surf_stat_map(
-                fs["inflated"].parts[HEMI_NAMES[h]], values[h], bg_map=bg[h],
-                hemi=HEMI_NAMES[h], view=view, cmap=cmap, vmin=vmin, vmax=vmax,
-                symmetric_cbar=False, colorbar=c == len(views) - 1, axes=ax, figure=fig,
-                avg_method=_face_nanmean, cbar_tick_format="%.3g",
-                title=f"{h} {view}",
-            )
+            with warnings.catch_warnings():  # nanmean of an all-NaN face: "Mean of empty slice"
+                warnings.simplefilter("ignore", RuntimeWarning)
+                plotting.plot_surf_stat_map(
+                    fs["inflated"].parts[HEMI_NAMES[h]], values[h], bg_map=bg[h],
+                    hemi=HEMI_NAMES[h], view=view, cmap=cmap, vmin=vmin, vmax=vmax,
+                    symmetric_cbar=False, colorbar=False, axes=ax, figure=fig,
+                    avg_method="nanmean", title=f"{h} {view}",
+                )
             for coll in ax.collections:
                 coll.set_rasterized(True)
                 coll.set_gid(f"surface:{h}:{view}")
-    for ax in fig.axes:
-        if ax.name != "3d" and ax.collections:  # colour bars
-            ax.set_gid("surface-colorbar")
-            ax.set_ylabel(unit, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
+    # 3-D panels are costly to draw: lay out by hand so rendering needs no extra "tight" pass
+    fig.subplots_adjust(left=0.0, right=0.9, bottom=0.0, top=0.9 if title else 0.96,
+                        wspace=0.0, hspace=0.08)
+    cax = fig.add_axes([0.92, 0.12, 0.015, 0.7])
+    sm = ScalarMappable(norm=Normalize(vmin=vmin, vmax=vmax), cmap=cmap)
+    fig.colorbar(sm, cax=cax, format="%.3g").set_label(unit, fontsize=9)
+    cax.set_gid("surface-colorbar")
+    fig._brainattn_tight = False
     return fig
 
 

@@ -54,18 +54,27 @@ def slug(text: str) -> str:
     return s or "figure"
 
 
-def render(fig, name: str, caption: str, *, svg: bool = True, dpi: int = PNG_DPI) -> RenderedFigure:
-    """Render ``fig`` to PNG (and SVG) bytes and close it."""
+def render(fig, name: str, caption: str, *, svg: bool = True, dpi: int = PNG_DPI,
+           tight: bool | None = None) -> RenderedFigure:
+    """Render ``fig`` to PNG (and SVG) bytes and close it.
+
+    ``tight`` crops to the drawn content (``bbox_inches="tight"``, which costs one more draw);
+    by default it is on unless the figure says otherwise (``fig._brainattn_tight = False``, set
+    by drawers of heavy figures that lay themselves out).
+    """
     import matplotlib.pyplot as plt
 
+    if tight is None:
+        tight = getattr(fig, "_brainattn_tight", True)
+    bbox = "tight" if tight else None
     try:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches=bbox, facecolor="white")
         png = buf.getvalue()
         svg_bytes = None
         if svg:
             buf = io.BytesIO()
-            fig.savefig(buf, format="svg", bbox_inches="tight", facecolor="white")
+            fig.savefig(buf, format="svg", bbox_inches=bbox, facecolor="white")
             svg_bytes = buf.getvalue()
     finally:
         plt.close(fig)

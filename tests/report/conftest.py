@@ -23,3 +23,16 @@ def fakes():
 @pytest.fixture(autouse=True)
 def fake_theory_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "brainattn.theory.fakesim", _fakes.fake_module())
+
+
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory):
+    """A fake demo folder rendered once (SVG included): (root, report path, html text)."""
+    from brainattn.report import build_report
+
+    root = tmp_path_factory.mktemp("demo")
+    _fakes.make_demo(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "brainattn.theory.fakesim", _fakes.fake_module())
+        out = build_report(root)
+    return root, out, out.read_text(encoding="utf-8")

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainattn.report import build_report
 from brainattn.report.browser import OWN_MESSAGE, find_chromium, open_in_browser
 
 pytestmark = pytest.mark.skipif(
@@ -32,16 +31,14 @@ def _artifact_dir() -> Path:
     return Path(__file__).resolve().parents[2] / ".pytest_cache" / "brainattn-artifacts"
 
 
-def test_report_renders_in_headless_chromium(tmp_path, fakes):
+def test_report_renders_in_headless_chromium(demo_report):
     from PIL import Image
 
-    fakes.make_demo(tmp_path)
-    out = build_report(tmp_path, svg=False)
-    html = out.read_text(encoding="utf-8")
+    root, out, html = demo_report
     n_img = len(re.findall(r"<img ", html))
     assert n_img == 8
 
-    shot = tmp_path / "report-screenshot.png"
+    shot = root / "report-screenshot.png"  # kept in the run folder
     res = open_in_browser(out, screenshot=shot)
     assert res.loaded, "the page's load handler did not run"
     assert res.console and res.console[0].startswith(OWN_MESSAGE)  # console capture works

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
-import sys
+from html import unescape
 
 import numpy as np
 import pytest
@@ -13,17 +13,6 @@ import pytest
 from brainattn.errors import DataError, OutputExistsError
 from brainattn.io import save_netcdf
 from brainattn.report import build_report, discover
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, fakes):
-    """One demo folder rendered once (SVG included) for the checks of this module."""
-    root = tmp_path_factory.mktemp("demo")
-    fakes.make_demo(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "brainattn.theory.fakesim", fakes.fake_module())
-        out = build_report(root)
-    return root, out, out.read_text(encoding="utf-8")
 
 
 def test_demo_discovery(tmp_path, fakes):
@@ -43,8 +32,8 @@ def test_single_run_folder_is_recognised(tmp_path, fakes):
     assert [r.kind for r in found.runs] == ["psychophysics"] and not found.missing
 
 
-def test_page_is_self_contained_with_every_section(built, fakes):
-    root, out, html = built
+def test_page_is_self_contained_with_every_section(demo_report, fakes):
+    root, out, html = demo_report
     assert out == root / "report.html"
     for h in ("Provenance", "Encoders", "Psychophysics", "Theory"):
         assert re.search(rf"<h2>{h}</h2>", html)
@@ -74,8 +63,8 @@ def test_page_is_self_contained_with_every_section(built, fakes):
     assert f"{mean_r:.4g}" in html
 
 
-def test_existing_report_is_not_overwritten(built):
-    root, out, html = built
+def test_existing_report_is_not_overwritten(demo_report):
+    root, out, html = demo_report
     with pytest.raises(OutputExistsError, match="--overwrite"):
         build_report(root)
     assert out.read_text(encoding="utf-8") == html
@@ -104,15 +93,19 @@ def test_incompatible_version_is_refused(tmp_path, fakes):
 def test_interrupted_demo_draws_what_exists(tmp_path, fakes):
     fakes.make_demo(tmp_path, parts=("encoders",))
     (tmp_path / "encoders" / "ridge" / "scores.nc").unlink()  # ridge was still running
+    tr = tmp_path / "encoders" / "transformer" / "scores.nc"
+    save_netcdf(fakes.make_scores(2, 0.1).drop_vars("fsaverage_index"), tr)
     (tmp_path / "encoders" / "transformer" / "attention.nc").write_bytes(b"truncated")
     out = build_report(tmp_path, out=tmp_path / "partial.html", svg=False)
     html = out.read_text(encoding="utf-8")
-    notes = re.findall(r'<div class="missing"><b>missing:</b> (.*?)</div>', html)
+    notes = [unescape(n) for n in re.findall(r'<div class="missing"><b>missing:</b> (.*?)</div>',
+                                            html)]
     assert any("ridge/scores.nc is missing" in n for n in notes)
     assert any("attention.nc is unreadable" in n for n in notes)
     for stage in ("psychophysics", "theory", "data"):
         assert any(f"{stage} is missing" in n for n in notes)
-    assert (tmp_path / "partial_figures" / "encoders-surface-transformer.png").is_file()
+    assert any("no 'fsaverage_index' coordinate" in n for n in notes)
+    assert (tmp_path / "partial_figures" / "encoders-roi-accuracy.png").is_file()
     # ridge has history but no scores: its training curve is still drawn
     assert "encoders-training" in html and "encoders-roi-accuracy" in html
 

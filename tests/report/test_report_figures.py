@@ -74,7 +74,7 @@ def test_surface_colour_range_matches_the_scores(fakes):
     vals, _ = encoders.surface_values(ds, "noise_normalized")
     fig = encoders.plot_surface(vals, views=("lateral", "ventral"))
     bars = [ax for ax in fig.axes if ax.get_gid() == "surface-colorbar"]
-    assert len(bars) == 2  # one per hemisphere row
+    assert len(bars) == 1  # one colour bar for all panels
     nn = ds["score"].sel(metric="noise_normalized").values
     for ax in bars:
         (mesh,) = [c for c in ax.collections if c.norm is not None and c.norm.vmax is not None]

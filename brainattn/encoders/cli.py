@@ -12,14 +12,17 @@ def register(app: typer.Typer) -> None:
     def fit(
         data: Path = typer.Argument(..., help="Data set folder (Algonauts-2023 / NSD layout)."),
         model: str = typer.Option("transformer", "--model", help="transformer | ridge | factorized"),
-        subject: str = typer.Option("subj01", "--subject"),
+        subject: str = typer.Option("subj01", "--subject",
+                                    help="Subject, or several comma-separated (one fit each)."),
         backbone: str = typer.Option("gabor", "--backbone",
                                      help="'gabor' (embedded, no weights) or a timm ViT name, "
-                                          "e.g. vit_base_patch14_dinov2"),
+                                          "e.g. vit_base_patch14_dinov2; comma-separated "
+                                          "for several fits"),
         weights: Path = typer.Option(None, "--weights",
                                      help="Local weights file (.safetensors, or .pth loaded "
                                           "with weights_only=True); never downloaded."),
-        layer: int = typer.Option(-1, "--layer", help="ViT block whose tokens are used."),
+        layer: str = typer.Option("-1", "--layer", help="ViT block whose tokens are used "
+                                  "(comma-separated for several fits)."),
         stream: str = typer.Option("block", "--stream", help="block (output) | q (qkv query)"),
         image_size: int = typer.Option(None, "--image-size", help="px (default 224)"),
         queries: str = typer.Option("rois", "--queries", help="rois | hemis | vertices"),
@@ -48,17 +51,46 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite"),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out."),
     ):
-        """Fit an encoding model and write model, scores.nc, attention.nc, history, log."""
-        from brainattn.encoders.run import fit_run
+        """Fit an encoding model and write model, scores.nc, attention.nc, history, log.
 
-        fit_run(data, out, overwrite=overwrite, resume=resume, cache_dir=cache, model=model,
-                subject=subject, backbone=backbone, weights=weights, layer=layer, stream=stream,
-                image_size=image_size, queries=queries, roi_families=roi_families,
-                prf_bias=prf_bias, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
-                heads=heads, ffn=ffn, layers=layers, dropout=dropout, patience=patience,
-                pool=pool, n_components=n_components, val_fraction=val_fraction,
-                test_fraction=test_fraction, seed=seed, device=device)
-        typer.echo(f"wrote {out}")
+        Under ``torchrun --nproc_per_node=N -m brainattn fit ...`` the fit is data-parallel
+        (DDP); several subjects/backbones/layers run one fit per GPU (see
+        brainattn.encoders.distributed)."""
+        import itertools
+
+        from brainattn.encoders import distributed as D
+        from brainattn.encoders.run import fit_run
+        from brainattn.errors import ConfigError
+
+        def split(v):
+            return [x.strip() for x in str(v).split(",") if x.strip()]
+
+        try:
+            layer_list = [int(x) for x in split(layer)]
+        except ValueError as exc:
+            raise ConfigError(f"--layer {layer!r}: expected integers, comma-separated") from exc
+        fits = [{"subject": s, "backbone": b, "layer": ly} for s, b, ly in
+                itertools.product(split(subject), split(backbone), layer_list)]
+        if not fits:
+            raise ConfigError("--subject/--backbone/--layer: give at least one value each")
+        common = dict(overwrite=overwrite, resume=resume, cache_dir=cache, model=model,
+                      weights=weights, stream=stream,
+                      image_size=image_size, queries=queries, roi_families=roi_families,
+                      prf_bias=prf_bias, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
+                      heads=heads, ffn=ffn, layers=layers, dropout=dropout, patience=patience,
+                      pool=pool, n_components=n_components, val_fraction=val_fraction,
+                      test_fraction=test_fraction, seed=seed, device=device)
+        if len(fits) > 1:
+            for path in D.fit_many(data, out, fits, log=typer.echo, **common):
+                typer.echo(f"wrote {path}")
+            return
+        dist = D.init_distributed(device)
+        try:
+            fit_run(data, out, **common, **fits[0])
+        finally:
+            D.shutdown()
+        if dist is None or dist.is_main:
+            typer.echo(f"wrote {out}")
 
     @app.command("evaluate")
     def evaluate(

@@ -169,10 +169,20 @@ def features_for(ds, cfg: dict, *, cache_dir=None, log=None):
 
 def fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_dir=None,
             echo: bool = True, stop_after: int | None = None, **options) -> Path:
-    """Fit one model on one subject and write the run folder ``out`` (see module docstring)."""
+    """Fit one model on one subject and write the run folder ``out`` (see module docstring).
+
+    Under torchrun (after :func:`brainattn.encoders.distributed.init_distributed`) every rank
+    calls this: all validate, rank 0 extracts features and writes every file, all train.
+    """
     import xarray as xr
 
+    from brainattn.encoders import distributed as D
+
+    dist = D.current()
+    main = dist is None or dist.is_main
     cfg = resolve_config(**options)
+    if dist is not None and cfg["model"] != "ridge":
+        D.check_batch_divisible(cfg["batch_size"], dist.world_size)
     cfg["data"] = None if isinstance(data, xr.Dataset) else str(Path(data).resolve())
     out = Path(out)
     if resume:
@@ -188,7 +198,9 @@ def fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_d
                               f"{', '.join(diff)}); use the same options or a new --out folder")
     else:
         check_output_dir(out, overwrite=overwrite)
-        if out.is_dir() and overwrite:
+        if dist is not None:
+            dist.barrier()  # every rank has checked the folder before rank 0 writes to it
+        if out.is_dir() and overwrite and main:
             import shutil
 
             for child in out.iterdir():
@@ -207,18 +219,24 @@ def fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_d
     from brainattn.encoders._base import check_targets
 
     check_targets(betas, n_images)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_json(out / "config.json", cfg)
-    log = _Log(out / "fit.log", echo=echo)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_json(out / "config.json", cfg)
+    log = _Log(out / "fit.log", echo=echo) if main else _Log(None, echo=False)
     log(f"fit {cfg['model']} on {ds.attrs.get('subject', cfg['subject'])}: {n_images} images x "
         f"{betas.shape[1]} vertices")
+    if dist is not None and not main:
+        dist.barrier()  # rank 0 fills the feature cache first
     bb, cache = features_for(ds, cfg, cache_dir=cache_dir, log=log)
+    if dist is not None and main:
+        dist.barrier()
     X = cache.features
     if X.shape[0] != n_images:
         raise DataError(f"features hold {X.shape[0]} images, betas {n_images}; delete {cache.path}")
     tr, va, te = split_images(n_images, cfg["val_fraction"], cfg["test_fraction"], cfg["seed"])
-    atomic_write_json(out / "split.json", {"train": tr, "val": va, "test": te})
+    if main:
+        atomic_write_json(out / "split.json", {"train": tr, "val": va, "test": te})
     est = make_estimator(cfg)
     t0 = time.perf_counter()
     kw = {}
@@ -232,12 +250,16 @@ def fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_d
     elif cfg["model"] == "factorized":
         kw = {"grid": cache.grid}
     if cfg["model"] == "ridge":
+        if not main:  # one closed-form fit; the other ranks have nothing to do
+            return out
         est.fit(X, betas, train_idx=np.concatenate([tr, va]))
     else:
         est.fit(X, betas, train_idx=tr, val_idx=va, ckpt_dir=out / "checkpoint", resume=resume,
                 log=log, stop_after=stop_after, **kw)
         if not est.finished_:
             log("stopped before the last epoch; continue with --resume")
+            return out
+        if not main:  # rank 0 writes the results
             return out
         _write_history(out / "history.csv", est.history_)
     fit_s = time.perf_counter() - t0

@@ -38,37 +38,68 @@ class ArrayLoader:
     X : (N, L, C) array or memmap (float16/32); rows ``indices`` are used.
     Y : (N, V) float array (z-scored targets) or None (prediction only).
     indices : int array of the rows to iterate over.
-    batch_size : per process.
+    batch_size : the *global* batch: with ``world_size`` processes each takes
+        ``batch_size // world_size`` rows of every batch (see :meth:`shard`).
     shuffle : reshuffle every epoch with ``seed + epoch`` (set by :meth:`set_epoch`).
-    rank, world_size : shard every epoch's order across processes (data parallelism).
-    preload : hold the selected rows in memory as float16 (default: when they take < 2 GB).
+    rank, world_size : this process's shard of every batch (data parallelism).
+    device : where batches go (float32).
+    preload : where the selected rows are held as float16: ``"gpu"`` (on the CUDA device: no
+        host-to-device copy per batch), ``True``/``"cpu"`` (host memory), ``False`` (read from
+        the array/memmap per batch; on CUDA through pinned buffers by a prefetch thread,
+        ``prefetch`` batches ahead, copied on a side stream). Default: GPU when the rows take
+        less than half of the free GPU memory, else host memory when < 2 GB, else streamed.
     """
 
     def __init__(self, X, Y, indices, *, batch_size: int = 16, shuffle: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1, device="cpu",
-                 preload: bool | None = None):
+                 preload: bool | str | None = None, prefetch: int = 3):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {batch_size}: expected a positive integer")
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.rank, self.world_size = int(rank), int(world_size)
         self.device = torch.device(device)
+        self.prefetch = max(1, int(prefetch))
         self.epoch = 0
+        self.shard(rank, world_size)
         nbytes = len(self.indices) * int(np.prod(X.shape[1:])) * 2
         if preload is None:
-            preload = nbytes < (2 << 30)
-        if preload:
-            order = np.argsort(self.indices)
-            buf = np.empty((len(self.indices), *X.shape[1:]), dtype=np.float16)
-            buf[order] = np.asarray(X[self.indices[order]], dtype=np.float16)
-            self._X = torch.from_numpy(buf)
-            self._local = True
-        else:
+            preload = "cpu" if nbytes < (2 << 30) else False
+            if self.device.type == "cuda":
+                free = torch.cuda.mem_get_info(self.device)[0]
+                preload = "gpu" if nbytes < free // 2 else preload
+        self.where = {True: "cpu", False: "stream"}.get(preload, preload)
+        if self.where not in ("gpu", "cpu", "stream"):
+            raise ConfigError(f"preload {preload!r}: expected 'gpu', 'cpu', True, False or None")
+        if self.where == "stream":
             self._X = X
-            self._local = False
+        else:
+            dev = self.device if self.where == "gpu" else torch.device("cpu")
+            self._X = torch.empty((len(self.indices), *X.shape[1:]), dtype=torch.float16,
+                                  device=dev)
+            for s in range(0, len(self.indices), 256):  # chunked: no second full host copy
+                self._X[s : s + 256] = self._read(X, self.indices[s : s + 256]).to(dev)
+        self._local = self.where != "stream"
         self._Y = None if Y is None else torch.as_tensor(np.asarray(Y)[self.indices], dtype=torch.float32)
+        self._Yd = None if self._Y is None else self._Y.to(self.device)
+
+    @staticmethod
+    def _read(X, rows, out=None) -> torch.Tensor:
+        """float16 rows of ``X`` in the order given (sorted reads from a memmap)."""
+        srt = np.argsort(rows)
+        xb = np.empty((len(rows), *X.shape[1:]), dtype=np.float16) if out is None else out
+        xb[srt] = np.asarray(X[rows[srt]], dtype=np.float16)
+        return torch.from_numpy(xb)
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Take shard ``rank`` of ``world_size`` of every global batch (equal shards in
+        training; see :func:`brainattn.encoders.distributed.shard_positions`)."""
+        from brainattn.encoders.distributed import check_batch_divisible
+
+        if world_size > 1 and self.shuffle:
+            check_batch_divisible(self.batch_size, world_size)
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -78,26 +109,96 @@ class ArrayLoader:
         pos = np.arange(n)
         if self.shuffle:
             pos = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-        return pos[self.rank :: self.world_size]
+        return pos
+
+    def batches(self) -> list[np.ndarray]:
+        """This rank's positions (into ``indices``) of every batch of the epoch."""
+        from brainattn.encoders.distributed import shard_positions
+
+        order = self._order()
+        out = [shard_positions(order[s : s + self.batch_size], self.rank, self.world_size,
+                               drop_uneven=self.shuffle)
+               for s in range(0, len(order), self.batch_size)]
+        # empty shards are skipped (training shards are equal: every rank keeps the same count)
+        return [b for b in out if len(b)]
 
     def __len__(self) -> int:
-        n = len(self._order())
-        return (n + self.batch_size - 1) // self.batch_size
+        return len(self.batches())
+
+    def _host_batch(self, pos):
+        rows = self.indices[pos]
+        if self.device.type == "cuda":  # the pinned tensor itself travels (its allocator
+            # keeps the block until the async copy is done)
+            buf = torch.empty((len(rows), *self._X.shape[1:]), dtype=torch.float16,
+                              pin_memory=True)
+            self._read(self._X, rows, buf.numpy())
+            return buf
+        return self._read(self._X, rows)
+
+    def _streamed(self, batches):
+        """Prefetch thread: memmap rows -> (pinned) host buffer -> device on a side stream."""
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        cuda = self.device.type == "cuda"
+        side = torch.cuda.Stream(self.device) if cuda else None
+        stop = threading.Event()
+
+        def work():
+            try:
+                for pos in batches:
+                    if stop.is_set():
+                        return
+                    x = self._host_batch(pos)
+                    ev = None
+                    if cuda:
+                        with torch.cuda.stream(side):
+                            x = x.to(self.device, non_blocking=True)
+                            ev = torch.cuda.Event()
+                            ev.record(side)
+                    q.put((pos, x, ev))
+                q.put(None)
+            except BaseException as exc:  # hand errors to the consumer
+                q.put(exc)
+
+        th = threading.Thread(target=work, daemon=True)
+        th.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                pos, x, ev = item
+                if ev is not None:
+                    torch.cuda.current_stream(self.device).wait_event(ev)
+                    x.record_stream(torch.cuda.current_stream(self.device))
+                yield pos, x
+        finally:
+            stop.set()
+            while th.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    th.join(0.01)
 
     def __iter__(self):
-        order = self._order()
-        for s in range(0, len(order), self.batch_size):
-            pos = order[s : s + self.batch_size]
-            if self._local:
-                x = self._X[torch.from_numpy(pos)]
-            else:
-                rows = self.indices[pos]
-                srt = np.argsort(rows)
-                xb = np.empty((len(rows), *self._X.shape[1:]), dtype=np.float16)
-                xb[srt] = np.asarray(self._X[rows[srt]], dtype=np.float16)
-                x = torch.from_numpy(xb)
+        batches = self.batches()
+        # one host-to-device copy of the epoch's positions (a per-batch copy of a pageable
+        # index array would synchronise the stream every step)
+        flat = torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, np.int64))
+        dpos = flat.to(self.device)
+        ends = np.cumsum([len(b) for b in batches])
+        if self._local:
+            xpos = dpos if self._X.device == self.device else flat
+            src = ((b, self._X[xpos[e - len(b) : e]]) for b, e in zip(batches, ends, strict=True))
+        else:
+            src = self._streamed(batches)
+        for (pos, x), e in zip(src, ends, strict=True):
             x = x.to(self.device, non_blocking=True).float()
-            y = None if self._Y is None else self._Y[torch.from_numpy(pos)].to(self.device)
+            y = None if self._Yd is None else self._Yd[dpos[e - len(pos) : e]]
             yield x, y
 
 
@@ -120,15 +221,17 @@ def train_epoch(model, loader, opt, *, device="cpu", amp: bool = False,
                 grad_clip: float | None = None, extra_loss=None, desc: str = "train") -> float:
     """One pass over ``loader`` minimising MSE (+ ``extra_loss(model)``); returns the mean loss."""
     model.train()
-    total, count = 0.0, 0
-    bar = progress(loader, desc=desc, total=len(loader))
-    for x, y in bar:
+    inner = getattr(model, "module", model)  # DDP wraps the model; extra_loss wants the module
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    n_steps = len(loader)
+    bar = progress(loader, desc=desc, total=n_steps)
+    for i, (x, y) in enumerate(bar):
         try:
             with autocast(device, amp):
                 pred = model(x)
                 loss = torch.mean((pred.float() - y) ** 2)
                 if extra_loss is not None:
-                    loss = loss + extra_loss(model)
+                    loss = loss + extra_loss(inner)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -136,13 +239,15 @@ def train_epoch(model, loader, opt, *, device="cpu", amp: bool = False,
             opt.step()
         except torch.cuda.OutOfMemoryError as exc:
             raise _oom_message(exc, loader.batch_size) from exc
-        if not math.isfinite(float(loss)):
+        # the loss stays on the device (a float() per step would stall the GPU queue); it is
+        # checked for divergence every 64 steps and at the end
+        total += loss.detach() * len(x)
+        count += len(x)
+        if (i % 64 == 63 or i == n_steps - 1) and not math.isfinite(float(total)):
             raise BrainAttnError(
                 "training diverged (loss is NaN/Inf); lower --lr or check the features for NaN"
             )
-        total += float(loss) * len(x)
-        count += len(x)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @torch.no_grad()
@@ -160,10 +265,24 @@ def predict_loader(model, loader, *, device="cpu", amp: bool = False) -> torch.T
 
 
 @torch.no_grad()
-def evaluate(model, loader, *, device="cpu", amp: bool = False) -> dict:
-    """Validation MSE and mean/median Pearson r over vertices (NaN vertices skipped)."""
-    pred = predict_loader(model, loader, device=device, amp=amp).double()
+def evaluate(model, loader, *, device="cpu", amp: bool = False, dist=None) -> dict:
+    """Validation MSE and mean/median Pearson r over vertices (NaN vertices skipped).
+
+    With ``dist`` (data parallelism) each rank predicts its shard of ``loader`` and the
+    predictions of all ranks are gathered, so every rank scores the whole validation set.
+    """
     y = loader._Y.double()
+    if len(loader):
+        pred = predict_loader(model, loader, device=device, amp=amp)
+    else:
+        pred = torch.zeros((0, y.shape[1]))
+    if dist is not None and dist.world_size > 1:
+        mine = loader.batches()
+        pos = torch.from_numpy(np.concatenate(mine) if mine else np.zeros(0, np.int64))
+        full = torch.full((len(loader.indices), y.shape[1]), float("nan"))
+        full[torch.cat(dist.gather_rows(pos))] = torch.cat(dist.gather_rows(pred.float()))
+        pred = full
+    pred = pred.double()
     mse = float(((pred - y) ** 2).mean())
     p = pred - pred.mean(0)
     t = y - y.mean(0)
@@ -276,15 +395,27 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
              ckpt_dir=None, resume: bool = False, device="cpu", amp: bool = False,
              grad_clip: float | None = None, patience: int | None = None,
              schedule: str = "cosine", warmup: int = 0, extra_loss=None, log=None,
-             stop_after: int | None = None) -> dict:
+             stop_after: int | None = None, dist=None) -> dict:
     """Train for up to ``epochs`` epochs, keep the best model by validation mean r.
 
     Returns the final state dict (``history``: one dict per epoch with ``epoch``, ``lr``,
     ``train_loss``, ``val_loss``, ``val_mean_r``, ``val_median_r``, ``seconds``;
     ``best_epoch``, ``best_val_mean_r``); the model holds the best weights on return.
     ``stop_after`` ends the call after that many epochs as if killed (tests of ``resume``).
+    ``dist``: a :class:`~brainattn.encoders.distributed.DistContext` (default: the one torchrun
+    set up, if any): data-parallel training, rank-0 checkpoints (see that module).
     """
-    log = log or (lambda msg: None)
+    from brainattn.encoders import distributed as D
+
+    dist = dist if dist is not None else D.current()
+    if dist is not None and dist.world_size <= 1:
+        dist = None
+    main = dist is None or dist.is_main
+    log = (log if main else None) or (lambda msg: None)
+    train_model = model
+    if dist is not None:
+        train_loader.shard(dist.rank, dist.world_size)
+        val_loader.shard(dist.rank, dist.world_size)
     base_lrs = [g["lr"] for g in opt.param_groups]
     state = {"epoch": -1, "best_epoch": -1, "best_val_mean_r": -float("inf"), "bad_epochs": 0,
              "history": [], "config": config, "done": False}
@@ -301,6 +432,10 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
             )
         state = load_checkpoint(ckpt_dir, model=model, opt=opt)
         log(f"resumed after epoch {state['epoch']} (best val mean r {state['best_val_mean_r']:.4f})")
+    if dist is not None:  # after a resume: DDP starts from the loaded weights
+        train_model = dist.wrap(model)
+        log(f"data-parallel over {dist.world_size} processes ({dist.backend}), "
+            f"{train_loader.batch_size // dist.world_size} images per process and step")
     best_path = None if ckpt_dir is None else Path(ckpt_dir) / "best.safetensors"
     best_mem = None
     if state["done"]:
@@ -316,16 +451,24 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
         for g, lr0 in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr0 * f
         train_loader.set_epoch(epoch)
+        where = f"{ckpt_dir}" if ckpt_dir is not None else "nowhere (no checkpoint folder)"
         try:
-            loss = train_epoch(model, train_loader, opt, device=device, amp=amp,
+            loss = train_epoch(train_model, train_loader, opt, device=device, amp=amp,
                                grad_clip=grad_clip, extra_loss=extra_loss,
                                desc=f"epoch {epoch + 1}/{epochs}")
-            metrics = evaluate(model, val_loader, device=device, amp=amp)
+            if dist is not None:
+                loss = dist.all_reduce_mean(loss)
+            metrics = evaluate(model, val_loader, device=device, amp=amp, dist=dist)
         except KeyboardInterrupt:
-            where = f"{ckpt_dir}" if ckpt_dir is not None else "nowhere (no checkpoint folder)"
             print(f"interrupted in epoch {epoch + 1}; the checkpoint of epoch {epoch} is in "
                   f"{where}; continue with --resume", file=sys.stderr)
             raise
+        except (D.PeerFailure, RuntimeError) as exc:
+            if dist is None or not (isinstance(exc, D.PeerFailure) or D.is_comm_error(exc)):
+                raise
+            raise D.PeerFailure(f"{str(exc).rstrip('.')}; stopped in epoch {epoch + 1}: the "
+                                f"checkpoint of epoch {epoch} in {where} is intact; continue "
+                                "with --resume (any number of processes)") from exc
         row = {"epoch": epoch, "lr": base_lrs[0] * f, "train_loss": loss, **metrics,
                "seconds": time.perf_counter() - t0}
         state["history"].append(row)
@@ -336,7 +479,7 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
             state["best_val_mean_r"] = metrics["val_mean_r"]
             state["best_epoch"] = epoch
             state["bad_epochs"] = 0
-            if best_path is not None:
+            if best_path is not None and main:
                 save_module(best_path, model)
             else:
                 best_mem = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -347,8 +490,10 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
             log(f"early stop after epoch {epoch + 1} (best epoch {state['best_epoch'] + 1})")
         if epoch == epochs - 1:
             state["done"] = True
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and main:
             save_checkpoint(ckpt_dir, model=model, opt=opt, state=state)
+        if dist is not None:
+            dist.barrier()  # the checkpoint is on disk before anyone goes on
         ran += 1
         if state["done"]:
             break

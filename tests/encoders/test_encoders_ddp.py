@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from brainattn.encoders import distributed as D
-from brainattn.encoders.training import ArrayLoader, fit_loop
+from brainattn.encoders.training import ArrayLoader
 from brainattn.errors import ConfigError
 
 WORKER = textwrap.dedent('''

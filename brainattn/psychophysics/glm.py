@@ -90,6 +90,14 @@ def _base_mu(link, eta: np.ndarray):
     if t is links.Cauchy:
         a = np.arctan(eta) / np.pi
         return 0.5 + a, 0.5 - a, 1.0 / (np.pi * (1.0 + eta * eta))
+    if t is links.CLogLog:
+        e = np.exp(np.minimum(eta, 700.0))
+        muc = np.exp(-e)
+        return -np.expm1(-e), muc, e * muc
+    if t is links.LogLog:
+        e = np.exp(np.minimum(-eta, 700.0))
+        mu = np.exp(-e)
+        return mu, -np.expm1(-e), e * mu
     mu = np.asarray(link.inverse(eta), dtype=np.float64)
     return mu, 1.0 - mu, np.asarray(link.inverse_deriv(eta), dtype=np.float64)
 
@@ -332,7 +340,8 @@ def _solve_block(X, XX, Y, M, link, beta, max_iter, tol, line_search=True, summa
         score[act] = score_new
         mu[act] = mu_new
         n_iter[act] += 1
-        small = np.max(np.abs(t[:, None] * step), axis=1) <= tol * (1.0 + np.max(np.abs(b_new), axis=1))
+        # converged when the full step is small (a step shrunk by the line search is not)
+        small = np.max(np.abs(step), axis=1) <= tol * (1.0 + np.max(np.abs(b_new), axis=1))
         small |= ~np.all(np.isfinite(b_new), axis=1)
         converged[act[small]] = True
         act = act[~small]

@@ -487,7 +487,8 @@ def _fit_glm(trials: Trials, link, engine: str, firth: bool, pre=None) -> _Core:
     elif engine == "statsmodels":
         import statsmodels.api as sm
 
-        res = sm.GLM(y, X, family=sm.families.Binomial(link=link)).fit(tol=1e-13, maxiter=1000)
+        fam = sm.families.Binomial(link=link, check_link=not isinstance(link, LapseLink))
+        res = sm.GLM(y, X, family=fam).fit(tol=1e-13, maxiter=1000)
         beta, cov, ll, conv = np.asarray(res.params), np.asarray(res.cov_params()), float(res.llf), bool(res.converged)
     elif engine == "numpy":
         if pre is None:

@@ -14,8 +14,8 @@ Run-folder files the report draws
 ``scores.nc`` (held-out test images; written by :func:`score_table`)
     dims ``vertex``, ``metric``, ``roi``.
     ``score`` (vertex, metric) float64, ``metric`` = ``pearson_r`` | ``r2`` |
-    ``noise_normalized`` (percent: ``100 * max(r, 0)**2 / NC`` capped at 100; NaN without a noise
-    ceiling). ``status`` (vertex) str: ``ok``, ``constant_target``, ``constant_prediction``,
+    ``noise_normalized`` (percent of explainable variance: ``100 * max(r, 0)**2 / (NC / 100)``
+    with NC in percent, capped at 100; NaN without a noise ceiling). ``status`` (vertex) str: ``ok``, ``constant_target``, ``constant_prediction``,
     ``nonfinite`` -- r is NaN unless ``ok``. ``noise_ceiling`` (vertex, percent) when the data
     set has one. ``roi_median`` (roi, metric): median over the ROI's valid vertices.
     Vertex coords: ``hemisphere`` (lh/rh), ``hemi_vertex``, ``roi_<family>`` (str ROI name,

@@ -2,7 +2,8 @@
 
 Plain functions on arrays. Pearson r is computed column-wise in one vectorised pass (on the GPU
 when one is present, float64 on the CPU); the noise-ceiling-normalised accuracy is the
-Algonauts-2023 score: ``r < 0 -> 0``, then ``100 * r**2 / NC`` (NC in percent), capped at 100.
+Algonauts-2023 score: ``r < 0 -> 0``, then ``100 * r**2 / NC`` with NC as a fraction of
+variance (NSD ships it in percent, so ``100 * r**2 / (NC% / 100)``), capped at 100.
 
 Vertices whose r is undefined are never silently scored as zero: their r is NaN and
 :func:`vertex_status` says why (``constant_target``, ``constant_prediction``, ``nonfinite``).
@@ -117,17 +118,18 @@ def vertex_status(pred, true) -> np.ndarray:
 
 
 def noise_normalized(r, noise_ceiling) -> np.ndarray:
-    """Algonauts score per vertex: ``100 * max(r, 0)**2 / NC`` capped at 100 (percent).
+    """Algonauts score per vertex, percent of the explainable variance explained:
+    ``100 * max(r, 0)**2 / (NC / 100)``, capped at 100.
 
-    ``noise_ceiling`` is in percent of explainable variance (0-100). Where r is NaN or the
-    noise ceiling is NaN or <= 0 the result is NaN.
+    ``noise_ceiling`` NC is in percent of variance (0-100, as NSD ships it), so r**2 = NC/100
+    scores 100. Where r is NaN or the noise ceiling is NaN or <= 0 the result is NaN.
     """
     r = np.asarray(r, dtype=np.float64)
     nc = np.asarray(noise_ceiling, dtype=np.float64)
     if r.shape != nc.shape:
         raise ShapeError(f"r has shape {r.shape} but noise_ceiling has {nc.shape}; expected equal")
     with np.errstate(invalid="ignore", divide="ignore"):
-        s = 100.0 * np.clip(r, 0.0, None) ** 2 / nc
+        s = 100.0 * np.clip(r, 0.0, None) ** 2 / (nc / 100.0)
     s = np.minimum(s, 100.0)
     s[~(nc > 0)] = np.nan
     s[np.isnan(r)] = np.nan

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from brainattn.encoders.transformer import (
+    TransformerBrainEncoder,
+    TransformerModule,
+    assign_queries,
+    sine_position_encoding,
+)
+from brainattn.errors import DataError
+
+
+def test_assign_queries_rois_priority_and_other():
+    hemi = np.array(["lh"] * 4 + ["rh"] * 4)
+    roi = {"prf": np.array(["V1", "V1", "Unknown", "Unknown", "V1", "Unknown", "Unknown", "Unknown"]),
+           "faces": np.array(["Unknown", "FFA", "FFA", "Unknown", "Unknown", "FFA", "Unknown", "Unknown"])}
+    names, vq = assign_queries("rois", hemi, roi, ["prf", "faces"])
+    assert names == ["lh:V1", "lh:FFA", "lh:other", "rh:V1", "rh:FFA", "rh:other"]
+    assert [names[i] for i in vq] == ["lh:V1", "lh:V1", "lh:FFA", "lh:other",
+                                      "rh:V1", "rh:FFA", "rh:other", "rh:other"]
+    names, vq = assign_queries("hemis", hemi)
+    assert names == ["lh:all", "rh:all"] and vq.tolist() == [0] * 4 + [1] * 4
+    names, vq = assign_queries("vertices", hemi)
+    assert len(names) == 8 and vq.tolist() == list(range(8))
+    with pytest.raises(DataError, match="ROI family 'words' is not in the data set"):
+        assign_queries("rois", hemi, roi, ["words"])
+
+
+def test_sine_pe_matches_detr_formula():
+    pe = sine_position_encoding((2, 3), 8)
+    # channel 0: sin(y), y = (row + 1) / rows * 2 pi; channel 4 (second half): sin(x)
+    y = (np.arange(2) + 1) / 2 * 2 * np.pi
+    x = (np.arange(3) + 1) / 3 * 2 * np.pi
+    np.testing.assert_allclose(pe[:, 0].view(2, 3).numpy(), np.sin(y)[:, None].repeat(3, 1), atol=1e-6)
+    np.testing.assert_allclose(pe[:, 4].view(2, 3).numpy(), np.sin(x)[None, :].repeat(2, 0), atol=1e-6)
+    # channel 2: sin(y / 10000 ** (2 * 1 / 4))
+    np.testing.assert_allclose(pe[:, 2].view(2, 3)[:, 0].numpy(), np.sin(y / 100.0), atol=1e-6)
+
+
+def test_grouped_readout_equals_dense_gather():
+    torch.manual_seed(0)
+    vq = np.array([2, 0, 1, 0, 2, 2])
+    m = TransformerModule(4, 3, 6, vertex_query=vq, grid=(2, 2), width=8, heads=2, ffn=16)
+    out = torch.randn(5, 3, 8)
+    want = (out[:, torch.as_tensor(vq)] * m.readout_w).sum(-1) + m.readout_b
+    torch.testing.assert_close(m.readout(out), want)
+
+
+def test_attention_goes_through_the_kernel(monkeypatch):
+    import brainattn.kernels as K
+
+    calls = []
+    orig = K.attention
+
+    def spy(*a, **k):
+        calls.append(k.get("q_bias") is not None)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(K, "attention", spy)
+    m = TransformerModule(4, 3, 2, vertex_query=[0, 1], grid=(2, 2), width=8, heads=2, ffn=16,
+                          prf_bias=True)
+    m(torch.randn(2, 4, 3))
+    assert calls == [True]
+
+
+def _planted_routing(n=500, grid=4, c=6, seed=0):
+    """Tokens of noise; a 'target' token (feature 0 high) at a random position per image.
+    Vertex 0 responds to the amount of feature 1 AT the target token (must route), vertex 1 to
+    feature 2 at a fixed top-left token (a fixed pRF)."""
+    rng = np.random.default_rng(seed)
+    L = grid * grid
+    X = rng.standard_normal((n, L, c)).astype(np.float32) * 0.5
+    where = rng.integers(0, L, n)
+    X[np.arange(n), where, 0] += 3.0
+    y0 = X[np.arange(n), where, 1]
+    y1 = X[:, 0, 2]
+    Y = np.stack([y0, y1], 1) + 0.1 * rng.standard_normal((n, 2))
+    return X, Y.astype(np.float32), where
+
+
+@pytest.mark.slow
+def test_transformer_learns_to_route_and_attention_finds_the_target():
+    X, Y, where = _planted_routing()
+    est = TransformerBrainEncoder(width=32, heads=4, ffn=64, dropout=0.0, epochs=25,
+                                  batch_size=32, lr=3e-3, patience=None, device="cpu", seed=0)
+    est.fit(X[:400], Y[:400], vertex_query=np.array([0, 1]), query_names=["route", "fixed"])
+    r = [np.corrcoef(est.predict(X[400:])[:, j], Y[400:, j])[0, 1] for j in range(2)]
+    assert r[0] > 0.8 and r[1] > 0.8, r
+    maps = est.attention_maps(X[400:]).reshape(100, 2, -1)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
+    hit = (maps[:, 0].argmax(-1) == where[400:]).mean()
+    assert hit > 0.9, hit
+
+
+def test_save_load_predicts_identically(tmp_path):
+    X, Y, _ = _planted_routing(n=80)
+    est = TransformerBrainEncoder(width=16, heads=2, ffn=32, epochs=1, batch_size=16,
+                                  device="cpu", prf_bias=True)
+    est.fit(X, Y, vertex_query=np.array([0, 1]))
+    est.save(tmp_path)
+    again = TransformerBrainEncoder.load(tmp_path)
+    np.testing.assert_array_equal(est.predict(X[:7]), again.predict(X[:7]))
+    assert again.query_names_ == est.query_names_

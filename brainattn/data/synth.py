@@ -45,7 +45,7 @@ vertices per hemisphere.
 betas), noise = 60% independent + 30% spatially smooth on the mesh + 10% global per trial (in
 variance). ``ncsnr`` is drawn per vertex so that the noise ceiling of single trials (n = 1) is
 40-80% (early visual, category ROIs) or 5-35% (unlabelled). The training betas are single trials;
-a subset of ``max(20, images // 8)`` images has 3 trials in ``*_repeats_fmri.npy`` (trial 0 is the
+a subset of ``max(20, images // 6)`` images has 3 trials in ``*_repeats_fmri.npy`` (trial 0 is the
 training beta).
 
 Ground truth (``synth_ground_truth.nc``; load with :func:`load_ground_truth`)
@@ -88,7 +88,7 @@ import xarray as xr
 
 from brainattn.data.synth_images import CATEGORIES, ENERGY_GRID, contrast_energy, render_image
 from brainattn.errors import ConfigError, DataError
-from brainattn.io import atomic_dir, load_netcdf
+from brainattn.io import atomic_dir, check_output_dir, load_netcdf
 from brainattn.utils import progress
 
 GROUND_TRUTH_FILE = "synth_ground_truth.nc"
@@ -456,6 +456,7 @@ def generate(
     Returns the output folder.
     """
     _check_args(subjects, images, image_size, seed)
+    check_output_dir(out, overwrite=overwrite)  # refuse before minutes of work, not after
     n_test = max(4, images // 20) if test_images is None else int(test_images)
     n_jobs = n_jobs or min(2, os.cpu_count() or 1)
     ss = np.random.SeedSequence(int(seed))
@@ -519,7 +520,7 @@ def _write_subject(sub, subject, ss, energy, objs_list, table, n_train, n_test, 
                                model["lay"][h]["fsaverage_index"])
         for h in ("lh", "rh")
     }
-    n_rep = min(n_train, max(20, n_train // 8))
+    n_rep = min(n_train, max(20, n_train // 6))
     rep_idx = np.sort(rng.choice(n_train, size=n_rep, replace=False))
     noise = _noise(rng, model, n_train + (N_TRIALS - 1) * n_rep, smoothers) * scale[None, :]
     betas = (signal[:n_train] + noise[:n_train]).astype(np.float32)

@@ -93,7 +93,7 @@ def _nifti_masker(mask):
         raise ConfigError("mask: NIfTI volumes need a 3-D mask image (mask=...) naming the voxels")
     if isinstance(mask, (str, os.PathLike)):
         mask = str(_exists(mask))
-    masker = NiftiMasker(mask_img=mask, standardize=False, detrend=False)
+    masker = NiftiMasker(mask_img=mask, standardize=None, detrend=False)
     try:
         masker.fit()
     except Exception as exc:

@@ -535,8 +535,10 @@ def _write_subject(sub, subject, ss, energy, objs_list, table, n_train, n_test, 
     roi_dir.mkdir()
     for h in ("lh", "rh"):
         m = hemi == h
-        np.save(fmri / f"{h}_training_fmri.npy", betas[:, m], allow_pickle=False)
-        np.save(fmri / f"{h}_repeats_fmri.npy", repeats[:, :, m], allow_pickle=False)
+        # C order like Algonauts' files: a memory-mapped row (one image) is contiguous
+        np.save(fmri / f"{h}_training_fmri.npy", np.ascontiguousarray(betas[:, m]), allow_pickle=False)
+        np.save(fmri / f"{h}_repeats_fmri.npy", np.ascontiguousarray(repeats[:, :, m]),
+                allow_pickle=False)
         mask = np.zeros(model["lay"][h]["n_mesh"], dtype=bool)
         mask[model["lay"][h]["fsaverage_index"]] = True
         np.save(roi_dir / f"{h}.all-vertices_fsaverage_space.npy", mask, allow_pickle=False)

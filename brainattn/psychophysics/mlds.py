@@ -632,9 +632,11 @@ def _fit_formula(trials: Trials, link, formula, p0, unconstrained_ll: float) -> 
     s_np = trials.stimulus.astype(np.float64)
     s_t = torch.as_tensor(s_np)
     torch_ok = True
-    try:
-        out = fn(s_t, *torch.as_tensor(p0))
-        torch_ok = isinstance(out, torch.Tensor) and out.shape == s_t.shape
+    try:  # differentiable in torch? (a numpy-only callable drops the graph or raises)
+        th = torch.as_tensor(p0, dtype=torch.float64).clone().requires_grad_(True)
+        out = fn(s_t, *th)
+        torch_ok = (isinstance(out, torch.Tensor) and out.shape == s_t.shape
+                    and (k == 0 or out.requires_grad))
     except Exception:
         torch_ok = False
 
@@ -670,7 +672,7 @@ def _fit_formula(trials: Trials, link, formula, p0, unconstrained_ll: float) -> 
 
     ls0 = minimize_scalar(lambda ls: nll_np(np.r_[p0, ls]), bounds=(-8, 5), method="bounded").x
     th, cov, fmin = _theta_fit(nll, np.r_[p0, ls0], torch_ok=torch_ok)
-    _check_identifiable(psi_np, th[:-1], name)
+    _check_identifiable(psi_np, th[:-1], name, at_optimum=True)
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     sigma = float(np.exp(th[-1]))
     psi = psi_np(th[:-1])
@@ -694,7 +696,7 @@ def _fit_formula(trials: Trials, link, formula, p0, unconstrained_ll: float) -> 
                  True, formula=info)
 
 
-def _check_identifiable(psi_np, params, name):
+def _check_identifiable(psi_np, params, name, at_optimum: bool = False):
     """The map (params, sigma) -> scale differences / sigma must have full column rank."""
     params = np.asarray(params, dtype=float)
     k = len(params)
@@ -712,9 +714,10 @@ def _check_identifiable(psi_np, params, name):
     J[:, k] = -d0  # d/d(log sigma) of d0 / sigma at sigma = 1
     sv = np.linalg.svd(J, compute_uv=False)
     if sv[0] == 0 or sv[-1] / sv[0] < 1e-7:
+        where = "the maximum-likelihood estimate (the fit ran to a boundary)" if at_optimum else "p0"
         raise ConfigError(
             f"formula {name}: its {k} parameters and sigma cannot be identified (the scale depends on "
-            f"fewer than {k + 1} combinations of them at {params.tolist()}); drop a parameter or fix it"
+            f"fewer than {k + 1} combinations of them at {where} {params.tolist()}); drop or fix a parameter"
         )
 
 

@@ -180,7 +180,7 @@ def _layout_hemisphere(hemi: str, rng: np.random.Generator, n_ev_roi: int, n_cat
         rel = d[sel] / cap_radius
         ecc = 0.48 * (np.exp(1.6 * rel) - 1) / (np.exp(1.6) - 1) + 0.01
         ecc = ecc * np.exp(rng.normal(0, 0.05, sel.size))
-        angle = angle + rng.normal(0, 4, sel.size)
+        angle = np.clip(angle + rng.normal(0, 4, sel.size), -90, 90)  # contralateral field
         side = 1.0 if hemi == "lh" else -1.0  # lh sees the right half of the image
         x = np.clip(0.5 + side * ecc * np.cos(np.radians(angle)), 0.005, 0.995)
         y = np.clip(0.5 - ecc * np.sin(np.radians(angle)), 0.005, 0.995)

@@ -264,7 +264,7 @@ def render_image(seed, size: int = 224) -> tuple[np.ndarray, list[SynthObject]]:
 
 
 def contrast_energy(img: np.ndarray, grid: int = ENERGY_GRID) -> np.ndarray:
-    """Local contrast energy on a ``grid x grid`` map, (grid, grid) float32.
+    """Local contrast energy on a ``grid x grid`` map (at most one cell per pixel), float32.
 
     Luminance minus its Gaussian blur (sigma 2 px: a band-pass around 1/8 cycles/px), squared,
     averaged in grid cells.
@@ -275,6 +275,7 @@ def contrast_energy(img: np.ndarray, grid: int = ENERGY_GRID) -> np.ndarray:
     band = lum - gaussian_filter(lum, 2.0, mode="reflect")
     e = band * band
     n = img.shape[0]
+    grid = min(grid, n)
     cell = n // grid
     if cell * grid != n:  # area average over uneven cells
         m = np.zeros((grid, n), dtype=np.float32)

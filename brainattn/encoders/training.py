@@ -60,6 +60,8 @@ class ArrayLoader:
         self.shuffle = shuffle
         self.seed = int(seed)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # compare devices exactly
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.prefetch = max(1, int(prefetch))
         self.epoch = 0
         self.shard(rank, world_size)

@@ -90,10 +90,9 @@ COMMON = textwrap.dedent('''
                       schedule="cosine")
         return m, st
 
-    def fit_run_tiny(data_dir, out):
+    def tiny_dataset(data_dir):
         import xarray as xr
         from PIL import Image
-        from brainattn.encoders.run import fit_run
         os.makedirs(data_dir, exist_ok=True)
         rng = np.random.default_rng(1)
         paths = []
@@ -109,6 +108,11 @@ COMMON = textwrap.dedent('''
                                 "roi_floc-faces": ("vertex", np.asarray(
                                     ["FFA-1", "Unknown", "FFA-1", "OFA", "Unknown", "OFA"]))},
                         attrs={"subject": "subj01"})
+        return ds
+
+    def fit_run_tiny(data_dir, out):
+        from brainattn.encoders.run import fit_run
+        ds = tiny_dataset(data_dir)
         return fit_run(ds, out, cache_dir=os.path.join(data_dir, "cache"), echo=False,
                        image_size=32, epochs=2, batch_size=4, width=16, heads=2, ffn=16,
                        dropout=0.0, device="cpu", n_attention_images=2, patience=None)
@@ -298,3 +302,36 @@ def test_not_under_torchrun_means_single_process(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="RANK=3"):
         D.init_distributed("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU machine)")
+def test_cuda_streamed_and_gpu_resident_loaders_agree():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((50, 9, 8)).astype(np.float16)
+    Y = rng.standard_normal((50, 3)).astype(np.float32)
+    idx = rng.permutation(50)[:40]
+    gpu = ArrayLoader(X, Y, idx, batch_size=6, shuffle=True, device="cuda", preload="gpu")
+    st = ArrayLoader(X, Y, idx, batch_size=6, shuffle=True, device="cuda", preload=False)
+    assert gpu.where == "gpu" and st.where == "stream" and gpu._X.is_cuda
+    for (xa, ya), (xb, yb) in zip(gpu, st, strict=True):
+        assert xa.is_cuda and xb.is_cuda
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_several_fits_in_one_call_get_one_folder_each(work, tmp_path):
+    _, common = work
+    ds = common.tiny_dataset(str(tmp_path / "data"))
+    fits = [{"subject": s, "backbone": "gabor", "layer": -1} for s in ("subj01", "subj02")]
+    said = []
+    runs = D.fit_many(ds, tmp_path / "out", fits, log=said.append, model="ridge", image_size=32,
+                      cache_dir=tmp_path / "cache", echo=False, device="cpu")
+    assert [r.name for r in runs] == ["subj01__gabor__layer-1", "subj02__gabor__layer-1"]
+    for r in runs:
+        assert (r / "scores.nc").is_file() and (r / "model.safetensors").is_file()
+
+
+def test_cli_rejects_a_bad_layer_list(tmp_path, capsys):
+    from brainattn.cli import main
+
+    assert main(["fit", str(tmp_path), "--layer", "8,x", "--out", str(tmp_path / "o")]) == 2
+    assert "--layer '8,x': expected integers" in capsys.readouterr().err

@@ -97,7 +97,7 @@ class RidgeEncoder:
             k = min(int(self.n_components), Z.shape[0] - 1, Z.shape[1])
             if k < 1:
                 raise ShapeError("pool='pca' needs at least 2 training images")
-            self.pca_mean_ = Z.mean(0)
+            self.pca_mean_ = Z.mean(0).astype(np.float32)
             import torch
 
             g = torch.Generator().manual_seed(int(self.seed))
@@ -110,8 +110,8 @@ class RidgeEncoder:
             _, _, vt = torch.linalg.svd(Qm.T @ Zc, full_matrices=False)
             self.pca_components_ = vt[:k].numpy().astype(np.float32)
             Z = (Z - self.pca_mean_) @ self.pca_components_.T
-        self.x_mean_ = Z.mean(0)
-        self.x_std_ = Z.std(0) + 1e-6
+        self.x_mean_ = Z.mean(0).astype(np.float32)
+        self.x_std_ = (Z.std(0) + 1e-6).astype(np.float32)
         Z = ((Z - self.x_mean_) / self.x_std_).astype(np.float64)
         dev = resolve_device(self.device)
         old = get_backend()
@@ -131,6 +131,9 @@ class RidgeEncoder:
             self.alphas_ = np.asarray(backend.to_numpy(model.best_alphas_), np.float32)
         finally:
             set_backend(old)
+        for k in self._arrays:  # C-contiguous float32: a reloaded model predicts bit-identically
+            if hasattr(self, k):
+                setattr(self, k, np.ascontiguousarray(getattr(self, k), dtype=np.float32))
         self.n_features_in_ = int(X.shape[2])
         self.n_tokens_in_ = int(X.shape[1])
         return self

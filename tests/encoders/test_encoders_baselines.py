@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from brainattn.encoders.factorized import SpatialFeatureEncoder
+from brainattn.encoders.ridge import RidgeEncoder
+
+
+def _pooled_problem(n=240, L=4, c=12, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, L, c)).astype(np.float32)
+    w = rng.standard_normal((c, 3))
+    clean = X.mean(1) @ w
+    noise_sd = np.array([0.05, 1.0, 20.0])  # per-vertex SNR -> per-vertex alpha
+    Y = clean + noise_sd * rng.standard_normal(clean.shape) * clean.std(0)
+    return X, Y.astype(np.float32)
+
+
+def test_ridge_matches_sklearn_at_the_chosen_alpha_and_alphas_follow_snr():
+    from sklearn.linear_model import Ridge
+
+    X, Y = _pooled_problem()
+    est = RidgeEncoder(pool="mean", alphas=np.logspace(-3, 5, 17), device="cpu").fit(X[:200], Y[:200])
+    assert est.alphas_[0] < est.alphas_[1] < est.alphas_[2]
+    Z = X[:200].mean(1)
+    Zs = (Z - Z.mean(0)) / (Z.std(0) + 1e-6)
+    Zt = (X[200:].mean(1) - Z.mean(0)) / (Z.std(0) + 1e-6)
+    for j in range(3):
+        ref = Ridge(alpha=float(est.alphas_[j])).fit(Zs, Y[:200, j])
+        np.testing.assert_allclose(est.predict(X[200:])[:, j], ref.predict(Zt), rtol=1e-3, atol=1e-3)
+
+
+def test_ridge_pca_recovers_a_token_specific_signal(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 9, 4)).astype(np.float32)
+    Y = np.stack([X[:, 0, 1], X[:, 8, 2]], 1) + 0.2 * rng.standard_normal((300, 2))
+    est = RidgeEncoder(pool="pca", n_components=36, device="cpu").fit(X[:250], Y[:250])
+    r = [np.corrcoef(est.predict(X[250:])[:, j], Y[250:, j])[0, 1] for j in range(2)]
+    assert min(r) > 0.9
+    mean_only = RidgeEncoder(pool="mean", device="cpu").fit(X[:250], Y[:250])
+    assert mean_only.score(X[250:], Y[250:]) < 0.5  # pooling loses where the signal is
+    est.save(tmp_path)
+    np.testing.assert_array_equal(RidgeEncoder.load(tmp_path).predict(X[:5]), est.predict(X[:5]))
+
+
+@pytest.mark.slow
+def test_factorized_recovers_planted_maps_and_features():
+    rng = np.random.default_rng(2)
+    grid = (5, 5)
+    X = rng.standard_normal((600, 25, 6)).astype(np.float32)
+    where = [3, 17, 21]
+    what = rng.standard_normal((3, 6))
+    Y = np.stack([X[:, t] @ what[k] for k, t in enumerate(where)], 1)
+    Y = Y + 0.3 * rng.standard_normal(Y.shape) * Y.std(0)
+    est = SpatialFeatureEncoder(epochs=40, lr=1e-2, patience=None, smoothness=0.0,
+                                device="cpu").fit(X[:500], Y[:500], grid=grid)
+    maps = est.maps().reshape(3, -1)
+    assert maps.argmax(1).tolist() == where
+    r = [np.corrcoef(est.predict(X[500:])[:, j], Y[500:, j])[0, 1] for j in range(3)]
+    assert min(r) > 0.9, r

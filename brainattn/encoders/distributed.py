@@ -104,12 +104,17 @@ class DistContext:
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """``module`` inside DistributedDataParallel (buffers are constant: not re-broadcast)."""
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        params = inspect.signature(DDP.__init__).parameters
+        # newer torch renamed the knob; buffers are identical on every rank from the start
+        kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else \
+            {"broadcast_buffers": False}
         with collective_errors(self, "DDP setup"):
-            return DDP(module, device_ids=ids, broadcast_buffers=False,
-                       gradient_as_bucket_view=True)
+            return DDP(module, device_ids=ids, gradient_as_bucket_view=True, **kw)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ The float64 reference used by the tests is :func:`brainattn.kernels.reference.re
 Imports only torch here; triton is imported on the first Triton call.
 """
 
-from brainattn.kernels.attention import (
+from brainattn.kernels.api import (
     TRITON_HEAD_DIMS,
     attention,
     attention_weights,

@@ -7,7 +7,7 @@ import torch
 from brainattn.errors import ConfigError, ShapeError
 
 
-def prf_bias_factors(mu, sigma, positions, *, query_mask=None, token_mask=None):
+def prf_bias_factors(mu, sigma, positions, *, query_mask=None, token_mask=None, validate=True):
     """Factors of the bias ``-||x_j - mu_i||^2 / (2 sigma_i^2)`` for :func:`attention`.
 
     The bias equals ``q_bias @ k_bias^T`` exactly, with
@@ -25,6 +25,9 @@ def prf_bias_factors(mu, sigma, positions, *, query_mask=None, token_mask=None):
         (their bias row is 0).
     token_mask : optional (Lk,) bool; False marks tokens without a position, e.g. a CLS token
         (their bias column is 0; their ``positions`` rows are ignored and may be NaN).
+    validate : check that every sigma is positive. The check reads a value back from the
+        device (a host sync on CUDA); a training loop whose sigma is positive by construction
+        (``exp``/``softplus``) can pass False.
 
     Returns
     -------
@@ -47,7 +50,7 @@ def prf_bias_factors(mu, sigma, positions, *, query_mask=None, token_mask=None):
         )
     if not torch.is_floating_point(mu) or not torch.is_floating_point(sigma):
         raise ConfigError(f"mu/sigma: expected floating dtypes, got {mu.dtype} and {sigma.dtype}")
-    if bool((sigma.detach() <= 0).any()):
+    if validate and bool((sigma.detach() <= 0).any()):
         raise ConfigError("sigma: expected every pRF size to be positive")
     dt = torch.float64 if mu.dtype == torch.float64 else torch.float32
     mu = mu.to(dt)

@@ -150,3 +150,16 @@ def test_torch_path_nan_pattern_matches_reference(monkeypatch):
     assert 0 < int(rout.isnan().sum()) < rout.numel()
     fin = ~rout.isnan()
     assert _rel(out[fin], rout[fin]) < 1e-5
+
+
+def test_auto_dispatch_uses_torch_for_cpu_tensors(monkeypatch):
+    import brainattn.kernels.api as A
+
+    monkeypatch.delenv("BRAINATTN_ATTENTION", raising=False)
+    q, k, v = _ok()
+    assert A._backend(q, 16) == "torch"
+    monkeypatch.setenv("BRAINATTN_ATTENTION", "torch")
+    assert A._backend(q, 16) == "torch"
+    # float64 and odd head dims are fine on the torch path
+    out = attention(q.double(), k.double(), v.double())
+    assert out.dtype == torch.float64 and out.shape == (3, 2, 4, 16)

@@ -5,11 +5,14 @@ Reads the run folders ``brainattn fit`` writes (see :mod:`brainattn.encoders`):
 - ``scores.nc``: ``score`` (vertex, metric) with ``metric`` in ``pearson_r``, ``r2``,
   ``noise_normalized`` (percent of the noise ceiling); vertex coords ``hemisphere``
   (``"lh"``/``"rh"``), ``hemi_vertex``, ``roi_<family>`` and, for the surface map,
-  ``fsaverage_index`` (+ attr ``fsaverage_mesh``); optional ``roi_median`` (roi, metric) with
-  coords ``roi_family``, ``roi_name`` (recomputed from ``score`` when absent);
-- ``attention.nc``: ``attention`` (image, query, token_y, token_x) -- any two trailing spatial
-  dims, or one square ``token`` dim -- with coords ``query`` (ROI query names) and ``image_id``;
-  images from a ``pixels`` variable (image, y, x[, channel]) or an ``image_path`` coord;
+  ``fsaverage_index`` (+ attr ``fsaverage_mesh``; when absent, taken from the run's data set by
+  ``hemi_vertex``); optional ``roi_median`` (roi, metric) with coords ``roi_family``,
+  ``roi_name`` (recomputed from ``score`` when absent);
+- ``attention.nc``: ``attention`` (image, query, row, col) -- any two trailing spatial dims,
+  or one square ``token`` dim (a leading CLS token is dropped) -- with coords ``query``
+  (``lh:FFA-1``...), ``image`` (row of the data set) and ``image_id``; the images come from a
+  ``pixels`` variable (image, y, x[, channel]), an ``image_path`` coord, or the data set the run
+  was fitted to (``config.json``'s ``data``/``subject``, or the demo's ``data/`` folder);
 - ``history.csv``: one row per epoch with ``epoch`` and any of ``train_loss``, ``val_loss``,
   ``val_mean_r``;
 - ``config.json``: ``model`` names the model.
@@ -35,6 +38,18 @@ _MESH_SIZE = {"fsaverage4": 2562, "fsaverage5": 10242, "fsaverage6": 40962, "fsa
 #: ROI queries drawn by default when present (one per family), matched by ROI name
 DEFAULT_QUERIES = ("V1v", "V1", "FFA-1", "FFA", "EBA", "PPA", "VWFA-1", "VWFA", "OPA", "OFA")
 HEMI_NAMES = {"lh": "left", "rh": "right"}
+#: page order of ROI families and of the ROIs inside them (others follow in file order)
+FAMILY_ORDER = ("prf-visualrois", "floc-faces", "floc-bodies", "floc-places", "floc-words",
+                "streams")
+ROI_ORDER = ("V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4", "OFA", "FFA-1", "FFA-2", "mTL-faces",
+             "aTL-faces", "EBA", "FBA-1", "FBA-2", "mTL-bodies", "OPA", "PPA", "RSC", "OWFA",
+             "VWFA-1", "VWFA-2", "mfs-words", "mTL-words")
+
+
+def _order(items, canonical):
+    rank = {n: i for i, n in enumerate(canonical)}
+    items = list(dict.fromkeys(items))
+    return sorted(items, key=lambda n: (rank.get(n, len(rank)), items.index(n)))
 
 TEXT = (
     "Encoding models fitted to held-out images: accuracy is the Pearson r between predicted and "
@@ -118,7 +133,7 @@ def plot_roi_accuracy(scores_by_model: dict, metric: str = "pearson_r"):
         t["model"] = model
         frames.append(t)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    fams = list(dict.fromkeys(df["family"])) if len(df) else []
+    fams = _order(df["family"], FAMILY_ORDER) if len(df) else []
     models = list(scores_by_model)
     widths = [max(1, df[df.family == f]["roi"].nunique()) for f in fams] or [1]
     fig, axes = plt.subplots(1, len(widths), figsize=(min(18, 1.6 + 0.55 * sum(widths) * max(1, len(models)) ** 0.5), 3.6),
@@ -126,7 +141,7 @@ def plot_roi_accuracy(scores_by_model: dict, metric: str = "pearson_r"):
     palette = dict(zip(models, sns.color_palette("colorblind", len(models)), strict=False))
     for ax, fam in zip(axes[0], fams, strict=False):
         sub = df[df.family == fam]
-        rois = list(dict.fromkeys(sub["roi"]))
+        rois = _order(sub["roi"], ROI_ORDER)
         n = len(models)
         w = 0.8 / max(1, n)
         for i, model in enumerate(models):
@@ -143,7 +158,8 @@ def plot_roi_accuracy(scores_by_model: dict, metric: str = "pearson_r"):
     axes[0][0].set_ylabel({"pearson_r": "median Pearson r", "noise_normalized":
                            "median % of noise ceiling", "r2": "median r\u00b2"}.get(metric, metric))
     if models:
-        axes[0][-1].legend(title="model", fontsize=8, frameon=False, loc="upper right")
+        fig.legend(*axes[0][0].get_legend_handles_labels(), title="model", fontsize=8,
+                   frameon=False, loc="outside right upper")
     return fig
 
 
@@ -176,7 +192,7 @@ def surface_values(scores, metric: str = "noise_normalized"):
             continue
         full = np.full(N_FSAVERAGE5, np.nan)
         idx, v = index[sel], vals[sel]
-        keep = (idx >= 0) & (idx < N_FSAVERAGE5)  # finer meshes: their first 10,242 are fsaverage5
+        keep = (idx >= 0) & (idx < N_FSAVERAGE5)  # finer meshes: the first 10,242 are fsaverage5
         full[idx[keep]] = v[keep]
         out[h] = full
     if not out:
@@ -301,8 +317,9 @@ def choose_queries(names, wanted=DEFAULT_QUERIES, k: int = 4) -> list[int]:
 def plot_attention(att, run_dir: str | Path = ".", *, queries=None, n_images: int = 4):
     """Attention maps of chosen ROI queries over held-out images (rows: images, cols: queries).
 
-    Each map is upsampled over its image (bilinear); its ``gid`` is
-    ``"attention:<query>:<image_id>"``.
+    Each map is upsampled over its image (bilinear) with its own colour range (min to max of
+    that map: where the query looks, whatever its contrast); its ``gid`` is
+    ``"attention:<query>:<image_id>"``. The caption of a row gives the image id.
     """
     import matplotlib.pyplot as plt
 
@@ -329,8 +346,9 @@ def plot_attention(att, run_dir: str | Path = ".", *, queries=None, n_images: in
             if img is not None:
                 ax.imshow(img, extent=ext, cmap="gray" if img.ndim == 2 else None)
             m = arr[i, q]
-            im = ax.imshow(m, extent=ext, cmap="magma", alpha=0.65 if img is not None else 1.0,
-                           interpolation="bilinear", vmin=0, vmax=float(np.nanmax(m)) or 1.0)
+            lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
+            im = ax.imshow(m, extent=ext, cmap="magma", alpha=0.6 if img is not None else 1.0,
+                           interpolation="bilinear", vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
             im.set_gid(f"attention:{qnames[q]}:{ids[i]}")
             if r == 0:
                 ax.set_title(qnames[q], fontsize=8)
@@ -389,6 +407,85 @@ def plot_training(histories: dict):
 
 
 # --------------------------------------------------------------------------------------------
+# the data set a run was fitted to (for fsaverage indices and images the run files lack)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def run_dataset(run_dir: str | Path):
+    """The data set of a run (``config.json``'s ``data`` + ``subject``, or a demo's ``data/``),
+    opened lazily with :func:`brainattn.data.open_algonauts`; ``None`` when not found."""
+    run_dir = Path(run_dir)
+    cfg = _read_json(run_dir / "config.json")
+    subject = str(cfg.get("subject") or "subj01")
+    cands = []
+    if cfg.get("data"):
+        p = Path(str(cfg["data"]))
+        cands.append(p if p.is_absolute() else run_dir / p)
+    for up in (run_dir.parent, run_dir.parent.parent):  # demo: OUT/encoders/<model>, OUT/data
+        cands.append(up / "data")
+    for root in cands:
+        if not root.is_dir():
+            continue
+        try:
+            from brainattn.data import open_algonauts
+
+            return open_algonauts(root, subject)
+        except Exception:  # not a data set (or not this subject): try the next candidate
+            continue
+    return None
+
+
+def add_fsaverage_index(scores, data):
+    """Copy ``fsaverage_index`` from the data set onto ``scores`` (matched by hemisphere and
+    ``hemi_vertex``); returns ``scores`` unchanged when that is impossible."""
+    if data is None or "fsaverage_index" not in data.coords or "hemi_vertex" not in scores.coords:
+        return scores
+    idx = np.full(scores.sizes["vertex"], -1, dtype=np.int64)
+    s_h = scores["hemisphere"].values.astype(str)
+    s_v = scores["hemi_vertex"].values.astype(np.int64)
+    d_h = data["hemisphere"].values.astype(str)
+    d_v = data["hemi_vertex"].values.astype(np.int64)
+    d_i = data["fsaverage_index"].values.astype(np.int64)
+    for h in HEMI_NAMES:
+        lut = dict(zip(d_v[d_h == h].tolist(), d_i[d_h == h].tolist(), strict=True))
+        sel = np.flatnonzero(s_h == h)
+        idx[sel] = [lut.get(int(v), -1) for v in s_v[sel]]
+    if (idx < 0).all():
+        return scores
+    out = scores.assign_coords(fsaverage_index=("vertex", idx))
+    if "fsaverage_mesh" in data.attrs:
+        out.attrs["fsaverage_mesh"] = data.attrs["fsaverage_mesh"]
+    return out
+
+
+def attach_images(att, data):
+    """Add ``image_path`` to ``att`` from the data set (by ``image_id``, else the ``image`` row)."""
+    if data is None or "image_path" in att.coords or "pixels" in att.data_vars:
+        return att
+    paths = data["image_path"].values.astype(str) if "image_path" in data.coords else None
+    if paths is None:
+        return att
+    if "image_id" in att.coords and "image_id" in data.coords:
+        lut = dict(zip(data["image_id"].values.astype(str).tolist(), paths.tolist(), strict=True))
+        found = [lut.get(str(i), "") for i in att["image_id"].values]
+    elif "image" in att.coords:
+        rows = att["image"].values.astype(np.int64)
+        found = [paths[r] if 0 <= r < len(paths) else "" for r in rows]
+    else:
+        return att
+    return att.assign_coords(image_path=("image", np.asarray(found, dtype=str)))
+
+
+# --------------------------------------------------------------------------------------------
 # the section
 
 
@@ -409,14 +506,21 @@ def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: boo
         while label in scores or label in histories or label in atts:
             label = label + "'"
         sec.missing.extend(run.missing)
+        data = None
         if "scores.nc" in run.files:
             ds = load_result(run.files["scores.nc"])
+            if "fsaverage_index" not in ds.coords:
+                data = run_dataset(run.path)
+                ds = add_fsaverage_index(ds, data)
             scores[label] = ds
             sec.provenance.append(provenance_of(ds, run.files["scores.nc"]))
         if "history.csv" in run.files:
             histories[label] = read_history(run.files["history.csv"])
         if "attention.nc" in run.files:
-            atts[label] = (load_result(run.files["attention.nc"]), run.path)
+            att = load_result(run.files["attention.nc"])
+            if "pixels" not in att.data_vars and "image_path" not in att.coords:
+                att = attach_images(att, data if data is not None else run_dataset(run.path))
+            atts[label] = (att, run.path)
     if scores:
         sec.tables.append(("Accuracy on held-out images per model (medians over vertices; "
                            "% NC = noise-normalised accuracy)", summary_table(scores)))

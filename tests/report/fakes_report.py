@@ -78,10 +78,10 @@ def make_scores(seed: int, offset: float):
 
 
 def make_attention(seed: int = 0):
-    """attention.nc: 3 images x 4 queries on an 8x8 token grid with a planted peak per query."""
+    """attention.nc as ``brainattn fit`` writes it (3 images x 4 queries, 8x8 token grid, a
+    planted peak per map), plus the images as ``pixels``."""
     rng = np.random.default_rng(seed)
-    n_img, queries = 3, ["lh/prf-visualrois/V1v", "lh/floc-faces/FFA-1", "rh/floc-faces/FFA-1",
-                         "lh/other"]
+    n_img, queries = 3, ["lh:V1v", "lh:FFA-1", "rh:FFA-1", "lh:other"]
     att = rng.uniform(0, 0.2, (n_img, len(queries), GRID, GRID))
     peaks = {}
     for i in range(n_img):
@@ -92,9 +92,10 @@ def make_attention(seed: int = 0):
     att /= att.sum(axis=(2, 3), keepdims=True)
     px = rng.integers(0, 255, (n_img, 32, 32, 3)).astype(np.uint8)
     ds = xr.Dataset(
-        {"attention": (("image", "query", "token_y", "token_x"), att),
+        {"attention": (("image", "query", "row", "col"), att),
          "pixels": (("image", "y", "x", "channel"), px)},
-        coords={"image_id": ("image", [f"img{i:03d}" for i in range(n_img)]), "query": queries},
+        coords={"image": np.arange(n_img), "image_id": ("image", [f"img{i:03d}" for i in range(n_img)]),
+                "query": queries, "row": np.arange(GRID), "col": np.arange(GRID)},
     )
     return ds, peaks
 

@@ -111,7 +111,7 @@ def test_attention_flat_tokens_with_cls_are_reshaped(fakes):
 
 
 def test_choose_queries_prefers_named_left_hemisphere_rois():
-    names = ["rh/floc-faces/FFA-1", "lh/floc-faces/FFA-1", "lh/prf-visualrois/V1v", "lh/x"]
+    names = ["rh:FFA-1", "lh:FFA-1", "lh:V1v", "lh:x"]
     picked = encoders.choose_queries(names, k=3)
     assert picked[:2] == [2, 1] and len(picked) == 3
 

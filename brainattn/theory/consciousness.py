@@ -77,7 +77,7 @@ QUICK: dict[str, Any] = {
     "ood_shift": 3.0,
     "ood_scale": 2.0,
     "ood_novel_types": False,
-    "steps": 300,
+    "steps": 200,
     "anneal_fraction": 0.5,
     "batch_size": 64,
     "lr": 0.003,

@@ -98,9 +98,12 @@ def plot_scale(ds):
         (ln,) = ax.plot(x, _normalise(a["predicted"], a["predicted"]), color="C3", lw=2,
                         label="Fisher prediction")
         ln.set_gid("scale-predicted")
+    title = "measured scale"
+    if a["predicted"] is not None:
+        model = ds.attrs.get("prediction_model")
+        title += " vs Fisher prediction" + (f" ({model})" if model else "")
     ax.set(xlabel=str(ds["stimulus"].attrs.get("long_name", "stimulus")) if "stimulus" in ds else
-           "level", ylabel="perceptual scale (normalised)",
-           title=str(ds.attrs.get("variable", ds.attrs.get("title", "perceptual scale"))))
+           "level", ylabel="perceptual scale (normalised)", title=title)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     sns.despine(ax=ax)
     return fig
@@ -211,6 +214,8 @@ def plot_diagnostics(ds):
         np.add.at(counts, (g2, g1), 1)
         hm = ax3.imshow(counts, origin="lower", cmap="Blues", aspect="auto")
         hm.set_gid("design-counts")
+        ax3.set_xlim(0.5, m1 + 0.5)  # a gap is at least one level
+        ax3.set_ylim(0.5, m2 + 0.5)
         fig.colorbar(hm, ax=ax3, label="trials")
         ax3.set(xlabel=xl, ylabel=yl, title=f"design: {len(resp)} trials, "
                 f"{int(np.max(stim))} levels")

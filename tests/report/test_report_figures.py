@@ -180,3 +180,33 @@ def test_render_gives_png_and_svg():
     from PIL import Image
 
     assert Image.open(io.BytesIO(r.png)).size == r.size_px
+
+
+def test_real_scale_fit_is_drawn(tmp_path):
+    """A scale.nc written by ``brainattn scale fit`` itself (bootstrap, diagnostics, prediction)."""
+    import xarray as xr
+
+    from brainattn.cli import main
+    from brainattn.report.discovery import discover
+
+    csv = tmp_path / "trials.csv"
+    assert main(["scale", "simulate", "--out", str(csv), "--levels", "9", "--design", "triad",
+                 "--repeats", "2", "--max-gap", "3", "--scale", "log", "--seed", "1"]) == 0
+    run = tmp_path / "psy"
+    assert main(["scale", "fit", str(csv), "--out", str(run), "--bootstrap", "40",
+                 "--predict", "mode-frequency", "--stimulus", "1,1.5,2,2.5,3,3.5,4,4.5,5"]) == 0
+    sec = psychophysics.build_section(discover(run).runs, svg=False)
+    assert [f.name for f in sec.figures] == ["psychophysics-scale", "psychophysics-fit"]
+    with xr.open_dataset(run / "scale.nc", engine="h5netcdf") as ds:
+        ds = ds.load()
+    fig = psychophysics.plot_scale(ds)
+    pts = _by_gid(fig, "scale-estimate")["scale-estimate"]
+    np.testing.assert_allclose(pts.get_xdata(), [1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5])
+    np.testing.assert_allclose(pts.get_ydata(), ds["scale_normalized"].sel(stat="estimate"))
+    np.testing.assert_allclose(_by_gid(fig, "scale-predicted")["scale-predicted"].get_ydata(),
+                               ds["predicted_scale"].values, atol=1e-12)
+    fig = psychophysics.plot_diagnostics(ds)
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert f"p = {ds.attrs['runs_p']:.3g}" in texts
+    counts = np.asarray(_by_gid(fig, "design-counts")["design-counts"].get_array())
+    assert counts.sum() == ds.sizes["trial"]

@@ -169,3 +169,20 @@ def test_split_factors_reproduce_the_low_rank_product():
     exact = qb.double() @ kb.double().transpose(-1, -2)
     scale = (qb.double().abs() @ kb.double().abs().transpose(-1, -2)).max()
     assert ((approx - exact).abs().max() / scale).item() < 2e-6
+
+
+def test_triton_partial_gradients_and_fully_masked_keys():
+    """Only some inputs need gradients (the other passes are skipped); a key masked by a -inf
+    bias gets zero weight and zero gradient."""
+    q, k, v, bias, *_ = _make("perbatch-q-dense-d48", torch.float32, seed=9)
+    q, k, v, bias = (t.detach().clone() for t in (q, k, v, bias))
+    bias[:, :, 3] = -math.inf
+    qq = q.clone().requires_grad_()
+    out = attention(qq, k, v, bias=bias)
+    rout, _ = reference_attention(q.cpu(), k.cpu(), v.cpu(), bias=bias.cpu())
+    assert _rel(out, rout) < 1e-5
+    out.square().sum().backward()
+    assert qq.grad is not None and k.grad is None and v.grad is None
+    vv = v.clone().requires_grad_()
+    attention(q, k, vv, bias=bias).sum().backward()
+    assert torch.all(vv.grad[:, :, 3] == 0) and vv.grad.abs().sum() > 0

@@ -80,9 +80,10 @@ ROI_SIZES = {
 SIZES = {
     "full": dict(n_train=8857, n_val=984, grid=(31, 31), dim=768, lh=19004, rh=20544,
                  width=768, heads=16, ffn=1024, batch=16, epochs=3, vertex_steps=20,
-                 roi_scale=1.0, workers=8),
+                 roi_scale=1.0, workers=8, synth_images=2000, synth_epochs=6),
     "tiny": dict(n_train=48, n_val=16, grid=(4, 4), dim=32, lh=150, rh=170, width=32, heads=4,
-                 ffn=64, batch=8, epochs=1, vertex_steps=2, roi_scale=0.005, workers=0),
+                 ffn=64, batch=8, epochs=1, vertex_steps=2, roi_scale=0.005, workers=0,
+                 synth_images=24, synth_epochs=1),
 }
 RANK_K = 8  # planted feature subspace
 NOISE_SD = 1.2
@@ -211,14 +212,95 @@ def reset_peak(dev) -> None:
         torch.cuda.reset_peak_memory_stats(dev)
 
 
+class _Take:
+    """The first ``n`` batches of a loader (for profiling a few steps)."""
+
+    def __init__(self, loader, n):
+        self.loader, self.n, self.batch_size = loader, n, loader.batch_size
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for i, b in enumerate(self.loader):
+            if i >= self.n:
+                return
+            yield b
+
+
+def profile_steps(step_loader_fn, dev, n: int) -> dict:
+    """torch.profiler over ``n`` training steps: wall ms/step, GPU-busy ms/step (sum of kernel
+    times), and the top operators by device time -- what bounds a step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    step_loader_fn(2)  # warm
+    sync(dev)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        step_loader_fn(n)
+        sync(dev)
+        wall = (time.perf_counter() - t0) / n * 1e3
+    ka = prof.key_averages()
+    dev_attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else \
+        "self_cuda_time_total"
+    busy = sum(getattr(e, dev_attr, 0) for e in ka) / 1e3 / n
+    top = sorted(ka, key=lambda e: getattr(e, dev_attr, 0), reverse=True)[:12]
+    return {"steps": n, "wall_ms_per_step": round(wall, 3), "gpu_busy_ms_per_step": round(busy, 3),
+            "top_device_ops_ms_per_step": {e.key[:60]: round(getattr(e, dev_attr, 0) / 1e3 / n, 3)
+                                           for e in top},
+            "top_cpu_ops_ms_per_step": {e.key[:60]: round(e.self_cpu_time_total / 1e3 / n, 3)
+                                        for e in sorted(ka, key=lambda e: e.self_cpu_time_total,
+                                                        reverse=True)[:8]}}
+
+
 # --------------------------------------------------------------------------------------------
 # parts
 
 
+def synth_data(cfg, workdir: Path, dev, n_images: int, seed=0):
+    """The embedded synthetic cortex (``brainattn.data.synth``), one subject, ``n_images``
+    images, features from the embedded Gabor backbone through brainattn's feature cache."""
+    from brainattn.data import open_algonauts, synth
+    from brainattn.encoders.backbones import make_backbone
+    from brainattn.encoders.cache import get_features
+
+    root = workdir / f"synth_{n_images}_s{seed}"
+    t0 = time.perf_counter()
+    if not (root / "subj01").is_dir():
+        synth.generate(root, subjects=1, images=n_images, seed=seed, overwrite=True,
+                       n_jobs=max(1, min(16, os.cpu_count() or 1)))
+    gen_s = time.perf_counter() - t0
+    ds = open_algonauts(root, "subj01")
+    t0 = time.perf_counter()
+    bb = make_backbone("gabor", device=str(dev))
+    cache = get_features(bb, [str(p) for p in ds["image_path"].values], dataset_tag="bench-synth",
+                         cache_dir=workdir / "cache", device=str(dev))
+    feat_s = time.perf_counter() - t0
+    Y = np.asarray(ds["betas"].values, np.float32)
+    hemi = np.asarray(ds["hemisphere"].values).astype(str)
+    labels = {k[4:]: np.asarray(ds[k].values).astype(str) for k in ds.coords
+              if k.startswith("roi_")}
+    names, vq = assign_queries("rois", hemi, labels)
+    perm = np.random.default_rng([seed, 9]).permutation(len(Y))
+    n_val = max(2, len(Y) // 10)
+    log(f"synthetic cortex: {len(Y)} images x {Y.shape[1]} vertices, grid {cache.grid}, "
+        f"{cache.features.shape[2]} features; generated in {gen_s:.1f} s, features {feat_s:.1f} s")
+    return (cache, Y, hemi, labels, vq, names, np.sort(perm[n_val:]), np.sort(perm[:n_val]),
+            {"generate_s": round(gen_s, 1), "features_s": round(feat_s, 1),
+             "n_images": len(Y), "n_vertices": int(Y.shape[1]), "grid": list(cache.grid),
+             "n_features": int(cache.features.shape[2]), "n_queries": len(names)})
+
+
 class Data:
-    def __init__(self, cfg, workdir, dev, seed):
-        (self.cache, Y, self.hemi, self.labels, self.vq, self.names, self.tr,
-         self.va) = make_data(cfg, workdir, dev, seed)
+    def __init__(self, cfg, workdir, dev, seed, synth_images: int = 0):
+        self.info = {}
+        if synth_images:
+            (self.cache, Y, self.hemi, self.labels, self.vq, self.names, self.tr, self.va,
+             self.info) = synth_data(cfg, workdir, dev, synth_images, seed)
+        else:
+            (self.cache, Y, self.hemi, self.labels, self.vq, self.names, self.tr,
+             self.va) = make_data(cfg, workdir, dev, seed)
         self.X = self.cache.features
         self.ymean, self.ystd = Y[self.tr].mean(0), Y[self.tr].std(0)
         self.Yz = ((Y - self.ymean) / self.ystd).astype(np.float32)
@@ -242,7 +324,18 @@ class Data:
         return self._loaders[key]
 
 
-def run_brainattn(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, dist=None):
+def _gather_readout(self, out):
+    """Readout as two kernels: every query's prediction for every vertex, then each vertex
+    keeps its own query's (the published model's way; same function as the grouped loop)."""
+    if self.per_vertex:
+        return (out * self.readout_w).sum(-1) + self.readout_b
+    full = out @ self.readout_w.to(out.dtype).T  # (B, Q, V)
+    idx = self.vertex_query.view(1, 1, -1).expand(out.shape[0], 1, -1)
+    return full.gather(1, idx).squeeze(1) + self.readout_b.to(out.dtype)
+
+
+def run_brainattn(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, dist=None,
+                  profile: int = 0, gather_readout: bool = False):
     torch.manual_seed(seed)
     L = data.X.shape[1]
     m = TransformerModule(L, data.X.shape[2], len(data.hemi), vertex_query=data.vq,
@@ -254,10 +347,21 @@ def run_brainattn(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, dist=None)
     resident = torch.cuda.memory_allocated(dev) / 2**30 if dev.type == "cuda" else 0.0
     reset_peak(dev)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-4)
+    if gather_readout:
+        m.readout = _gather_readout.__get__(m)
     st = fit_loop(m, opt, tr, va, epochs=epochs, config={}, device=dev, amp=dev.type == "cuda",
                   grad_clip=0.1, schedule="step", patience=None, dist=dist, log=log)
     hist = st["history"]
-    return {"model": "brainattn TransformerBrainEncoder (rois)", "epochs": len(hist),
+    prof = None
+    if profile and dist is None:
+        from brainattn.encoders.training import train_epoch
+
+        prof = profile_steps(lambda k: train_epoch(m, _Take(tr, k), opt, device=dev,
+                                                   amp=dev.type == "cuda", grad_clip=0.1), dev,
+                             profile)
+    name = "brainattn TransformerBrainEncoder (rois)" + (", gather readout" if gather_readout
+                                                          else "")
+    return {"model": name, "epochs": len(hist), "profile": prof,
             "epoch_s": [round(h["seconds"], 3) for h in hist],
             "val_r": [round(h["val_mean_r"], 4) for h in hist],
             "images_per_s": round(len(data.tr) / float(np.median([h["seconds"] for h in hist])),
@@ -282,7 +386,8 @@ class _MemmapRows(torch.utils.data.Dataset):
                 torch.from_numpy(self.Y[j]))
 
 
-def run_published(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, gpu_loader=False):
+def run_published(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, gpu_loader=False,
+                  profile: int = 0):
     L = data.X.shape[1]
     pos = sine_position_encoding(cfg["grid"], cfg["width"])
     m = PublishedEncoder(data.X.shape[2], pos, data.hemi, data.vq, d=cfg["width"],
@@ -304,13 +409,11 @@ def run_published(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, gpu_loader
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
     amp = dev.type == "cuda"
     times, rs = [], []
-    for ep in range(epochs):
-        if gpu_loader:
-            tr.set_epoch(ep)
-        t0 = time.perf_counter()
+
+    def train(batches):
         m.train()
         running = 0.0
-        for x, y in tr:
+        for x, y in batches:
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -320,7 +423,14 @@ def run_published(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, gpu_loader
             loss.backward()
             torch.nn.utils.clip_grad_norm_(m.parameters(), 0.1)
             opt.step()
-            running += loss.item()
+            running += loss.item()  # the running loss the training script prints
+        return running
+
+    for ep in range(epochs):
+        if gpu_loader:
+            tr.set_epoch(ep)
+        t0 = time.perf_counter()
+        train(tr)
         sched.step()
         m.eval()
         preds, ys = [], []
@@ -335,7 +445,8 @@ def run_published(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, gpu_loader
         log(f"published{' (gpu data)' if gpu_loader else ''} epoch {ep + 1}: {times[-1]:.1f} s, "
             f"val r {rs[-1]:.4f}")
     del L
-    return {"model": "published-style DETR decoder (nn.MultiheadAttention, eager, AMP)"
+    prof = profile_steps(lambda k: train(_Take(tr, k)), dev, profile) if profile else None
+    return {"profile": prof, "model": "published-style DETR decoder (nn.MultiheadAttention, eager, AMP)"
                      + (", brainattn GPU-resident loader" if gpu_loader else
                         f", DataLoader {cfg['workers']} workers, pinned"),
             "epochs": epochs, "epoch_s": times, "val_r": rs,
@@ -467,6 +578,13 @@ def markdown(res: dict) -> str:
                       f"{np.median(p['epoch_s']) / np.median(b['epoch_s']):.2f}x per epoch; "
                       f"final val r {b['val_r'][-1]} vs {p['val_r'][-1]} "
                       f"(diff {b['val_r'][-1] - p['val_r'][-1]:+.4f})"]
+    sy = res["parts"].get("synth")
+    if sy:
+        b, p = sy["brainattn"], sy["published"]
+        lines += ["", f"synthetic cortex ({json.dumps(sy['data'])}):",
+                  f"brainattn s/epoch {np.median(b['epoch_s']):.2f}, val r {b['val_r']}; "
+                  f"published s/epoch {np.median(p['epoch_s']):.2f}, val r {p['val_r']}; "
+                  f"best r diff {max(b['val_r']) - max(p['val_r']):+.4f}"]
     for k in ("vertices", "ridge"):
         if k in res["parts"]:
             lines += ["", f"{k}: `{json.dumps(res['parts'][k])}`"]
@@ -477,11 +595,17 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument("--tiny", action="store_true", help="same as --size tiny")
-    ap.add_argument("--parts", default="brainattn,published,published_gpu,vertices,ridge")
+    ap.add_argument("--parts",
+                    default="brainattn,published,published_gpu,vertices,ridge,synth")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--vertex-steps", type=int, default=None)
+    ap.add_argument("--synth-images", type=int, default=None,
+                    help="images of the synthetic cortex for the accuracy part")
+    ap.add_argument("--synth-epochs", type=int, default=None)
+    ap.add_argument("--profile", type=int, default=0, help="profile this many training steps "
+                    "of each timed model after its epochs (0: off)")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp"))
                     / "brainattn-bench")
     ap.add_argument("--device", default="auto")
@@ -510,17 +634,28 @@ def main(argv=None) -> dict:
     try:
         for part in parts:
             t0 = time.perf_counter()
-            if part in ("brainattn", "ddp"):
+            if part in ("brainattn", "brainattn_gather", "ddp"):
                 r = run_brainattn(cfg, data, dev, epochs=epochs, batch=batch, lr=args.lr,
-                                  dist=dist)
+                                  dist=dist, profile=args.profile,
+                                  gather_readout=part == "brainattn_gather")
             elif part in ("published", "published_gpu"):
                 r = run_published(cfg, data, dev, epochs=epochs, batch=batch, lr=args.lr,
-                                  gpu_loader=part == "published_gpu")
+                                  gpu_loader=part == "published_gpu", profile=args.profile)
             elif part == "vertices":
                 r = run_vertices(cfg, data, dev, steps=args.vertex_steps or cfg["vertex_steps"],
                                  batch=16 if size == "full" else batch, lr=args.lr)
             elif part == "ridge":
                 r = run_ridge(cfg, data, dev)
+            elif part == "synth":
+                sdata = Data(cfg, args.workdir, dev, 0, synth_images=args.synth_images
+                             or cfg["synth_images"])
+                scfg = {**cfg, "grid": sdata.cache.grid}
+                r = {"data": sdata.info,
+                     "brainattn": run_brainattn(scfg, sdata, dev, epochs=args.synth_epochs
+                                                or cfg["synth_epochs"], batch=batch, lr=args.lr),
+                     "published": run_published(scfg, sdata, dev, epochs=args.synth_epochs
+                                                or cfg["synth_epochs"], batch=batch, lr=args.lr)}
+                del sdata
             else:
                 raise SystemExit(f"--parts: unknown part {part!r}")
             r["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -29,7 +29,10 @@ def test_tiny_benchmark_runs_every_part(bench, tmp_path):
     res = bench.main(["--tiny", "--workdir", str(tmp_path / "w"), "--out", str(out),
                       "--json", str(tmp_path / "r.json"), "--device", "cpu"])
     parts = res["parts"]
-    assert set(parts) == {"brainattn", "published", "published_gpu", "vertices", "ridge"}
+    assert set(parts) == {"brainattn", "published", "published_gpu", "vertices", "ridge",
+                          "synth"}
+    assert parts["synth"]["data"]["n_queries"] >= 20  # ROI queries of the synthetic cortex
+    assert np.isfinite(parts["synth"]["brainattn"]["val_r"]).all()
     for k in ("brainattn", "published", "published_gpu"):
         assert len(parts[k]["epoch_s"]) == 1 and np.isfinite(parts[k]["val_r"]).all()
     assert parts["vertices"]["n_queries"] == 320 and parts["vertices"]["ms_per_step"] > 0
@@ -42,7 +45,7 @@ def test_tiny_benchmark_runs_every_part(bench, tmp_path):
     # the cache it wrote is a brainattn feature cache of the planned size
     from brainattn.encoders.cache import FeatureCache
 
-    (folder,) = [p for p in (tmp_path / "w").iterdir() if p.is_dir()]
+    (folder,) = [p for p in (tmp_path / "w").iterdir() if p.name.startswith("bench_")]
     cache = FeatureCache(folder)
     assert cache.features.dtype == np.float16 and cache.features.shape == (64, 16, 32)
     assert cache.grid == (4, 4)

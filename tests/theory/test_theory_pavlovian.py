@@ -159,6 +159,8 @@ def test_capacity_exponents(quick):
     # the max over pairs pulls the measured error-free capacity below the mean-field value
     ratio = (quick["capacity_wc_sim"] / quick["capacity_wc_theory"]).values
     assert np.all((ratio > 0.6) & (ratio <= 1.0)), ratio
+    # ... and the extreme-value refinement predicts it to within one pair
+    np.testing.assert_allclose(quick["capacity_wc_sim"], quick["capacity_wc_ev_theory"], atol=1)
 
 
 def test_delta_rule_stores_up_to_d_k_pairs_where_hebbian_fails(quick):

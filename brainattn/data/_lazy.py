@@ -10,8 +10,6 @@ can never leak silently into a fit (``open_algonauts(..., drop_nonfinite=True)``
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from xarray.backends import BackendArray
 from xarray.core import indexing
@@ -49,7 +47,22 @@ class ConcatBetasArray(BackendArray):
         self.offsets = np.cumsum([0] + [int(p.shape[1]) for p in parts])
         self.shape = (n_img.pop(), int(self.offsets[-1]))
         self.dtype = np.dtype(parts[0].dtype)
-        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        # pickle (e.g. to DataLoader workers) by file name, never by copying the memory maps
+        state = dict(self.__dict__)
+        state["parts"] = [
+            ("mmap", p.filename) if isinstance(p, np.memmap) and p.filename else ("array", p)
+            for p in self.parts
+        ]
+        return state
+
+    def __setstate__(self, state):
+        state["parts"] = [
+            np.load(v, mmap_mode="r", allow_pickle=False) if k == "mmap" else v
+            for k, v in state["parts"]
+        ]
+        self.__dict__.update(state)
 
     def __getitem__(self, key):
         return indexing.explicit_indexing_adapter(
@@ -68,12 +81,11 @@ class ConcatBetasArray(BackendArray):
             if sel.size == 0:
                 continue
             local = cols[sel] - self.offsets[p]
-            with self._lock:
-                block = arr[rows]
-                if local.size == arr.shape[1] and np.array_equal(local, np.arange(arr.shape[1])):
-                    block = np.asarray(block)
-                else:
-                    block = np.asarray(block[:, local])
+            block = arr[rows]
+            if local.size == arr.shape[1] and np.array_equal(local, np.arange(arr.shape[1])):
+                block = np.asarray(block)
+            else:
+                block = np.asarray(block[:, local])
             _check_finite(block, name, rows, local)
             out[:, sel] = block
         if drop_c:

@@ -404,16 +404,21 @@ def _clean_responses(model: dict, energy: np.ndarray, objs_list, n_train: int) -
 
 
 def _noise(rng, model, n_trials: int, smoothers) -> np.ndarray:
-    """(n_trials, n_vertices) unit-variance noise: independent + mesh-smooth + global."""
+    """(n_trials, n_vertices) float32 unit-variance noise: independent + mesh-smooth + global."""
     n_v = model["roi"].size
-    indep = rng.standard_normal((n_trials, n_v))
-    parts = []
+    out = rng.standard_normal((n_trials, n_v), dtype=np.float32)
+    out *= np.float32(np.sqrt(0.6))
+    col = 0
     for h, sm in smoothers.items():
-        white = rng.standard_normal((n_trials, model["lay"][h]["n_mesh"]))
-        parts.append(np.asarray((sm @ white.T).T))
-    smooth = np.concatenate(parts, axis=1)
-    glob = rng.standard_normal((n_trials, 1))
-    return np.sqrt(0.6) * indep + np.sqrt(0.3) * smooth + np.sqrt(0.1) * glob
+        n_h = sm.shape[0]
+        smf = (sm * np.sqrt(0.3)).astype(np.float32)
+        for s in range(0, n_trials, 512):  # bounded memory: 512 trials of white mesh noise
+            white = rng.standard_normal((min(512, n_trials - s), model["lay"][h]["n_mesh"]),
+                                        dtype=np.float32)
+            out[s : s + white.shape[0], col : col + n_h] += np.asarray((smf @ white.T).T)
+        col += n_h
+    out += np.float32(np.sqrt(0.1)) * rng.standard_normal((n_trials, 1), dtype=np.float32)
+    return out
 
 
 def _check_args(subjects: int, images: int, image_size: int, seed: int) -> None:
@@ -483,6 +488,7 @@ def generate(
             "n_trials_repeats": N_TRIALS, "mesh": "fsaverage5",
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; follow the umask
         first_img_dirs = None
         for s in range(subjects):
             subject = f"subj{s + 1:02d}"
@@ -569,6 +575,13 @@ def _save_ground_truth(ds: xr.Dataset, path: Path) -> None:
     ds.attrs = _netcdf_safe_attrs(dict(ds.attrs))
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
+        os.chmod(tmp, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _ground_truth(model, table, energy, signal, n_train, n_test, names, test_names, scale,

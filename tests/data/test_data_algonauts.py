@@ -264,3 +264,11 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "absent" in err[0]
+
+
+def test_dataset_pickles_by_file_name(synth_small):
+    ds = open_algonauts(synth_small, "subj01")
+    back = pickle.loads(pickle.dumps(ds))
+    parts = back["betas"].variable._data.array.parts  # reopened memory maps, not copies
+    assert all(isinstance(p, np.memmap) for p in parts)
+    np.testing.assert_array_equal(back["betas"].values, ds["betas"].values)

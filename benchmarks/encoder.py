@@ -183,11 +183,15 @@ def make_data(cfg, workdir: Path, device, seed=0):
 
 
 def gpu_stats(X, idx, device, chunk=128):
-    """Per-channel mean/std of the training tokens (float64 sums on the device)."""
+    """Per-channel mean/std of the training tokens (float64 sums on the device); ``X`` an
+    array/memmap or a tensor already on the device."""
     s = torch.zeros(X.shape[-1], dtype=torch.float64, device=device)
     ss = torch.zeros_like(s)
     for i in range(0, len(idx), chunk):
-        x = torch.from_numpy(np.asarray(X[idx[i : i + chunk]])).to(device).double()
+        rows = idx[i : i + chunk]
+        x = X[torch.as_tensor(rows, device=X.device)] if torch.is_tensor(X) else \
+            torch.from_numpy(np.asarray(X[rows]))
+        x = x.to(device).double()
         x = x.reshape(-1, x.shape[-1])
         s += x.sum(0)
         ss += (x * x).sum(0)
@@ -304,15 +308,20 @@ class Data:
         self.X = self.cache.features
         self.ymean, self.ystd = Y[self.tr].mean(0), Y[self.tr].std(0)
         self.Yz = ((Y - self.ymean) / self.ystd).astype(np.float32)
+        self._loaders = None
+        self.loaders(cfg, dev, cfg["batch"])
         t0 = time.perf_counter()
-        self.fmean, self.fstd = gpu_stats(self.X, self.tr, dev)
+        tr = self._loaders[0]
+        if tr.where == "gpu":  # statistics from the resident copy: no second pass over the disk
+            self.fmean, self.fstd = gpu_stats(tr._X, np.arange(len(self.tr)), dev)
+        else:
+            self.fmean, self.fstd = gpu_stats(self.X, self.tr, dev)
         self.stats_s = time.perf_counter() - t0
-        self._loaders = {}
 
     def loaders(self, cfg, dev, batch, seed=0):
-        key = (batch, seed)
-        if key not in self._loaders:
-            self._loaders.clear()
+        """The train/val loaders (built once: the rows stay where they are; a new batch size or
+        seed only changes the order)."""
+        if self._loaders is None:
             t0 = time.perf_counter()
             tr = ArrayLoader(self.X, self.Yz, self.tr, batch_size=batch, shuffle=True, seed=seed,
                              device=dev)
@@ -320,8 +329,12 @@ class Data:
             sync(dev)
             self.load_s = time.perf_counter() - t0
             log(f"loaders: train rows on {tr.where}, {self.load_s:.1f} s")
-            self._loaders[key] = (tr, va)
-        return self._loaders[key]
+            self._loaders = (tr, va)
+        tr, va = self._loaders
+        tr.batch_size, tr.seed = batch, seed
+        tr.shard(0, 1)
+        va.shard(0, 1)
+        return tr, va
 
 
 def _gather_readout(self, out):
@@ -562,8 +575,9 @@ def environment(dev) -> dict:
 def markdown(res: dict) -> str:
     lines = [f"### encoder benchmark ({res['size']}) -- {res['env'].get('card', res['env']['device'])}",
              "", "```", json.dumps(res["env"]), "```", ""]
-    rows = [r for k, r in res["parts"].items() if k in ("brainattn", "published", "published_gpu",
-                                                          "ddp")]
+    rows = [r for k, r in res["parts"].items()
+            if k.partition("@")[0] in ("brainattn", "brainattn_gather", "published",
+                                       "published_gpu", "ddp")]
     if rows:
         lines += ["| model | batch | s/epoch (median) | images/s | peak GiB | val r per epoch |",
                   "|---|---|---|---|---|---|"]
@@ -617,7 +631,7 @@ def main(argv=None) -> dict:
     epochs = args.epochs or cfg["epochs"]
     batch = args.batch_size or cfg["batch"]
     parts = [p for p in args.parts.split(",") if p]
-    dist = D.init_distributed(args.device) if "ddp" in parts else None
+    dist = D.init_distributed(args.device) if any(p.startswith("ddp") for p in parts) else None
     from brainattn.utils import resolve_device
 
     dev = dist.device if dist is not None else resolve_device(args.device)
@@ -632,11 +646,14 @@ def main(argv=None) -> dict:
     res["feature_stats_s"] = round(data.stats_s, 1)
     log(f"data ready in {res['data_s']} s")
     try:
-        for part in parts:
+        for part_b in parts:
             t0 = time.perf_counter()
+            part, _, pb = part_b.partition("@")  # "ddp@32": batch 32, lr * sqrt(32 / batch)
+            pbatch = int(pb) if pb else batch
+            plr = args.lr * math.sqrt(pbatch / batch)
             if part in ("brainattn", "brainattn_gather", "ddp"):
-                r = run_brainattn(cfg, data, dev, epochs=epochs, batch=batch, lr=args.lr,
-                                  dist=dist, profile=args.profile,
+                r = run_brainattn(cfg, data, dev, epochs=epochs, batch=pbatch, lr=plr,
+                                  dist=dist, profile=args.profile if part != "ddp" else 0,
                                   gather_readout=part == "brainattn_gather")
             elif part in ("published", "published_gpu"):
                 r = run_published(cfg, data, dev, epochs=epochs, batch=batch, lr=args.lr,
@@ -659,8 +676,10 @@ def main(argv=None) -> dict:
             else:
                 raise SystemExit(f"--parts: unknown part {part!r}")
             r["wall_s"] = round(time.perf_counter() - t0, 1)
-            res["parts"][part] = r
+            res["parts"][part_b] = r
             log(f"{part}: {json.dumps(r)}")
+            if (dist is None or dist.is_main) and args.json:  # partial results survive a kill
+                args.json.write_text(json.dumps(res, indent=1, default=str))
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     finally:

@@ -330,6 +330,8 @@ def fit_name(subject: str, backbone: str, layer: int) -> str:
 def _fit_worker(jobs, data, common: dict, device: str) -> None:
     from brainattn.encoders.run import fit_run
 
+    if str(device).startswith("cuda:"):  # Triton launches on the current device
+        torch.cuda.set_device(torch.device(device))
     for out, opts in jobs:
         fit_run(data, out, **common, **opts, device=device)
 

@@ -103,9 +103,12 @@ def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: boo
         if ds is not None:
             dsd = _decode_attrs(ds)
             if mod is not None and hasattr(mod, "plot"):
+                import matplotlib.pyplot as plt
+
                 try:
-                    fig = mod.plot(dsd)
-                    sec.figures.append(render(fig, f"theory-{name}", caption, svg=svg))
+                    with plt.rc_context():  # a module's seaborn theme must not restyle the page
+                        fig = mod.plot(dsd)
+                        sec.figures.append(render(fig, f"theory-{name}", caption, svg=svg))
                     drawn = True
                 except Exception as exc:  # a drawing bug must not lose the rest of the page
                     sec.missing.append(f"{name}: brainattn.theory.{name}.plot failed "

@@ -151,6 +151,7 @@ def fake_module():
         import matplotlib.pyplot as plt
 
         assert isinstance(ds.attrs["config"], dict)  # JSON attrs decoded for the module
+        plt.rcParams["axes.facecolor"] = "#ff0000"  # a module restyling matplotlib globally
         fig, ax = plt.subplots()
         (ln,) = ax.plot(ds["n"], ds["simulated"], "o")
         ln.set_gid("fakesim-simulated")

@@ -120,9 +120,15 @@ def test_overwrite_replaces_report_and_figures(tmp_path, fakes):
 
 
 def test_theory_module_plot_and_summary_are_used(tmp_path, fakes):
+    import matplotlib.pyplot as plt
+
     fakes.make_demo(tmp_path, parts=("theory",))
+    before = plt.rcParams["axes.facecolor"]
     html = build_report(tmp_path / "theory", svg=False).read_text(encoding="utf-8")
     assert "fakesim: summary" in html and "theory-fakesim" in html
+    assert plt.rcParams["axes.facecolor"] == before  # the module's style did not leak
+    summary = re.search(r"fakesim: summary</div>(.*?)</table>", html, re.S).group(1)
+    assert summary.count("<tr") == 1 + 8  # header + one row per n
 
 
 def test_theory_without_module_falls_back_to_its_figure_png(tmp_path, fakes):

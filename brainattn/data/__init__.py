@@ -4,7 +4,8 @@ embedded synthetic visual cortex.
 Public API::
 
     open_algonauts(root, subject="subj01", *, drop_nonfinite=False) -> xr.Dataset
-    write_algonauts(ds, root, subject=None, *, overwrite=False) -> Path
+    write_algonauts(ds_or_arrays, root, subject=None, *, overwrite=False) -> Path
+    make_dataset(lh_betas, rh_betas, image_paths, *, rois=None, noise_ceiling=None, ...)
     list_subjects(root) -> list[str]
     load_betas(path, mask=None) -> (n_images, n_features) float32
     load_labels(path, mask=None) -> (n_features,) int64
@@ -15,7 +16,7 @@ Public API::
 
 from __future__ import annotations
 
-from brainattn.data.algonauts import list_subjects, open_algonauts, write_algonauts
+from brainattn.data.algonauts import list_subjects, make_dataset, open_algonauts, write_algonauts
 from brainattn.data.noise_ceiling import (
     ncsnr,
     noise_ceiling,
@@ -29,6 +30,7 @@ __all__ = [
     "open_algonauts",
     "write_algonauts",
     "list_subjects",
+    "make_dataset",
     "load_betas",
     "load_labels",
     "ncsnr",

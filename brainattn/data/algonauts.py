@@ -342,8 +342,63 @@ def _image_name(path: str, image_id: str) -> str:
     return f"{image_id}{suffix}"
 
 
+def make_dataset(
+    lh_betas,
+    rh_betas,
+    image_paths,
+    *,
+    rois: dict[str, tuple] | None = None,
+    noise_ceiling=None,
+    test_image_paths=(),
+    subject: str = "subj01",
+) -> xr.Dataset:
+    """Build an in-memory data set like :func:`open_algonauts`'s from arrays (for the writer).
+
+    Parameters
+    ----------
+    lh_betas, rh_betas : (n_images, n_vertices_h) arrays.
+    image_paths : n_images existing image files, in betas-row order (their stems become
+        ``image_id`` and must sort in that order).
+    rois : ``{family: (lh_labels, rh_labels, mapping)}`` with integer labels per vertex and a
+        dict label -> name (0 = unlabelled).
+    noise_ceiling : optional (n_vertices_lh + n_vertices_rh,) percent.
+    """
+    lh, rh = np.asarray(lh_betas), np.asarray(rh_betas)
+    if lh.ndim != 2 or rh.ndim != 2 or lh.shape[0] != rh.shape[0]:
+        raise ShapeError(f"betas: expected (images, vertices) arrays with equal image counts, "
+                         f"got {lh.shape} and {rh.shape}")
+    paths = [str(p) for p in image_paths]
+    if len(paths) != lh.shape[0]:
+        raise ShapeError(f"image_paths: {len(paths)} paths for {lh.shape[0]} betas rows")
+    n_h = [lh.shape[1], rh.shape[1]]
+    coords = {
+        "image": ("image", np.arange(lh.shape[0])),
+        "image_id": ("image", np.array([Path(p).stem for p in paths], dtype=str)),
+        "image_path": ("image", np.array(paths, dtype=str)),
+        "hemisphere": ("vertex", np.repeat(np.array(HEMIS), n_h)),
+        "hemi_vertex": ("vertex", np.concatenate([np.arange(n) for n in n_h])),
+    }
+    ds = xr.Dataset({"betas": (("image", "vertex"), np.concatenate([lh, rh], axis=1))}, coords=coords)
+    for fam, (l_lab, r_lab, mapping) in (rois or {}).items():
+        lab = np.concatenate([np.asarray(l_lab), np.asarray(r_lab)]).astype(np.int64)
+        if lab.shape != (sum(n_h),):
+            raise ShapeError(f"rois[{fam!r}]: labels have {lab.shape} entries, betas {sum(n_h)} vertices")
+        lut = {int(k): str(v) for k, v in mapping.items()}
+        lut.setdefault(0, "Unknown")
+        missing = sorted(set(np.unique(lab).tolist()) - set(lut))
+        if missing:
+            raise DataError(f"rois[{fam!r}]: labels {missing[:5]} are not in its mapping")
+        ds.coords[f"roi_{fam}"] = ("vertex", np.array([lut[int(k)] for k in lab], dtype=str))
+        ds[f"roi_{fam}"].attrs["mapping"] = dict(sorted(lut.items()))
+    if noise_ceiling is not None:
+        ds["noise_ceiling"] = ("vertex", np.asarray(noise_ceiling, dtype=np.float32))
+    ds.attrs.update(subject=subject, roi_families=list(rois or {}),
+                    test_image_paths=[str(p) for p in test_image_paths])
+    return ds
+
+
 def write_algonauts(
-    ds: xr.Dataset,
+    ds: xr.Dataset | dict,
     root: str | os.PathLike,
     subject: str | None = None,
     *,
@@ -360,8 +415,12 @@ def write_algonauts(
     "Unknown", when there is none); ``noise_ceiling`` and ``repeats`` are written when present.
     Reading the result back gives the same values, coordinates and ROI labels (exact round trip).
 
+    ``ds`` may also be a dict of :func:`make_dataset`'s arguments.
+
     Returns the subject folder.
     """
+    if isinstance(ds, dict):
+        ds = make_dataset(**ds)
     if not isinstance(ds, xr.Dataset) or "betas" not in ds:
         raise DataError("write_algonauts: expected an xarray.Dataset with a 'betas' variable")
     if ds["betas"].dims != ("image", "vertex"):

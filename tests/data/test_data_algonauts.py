@@ -272,3 +272,31 @@ def test_dataset_pickles_by_file_name(synth_small):
     parts = back["betas"].variable._data.array.parts  # reopened memory maps, not copies
     assert all(isinstance(p, np.memmap) for p in parts)
     np.testing.assert_array_equal(back["betas"].values, ds["betas"].values)
+
+
+def test_write_from_arrays_roundtrip(tmp_path):
+    rng = np.random.default_rng(3)
+    imgs = []
+    for i in range(5):
+        p = tmp_path / "src" / f"img-{i:02d}.png"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(bytes([i]) * 10)
+        imgs.append(p)
+    lh = rng.standard_normal((5, 4)).astype(np.float32)
+    rh = rng.standard_normal((5, 3)).astype(np.float32)
+    rois = {"floc-faces": (np.array([0, 1, 1, 2]), np.array([2, 0, 1]),
+                           {0: "Unknown", 1: "OFA", 2: "FFA-1", 3: "unused"})}
+    nc = np.linspace(10, 70, 7)
+    write_algonauts(dict(lh_betas=lh, rh_betas=rh, image_paths=imgs, rois=rois, noise_ceiling=nc),
+                    tmp_path / "out", "subj03")
+    ds = open_algonauts(tmp_path / "out", "subj03", allow_empty_rois=True)  # "unused" is empty
+    np.testing.assert_array_equal(ds["betas"].values, np.concatenate([lh, rh], axis=1))
+    assert list(ds["roi_floc-faces"].values) == ["Unknown", "OFA", "OFA", "FFA-1", "FFA-1",
+                                                 "Unknown", "OFA"]
+    assert ds["roi_floc-faces"].attrs["mapping"][3] == "unused"
+    np.testing.assert_allclose(ds["noise_ceiling"].values, nc.astype(np.float32))
+    assert list(ds["image_id"].values) == [f"img-{i:02d}" for i in range(5)]
+    raw = np.load(tmp_path / "out/subj03/roi_masks/rh.floc-faces_challenge_space.npy")
+    np.testing.assert_array_equal(raw, [2, 0, 1])
+    with pytest.raises(ShapeError, match="image_paths: 4 paths for 5 betas rows"):
+        write_algonauts(dict(lh_betas=lh, rh_betas=rh, image_paths=imgs[:4]), tmp_path / "x")

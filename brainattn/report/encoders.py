@@ -103,6 +103,7 @@ def summary_table(scores_by_model: dict):
     for model, ds in scores_by_model.items():
         r = ds["score"].sel(metric="pearson_r").values
         row = {"model": model, "vertices": int(r.size),
+               "undefined r": int((~np.isfinite(r)).sum()),
                "mean r": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"),
                "median r": float(np.nanmedian(r)) if np.isfinite(r).any() else float("nan")}
         if "noise_normalized" in ds["metric"].values:

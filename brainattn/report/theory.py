@@ -113,11 +113,21 @@ def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: boo
                 except Exception as exc:  # a drawing bug must not lose the rest of the page
                     sec.missing.append(f"{name}: brainattn.theory.{name}.plot failed "
                                        f"({type(exc).__name__}: {exc})")
+            tabled = False
             if mod is not None and hasattr(mod, "summary"):
                 try:
                     sec.tables.append((f"{name}: summary", mod.summary(dsd)))
+                    tabled = True
                 except Exception as exc:
                     sec.missing.append(f"{name}: summary failed ({type(exc).__name__}: {exc})")
+            csv = run.path / "summary.csv"
+            if not tabled and csv.is_file():  # the table `brainattn simulate` printed
+                import pandas as pd
+
+                try:
+                    sec.tables.append((f"{name}: summary.csv", pd.read_csv(csv)))
+                except Exception:  # an unreadable table is not worth losing the section
+                    pass
         if not drawn and "figure.png" in run.files:
             png = run.files["figure.png"].read_bytes()
             try:

@@ -146,8 +146,10 @@ def test_theory_without_module_falls_back_to_its_figure_png(tmp_path, fakes):
     fig, ax = plt.subplots(figsize=(2, 2))
     fig.savefig(dst / "figure.png")
     plt.close(fig)
+    (dst / "summary.csv").write_text("quantity,simulation\ncapacity,12.5\n")
     html = build_report(dst, svg=False).read_text(encoding="utf-8")
     assert "the run&#x27;s own figure.png" in html
+    assert "unknownsim: summary.csv" in html and "<td>12.5</td>" in html
     assert base64.b64encode((dst / "figure.png").read_bytes()).decode() in html
 
 

@@ -98,6 +98,23 @@ def fisher_orientation_bandwidth(b_theta, degrees: bool = True) -> np.ndarray:
 # numeric Fisher information with autograd
 
 
+def _jvp(fn, st):
+    """(fn(s), d fn / ds) for a scalar tensor ``s``: every output's derivative at once, with two
+    reverse passes (the double-backward trick ``J v = d/du (J^T u) . v``)."""
+    import torch
+
+    s = st.detach().clone().requires_grad_(True)
+    out = fn(s)
+    if not out.requires_grad:  # the output does not depend on s
+        return out.detach(), torch.zeros_like(out)
+    u = torch.zeros_like(out, requires_grad=True)
+    (g,) = torch.autograd.grad(out, s, grad_outputs=u, create_graph=True)
+    (jv,) = torch.autograd.grad(g, u, grad_outputs=torch.ones_like(g), allow_unused=True)
+    if jv is None:
+        jv = torch.zeros_like(out)
+    return out.detach(), jv
+
+
 def fisher_gaussian(mean_fn: Callable, cov_fn: Callable, s) -> np.ndarray:
     """Fisher information of ``N(mean_fn(s), cov_fn(s))`` about the scalar ``s``, by autograd.
 
@@ -112,16 +129,15 @@ def fisher_gaussian(mean_fn: Callable, cov_fn: Callable, s) -> np.ndarray:
     (n,) Fisher information, in 1 / (units of s)^2.
     """
     import torch
-    from torch.autograd.functional import jacobian
 
     s_arr = np.atleast_1d(np.asarray(s, dtype=np.float64))
     out = np.empty(len(s_arr))
     for i, sv in enumerate(s_arr):
         st = torch.tensor(sv, dtype=torch.float64)
-        m = mean_fn(st)
-        C = cov_fn(st)
-        dm = jacobian(mean_fn, st).reshape(-1)
-        dC = jacobian(cov_fn, st)
+        # forward mode: one pass gives the derivative of every output w.r.t. the scalar s
+        m, dm = _jvp(mean_fn, st)
+        C, dC = _jvp(cov_fn, st)
+        dm = dm.reshape(-1)
         if C.ndim == 1:
             val = torch.sum(dm * dm / C) + 0.5 * torch.sum((dC / C) ** 2)
         else:
@@ -154,12 +170,11 @@ def fisher_density(logpdf_fn: Callable, s, grid) -> np.ndarray:
         Z = torch.sum(0.5 * (w[1:] + w[:-1]) * dx)
         return lp - lp.max() - torch.log(Z)
 
-    from torch.autograd.functional import jacobian
-
     for i, sv in enumerate(s_arr):
         st = torch.tensor(sv, dtype=torch.float64)
-        score = jacobian(log_p, st)  # d log p(x_j | s) / ds at every grid point, (g,)
-        p = torch.exp(log_p(st))
+        # forward mode: d log p(x_j | s) / ds at every grid point in one pass, (g,)
+        lp, score = _jvp(log_p, st)
+        p = torch.exp(lp)
         f = p * score * score
         out[i] = float(torch.sum(0.5 * (f[1:] + f[:-1]) * dx))
     return out

@@ -74,6 +74,8 @@ def log_gabor_spectrum(
         kappa = 1.0 / (4.0 * np.deg2rad(orientation_bandwidth) ** 2)
         S = S * np.exp(kappa * (np.cos(2 * (theta - np.deg2rad(orientation))) - 1.0))
     S[0, 0] = 0.0
+    # exact point symmetry S(-xi) = S(xi) (the Nyquist row/column has no mirror on the grid)
+    S = 0.5 * (S + np.roll(np.flip(S), 1, axis=(0, 1)))
     total = S.sum()
     if not total > 0:
         raise ConfigError("log_gabor_spectrum: the spectrum has no power on this grid")

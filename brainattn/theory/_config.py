@@ -10,6 +10,7 @@ Impossible *values* (``d_k < 1``, ``k`` larger than the set) are checked by each
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
@@ -136,4 +137,25 @@ def resolve_config(
     return config
 
 
-__all__ = ["SCALES", "merge_config", "read_config_file", "resolve_config"]
+@contextlib.contextmanager
+def cpu_threads(device, n: int = 1):
+    """Run the block with ``n`` torch intra-op threads when ``device`` is the CPU.
+
+    The simulations are long sequences of small batched ops (delta-rule steps, tiny training
+    steps); on a shared 2-core machine OpenMP synchronisation costs more than it saves (the
+    learning-rule experiment took 3 s on one thread and 167 s on two). GPU runs are untouched.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+__all__ = ["SCALES", "cpu_threads", "merge_config", "read_config_file", "resolve_config"]

@@ -488,7 +488,9 @@ def simulate(config: dict[str, Any], *, device=None):
     oracle = np.zeros(ns)
     targets = np.zeros(ns, dtype=np.int64)
     d_in = 2 * c["d_id"]
-    with progress(total=ns * nm, desc="consciousness") as bar:
+    from brainattn.theory._config import cpu_threads
+
+    with progress(total=ns * nm, desc="consciousness") as bar, cpu_threads(dev):
         for s in range(ns):
             seed = c["seed"] * 1000 + s
             world = FactorGraphWorld(nv, c["factor_size"], c["n_distractor_types"], c["d_id"],

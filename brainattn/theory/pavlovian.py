@@ -89,6 +89,7 @@ All tensors are ``float32`` on the chosen device; trials are batched (``max_batc
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -677,11 +678,25 @@ def simulate(config: dict[str, Any], *, device=None):
     c = validate_config(config)
     dev = resolve_device(device if device is not None else "auto")
     n_steps = len(c["d_k"]) * (len(c["load"]) + 1) + len(c["rules_n"]) + len(c["prop_heads"])
-    with progress(total=n_steps, desc="pavlovian") as bar:
-        cap = run_capacity(c, dev, bar)
-        wc = run_worst_case(c, dev, bar)
-        rules = run_rules(c, dev, bar)
-        prop = run_propagation(c, dev, bar)
+    timings = {}
+
+    def timed(name, fn, *args):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        result = fn(*args)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timings[f"time_{name}_s"] = round(time.perf_counter() - t0, 4)
+        return result
+
+    from brainattn.theory._config import cpu_threads
+
+    with progress(total=n_steps, desc="pavlovian") as bar, cpu_threads(dev):
+        cap = timed("capacity", run_capacity, c, dev, bar)
+        wc = timed("worst_case", run_worst_case, c, dev, bar)
+        rules = timed("rules", run_rules, c, dev, bar)
+        prop = timed("propagation", run_propagation, c, dev, bar)
 
     dks = np.asarray(c["d_k"], float)
     n_pairs = cap["n_pairs"]
@@ -751,6 +766,7 @@ def simulate(config: dict[str, Any], *, device=None):
             "prop_d_k": c["prop_d_k"],
             "prop_n": c["prop_n"],
             "sim_device": str(dev),
+            **timings,
             "config": {k: config[k] for k in sorted(config)},
         },
     )

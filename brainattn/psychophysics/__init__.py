@@ -35,6 +35,7 @@ _EXPORTS = {
     "six_point_sets": "mlds",
     "SimulatedObserver": "observer",
     "simulate_experiment": "observer",
+    "precision_by_repeats": "observer",
 }
 _FISHER = [
     "fisher_mode_frequency",

@@ -300,10 +300,6 @@ class MLDSResult:
 
     def plot(self, ax=None, normalized: bool = False):
         """Scale with its interval against the stimulus (seaborn); returns the Figure."""
-        import matplotlib
-
-        if ax is None:
-            matplotlib.use(matplotlib.get_backend())
         import matplotlib.pyplot as plt
         import seaborn as sns
 

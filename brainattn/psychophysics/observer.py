@@ -16,7 +16,7 @@ import numpy as np
 from brainattn.errors import ConfigError
 from brainattn.psychophysics.design import Trials, as_trials, make_design
 
-__all__ = ["SimulatedObserver", "simulate_experiment"]
+__all__ = ["SimulatedObserver", "simulate_experiment", "precision_by_repeats"]
 
 
 class SimulatedObserver:
@@ -96,3 +96,48 @@ def simulate_experiment(observer: SimulatedObserver, kind: str = "quadruple", *,
     design = make_design(observer.n_levels, kind, max_gap=max_gap, repeats=repeats,
                          swap_pairs=swap_pairs, seed=int(rng.integers(2**31)))
     return observer.run(design, rng)
+
+
+def precision_by_repeats(observer: SimulatedObserver, kind: str = "quadruple", repeats=(1, 2, 4, 8), *,
+                         max_gap: int | None = None, n_experiments: int = 200, link="probit",
+                         seed: int | None = None):
+    """Plan an experiment: spread of the glm scale estimates for several numbers of repeats.
+
+    For each value in ``repeats`` the observer runs ``n_experiments`` full designs; all of them
+    are fitted together by :func:`~brainattn.psychophysics.glm.solve_mlds_glm`.
+
+    Returns
+    -------
+    xarray.Dataset with dims ``repeats``, ``level``: ``sd`` (standard deviation of the
+    estimates across experiments, scale units with sigma = 1), ``bias`` (mean estimate minus
+    truth), ``n_trials`` per experiment and ``failed`` (separated / non-converged experiments,
+    left out of sd and bias); ``truth`` (level) is ``psi / sigma`` with ``psi_1 = 0``.
+    """
+    import xarray as xr
+
+    from brainattn.psychophysics.design import design_matrix
+    from brainattn.psychophysics.glm import solve_mlds_glm
+
+    rng = np.random.default_rng(seed)
+    p = observer.n_levels
+    truth = (observer.psi - observer.psi[0]) / observer.sigma
+    sd = np.full((len(repeats), p), np.nan)
+    bias = np.full((len(repeats), p), np.nan)
+    n_trials = np.zeros(len(repeats), dtype=np.int64)
+    failed = np.zeros(len(repeats), dtype=np.int64)
+    for i, r in enumerate(repeats):
+        d = make_design(p, kind, max_gap=max_gap, repeats=int(r), shuffle=False)
+        n_trials[i] = len(d)
+        Y = observer.respond(d, rng, n_experiments=n_experiments).astype(float)
+        sol = solve_mlds_glm(design_matrix(d, p), Y, link, summaries=False, line_search=False)
+        est = np.concatenate([np.zeros((n_experiments, 1)), sol.beta], axis=1)[sol.converged]
+        failed[i] = int((~sol.converged).sum())
+        if len(est) > 1:
+            sd[i] = est.std(axis=0, ddof=1)
+            bias[i] = est.mean(axis=0) - truth
+    return xr.Dataset(
+        {"sd": (("repeats", "level"), sd), "bias": (("repeats", "level"), bias),
+         "n_trials": ("repeats", n_trials), "failed": ("repeats", failed), "truth": ("level", truth)},
+        coords={"repeats": np.asarray(repeats), "level": np.arange(1, p + 1)},
+        attrs={"kind": kind, "n_experiments": n_experiments, "sigma": observer.sigma},
+    )

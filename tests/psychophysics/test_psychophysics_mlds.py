@@ -193,6 +193,18 @@ def test_estimator_contract(trials):
     assert est.score(trials) == pytest.approx(est.result_.loglik / trials.n_trials)
 
 
+def test_precision_by_repeats_plans_experiments():
+    from brainattn.psychophysics.observer import precision_by_repeats
+
+    obs = SimulatedObserver(np.linspace(0, 1, 6) ** 1.5, sigma=0.3)
+    ds = precision_by_repeats(obs, "quadruple", repeats=(4, 16), n_experiments=300, seed=0)
+    assert list(ds.n_trials.values) == [60, 240] and ds.failed.sum() == 0
+    ratio = ds.sd.sel(repeats=4).values[1:] / ds.sd.sel(repeats=16).values[1:]
+    assert np.all((ratio > 1.6) & (ratio < 2.8)), ratio  # sd ~ 1 / sqrt(trials) = 2x
+    # the small-sample bias of the maximum likelihood scale shrinks with more trials
+    assert abs(ds.bias.sel(repeats=16).values[-1]) < 0.5 * abs(ds.bias.sel(repeats=4).values[-1])
+
+
 def test_bad_arguments(trials):
     with pytest.raises(ConfigError, match="method"):
         fit_mlds(trials, "nls")

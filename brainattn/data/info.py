@@ -47,6 +47,7 @@ def summarize(root: str | os.PathLike, *, check_finite: bool = False) -> dict:
             "n_rh": int((hemi == "rh").sum()),
             "nc_median": float(np.nanmedian(ds["noise_ceiling"].values)) if "noise_ceiling" in ds else None,
             "rois": {},
+            "empty_rois": list(ds.attrs.get("empty_rois", [])),
         }
         for fam in ds.attrs["roi_families"]:
             names = ds[f"roi_{fam}"].values
@@ -102,6 +103,9 @@ def format_summary(summary: dict) -> str:
                     cells.append("-" if c is None else f"{c[0]}/{c[1]}")
                 rows.append([f, r, *cells])
         lines += ["", "ROI vertex counts", *_table(head, rows)]
+    for s in subs:
+        if s.get("empty_rois"):
+            lines.append(f"{s['subject']}: empty ROIs (no vertex): {', '.join(s['empty_rois'])}")
     return "\n".join(lines)
 
 

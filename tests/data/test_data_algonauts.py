@@ -189,7 +189,7 @@ def test_roi_mask_length_disagrees(synth_small, tmp_path):
         open_algonauts(root)
 
 
-def test_empty_roi(synth_small, tmp_path):
+def test_empty_roi(synth_small, tmp_path, capsys):
     root = _copy(synth_small, tmp_path / "c")
     rd = root / "subj01/roi_masks"
     for h in ("lh", "rh"):
@@ -201,6 +201,8 @@ def test_empty_roi(synth_small, tmp_path):
         open_algonauts(root)
     ds = open_algonauts(root, allow_empty_rois=True)
     assert ds.attrs["empty_rois"] == ["floc-places/RSC"]
+    assert main(["data", "info", str(root)]) == 0
+    assert "subj01: empty ROIs (no vertex): floc-places/RSC" in capsys.readouterr().out
     for h in ("lh", "rh"):
         np.save(rd / f"{h}.floc-words_challenge_space.npy",
                 np.zeros_like(np.load(rd / f"{h}.floc-words_challenge_space.npy")))

@@ -137,6 +137,7 @@ class MLDSResult:
     lapse: float = 0.0
     lapse_se: float = float("nan")
     lapse_fitted: bool = False
+    asymptotes: tuple = (0.0, 0.0)
     firth: bool = False
     separated: bool = False
     separated_trials: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))
@@ -253,7 +254,8 @@ class MLDSResult:
         if self.lapse or self.lapse_fitted:
             how = "fitted" if self.lapse_fitted else "fixed"
             se_txt = f" (se {self.lapse_se:.4f})" if self.lapse_fitted else ""
-            lines.append(f"lapse rate: {self.lapse:.4f} {how}{se_txt}")
+            lines.append(f"lapse rate: {self.lapse:.4f} {how}{se_txt}; asymptotes "
+                         f"{self.asymptotes[0]:.4f} / {1 - self.asymptotes[1]:.4f}")
         if self.firth:
             lines.append("bias reduction: Jeffreys-prior penalised likelihood (Firth)")
         if self.separated:
@@ -358,6 +360,7 @@ class MLDSResult:
             "n_trials": t.n_trials, "n_levels": t.n_levels, "loglik": self.loglik, "aic": self.aic,
             "deviance": self.deviance, "n_params": self.n_params, "sigma_estimate": self.sigma,
             "lapse": self.lapse, "lapse_fitted": self.lapse_fitted, "firth": self.firth,
+            "lower_asymptote": self.asymptotes[0], "upper_asymptote": 1 - self.asymptotes[1],
             "separated": self.separated, "source": t.source,
             "n_bootstrap": 0 if self.boot_psi is None else len(self.boot_psi),
             "n_bootstrap_failed": self.n_boot_failed,
@@ -449,8 +452,12 @@ def _grouped(X: np.ndarray, y: np.ndarray):
     return Xu, inv, m, k
 
 
-def _make_link(link, lapse: float):
+def _make_link(link, lapse):
+    """Base link, or a :class:`LapseLink`: a float is a symmetric lapse rate (lam/2 at each end),
+    a pair gives the lower and upper asymptotes (psyphy's ``2asym``)."""
     base = get_link(link)
+    if isinstance(lapse, tuple):
+        return LapseLink(base, *lapse) if any(lapse) else base
     if lapse:
         return LapseLink(base, lapse / 2.0, lapse / 2.0)
     return base
@@ -740,7 +747,9 @@ def fit_mlds(
     trials : :class:`Trials`, a DataFrame ``resp, S1..S4`` or a CSV path.
     method : ``"glm"`` (default), ``"optim"`` or ``"formula"``.
     link : probit (default), logit, cauchit, cloglog, loglog or a statsmodels link.
-    lapse : None, a fixed lapse rate in [0, 0.5), or ``"fit"`` (profile likelihood).
+    lapse : None; a fixed lapse rate ``lam`` in [0, 0.5) (``P = lam/2 + (1 - lam) F``); a pair
+        ``(lower, upper)`` of fixed asymptotes (``P = lower + (1 - lower - upper) F``); or
+        ``"fit"`` (symmetric lapse rate by profile likelihood, counted as one more parameter).
     firth : bias-reduced (Jeffreys-penalised) fit; use it when the data are separated.
     formula, p0 : parametric scale for ``method="formula"``: a name in
         :data:`PARAMETRIC_SCALES` or a callable ``f(s, *params)``, and start values.
@@ -786,7 +795,7 @@ def fit_mlds(
     def core_for(lam: float) -> _Core:
         lk = _make_link(link, lam)
         if method == "glm":
-            return _fit_glm(trials, lk, engine, firth, pre=pre if lam == 0 else None)
+            return _fit_glm(trials, lk, engine, firth, pre=pre if lk is base_link else None)
         if method == "optim":
             return _fit_optim(trials, lk)
         unc = _fit_glm(trials, lk, "numpy", False).loglik
@@ -801,16 +810,23 @@ def fit_mlds(
             raise ConfigError(f"lapse: expected a number in [0, 0.5) or 'fit', got {lapse!r}")
         lam, lapse_se = _fit_lapse(lambda l_: _fit_glm(trials, _make_link(link, l_), "numpy", firth).loglik)
         lapse_fitted = True
+    elif isinstance(lapse, (tuple, list)):
+        if len(lapse) != 2:
+            raise ConfigError(f"lapse: expected (lower, upper) asymptotes, got {lapse!r}")
+        lam = (float(lapse[0]), float(lapse[1]))
+        _make_link(link, lam)  # validates the asymptotes
     else:
         lam = float(lapse)
         if not 0 <= lam < 0.5:
             raise ConfigError(f"lapse: expected a lapse rate in [0, 0.5), got {lapse!r}")
     core = core_for(lam)
     lk = _make_link(link, lam)
+    asym = (lk.lower, lk.upper) if isinstance(lk, LapseLink) else (0.0, 0.0)
     res = MLDSResult(
         trials=trials, method=method, link=lk, psi=core.psi, psi_se=core.psi_se, sigma=core.sigma,
         sigma_se=core.sigma_se, loglik=core.loglik, n_params=core.n_params + int(lapse_fitted),
-        fitted=core.fitted, params=core.params, bse=core.bse, param_names=core.names, lapse=lam,
+        fitted=core.fitted, params=core.params, bse=core.bse, param_names=core.names,
+        lapse=float(sum(asym)), asymptotes=asym,
         lapse_se=lapse_se, lapse_fitted=lapse_fitted, firth=firth, separated=bool(sep),
         separated_trials=sep_trials, converged=core.converged, formula=core.formula, alpha=alpha,
     )

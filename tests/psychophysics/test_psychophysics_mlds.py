@@ -84,6 +84,14 @@ def test_lapse_rate_recovered():
     assert fixed.lapse == 0.1 and not fixed.lapse_fitted
     with pytest.raises(ConfigError, match="lapse"):
         fit_mlds(tr, lapse=0.7)
+    # asymmetric fixed asymptotes (psyphy 2asym): symmetric pair == the lapse rate
+    pair = fit_mlds(tr, lapse=(0.05, 0.05))
+    np.testing.assert_allclose(pair.psi, fixed.psi, atol=1e-8)
+    skew = fit_mlds(tr, lapse=(0.1, 0.0))
+    assert skew.asymptotes == (0.1, 0.0) and skew.fitted.min() > 0.1
+    assert skew.to_dataset().attrs["lower_asymptote"] == 0.1
+    with pytest.raises(ConfigError, match="asymptotes"):
+        fit_mlds(tr, lapse=(0.6, 0.5))
 
 
 def test_bootstrap_result_object(boot_result, trials):

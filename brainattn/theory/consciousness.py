@@ -86,7 +86,7 @@ QUICK: dict[str, Any] = {
 
 FULL: dict[str, Any] = {
     **QUICK,
-    "n_seeds": 20,
+    "n_seeds": 10,
     "n_variables": 24,
     "factor_size": 3,
     "n_distractors": 24,
@@ -95,8 +95,8 @@ FULL: dict[str, Any] = {
     "d_model": 64,
     "d_state": 32,
     "hidden": 128,
-    "k_values": [1, 2, 3, 4, 6, 8],
-    "steps": 3000,
+    "k_values": [1, 2, 3, 4, 6],
+    "steps": 2000,
     "batch_size": 256,
     "n_test": 10000,
 }

@@ -116,12 +116,12 @@ _EV_WEDGES = [
 ]
 _PRF_SIZE = {"V1": (0.012, 0.08), "V2": (0.018, 0.12), "V3": (0.025, 0.17), "hV4": (0.04, 0.25)}
 # Category ROI seeds: (psi deg, distance from the pole in units of the early-visual cap radius).
-_CAT_SEEDS = {
-    "OFA": (170, 1.2), "FFA-1": (-140, 1.35), "FFA-2": (-145, 1.6), "mTL-faces": (-160, 1.9),
-    "aTL-faces": (-165, 2.2), "EBA": (145, 1.3), "FBA-1": (-120, 1.45), "FBA-2": (-122, 1.75),
-    "mTL-bodies": (-138, 2.0), "OPA": (115, 1.3), "PPA": (-100, 1.45), "RSC": (40, 1.35),
-    "OWFA": (-170, 1.3), "VWFA-1": (-155, 1.5), "VWFA-2": (-152, 1.75), "mfs-words": (-128, 1.95),
-    "mTL-words": (-150, 2.25),
+_CAT_SEEDS = {  # lateral occipital (psi ~ 180) vs ventral temporal (psi ~ -90 .. -130)
+    "OFA": (170, 1.2), "FFA-1": (-118, 1.4), "FFA-2": (-122, 1.7), "mTL-faces": (-128, 2.0),
+    "aTL-faces": (-132, 2.35), "EBA": (150, 1.3), "FBA-1": (-103, 1.45), "FBA-2": (-105, 1.75),
+    "mTL-bodies": (-110, 2.05), "OPA": (125, 1.3), "PPA": (-85, 1.5), "RSC": (40, 1.35),
+    "OWFA": (-165, 1.3), "VWFA-1": (-135, 1.5), "VWFA-2": (-140, 1.8), "mfs-words": (-95, 2.0),
+    "mTL-words": (-145, 2.2),
 }
 _PREF_SIZE = {"faces": 0.22, "bodies": 0.3, "places": 0.4, "words": 0.2}
 _ECC_SLOPE = {"faces": -0.8, "bodies": 0.0, "places": 0.8, "words": -0.8}

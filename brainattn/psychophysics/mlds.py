@@ -147,6 +147,7 @@ class MLDSResult:
     boot_sigma: np.ndarray | None = None
     n_boot_failed: int = 0
     alpha: float = 0.05
+    cov_psi: np.ndarray | None = None
     diagnostics: dict | None = None
     six_point: dict | None = None
     prediction: dict | None = None
@@ -222,8 +223,18 @@ class MLDSResult:
             a = self.alpha
             se, lo, hi = bn.std(axis=0, ddof=1), np.quantile(bn, a / 2, 0), np.quantile(bn, 1 - a / 2, 0)
         else:
-            se = self.psi_se / abs(top)
-            lo, hi = self._bounds()[1] / top, self._bounds()[2] / top
+            from scipy.stats import norm
+
+            # delta method for r = (psi - psi_1) / (psi_p - psi_1) with the scale's covariance
+            D = top - self.psi[0]
+            r = (self.psi - self.psi[0]) / D
+            G = np.eye(self.n_levels) / D
+            G[:, 0] += (r - 1.0) / D
+            G[:, -1] -= r / D
+            C = self.cov_psi if self.cov_psi is not None else np.diag(self.psi_se**2)
+            se = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", G, C, G), 0, None))
+            z = norm.ppf(1 - self.alpha / 2)
+            lo, hi = r - z * se, r + z * se
         data = np.stack([(self.psi - self.psi[0]) / (top - self.psi[0]), se, lo, hi], axis=1)
         return xr.DataArray(data, dims=("level", "stat"),
                             coords={"level": np.arange(1, self.n_levels + 1), "stat": _STATS,
@@ -478,6 +489,7 @@ class _Core:
     converged: bool
     formula: dict | None = None
     glm_beta: np.ndarray | None = None
+    cov_psi: np.ndarray | None = None
 
 
 def _fit_glm(trials: Trials, link, engine: str, firth: bool, pre=None) -> _Core:
@@ -503,8 +515,10 @@ def _fit_glm(trials: Trials, link, engine: str, firth: bool, pre=None) -> _Core:
         raise ConfigError(f"engine: expected 'numpy' or 'statsmodels', got {engine!r}")
     mu = mu_and_deriv(link, X @ beta)[0]
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    cov_psi = np.zeros((p, p))
+    cov_psi[1:, 1:] = cov
     return _Core(np.r_[0.0, beta], np.r_[0.0, se], 1.0, 0.0, ll, p - 1, mu, beta, se, names, conv,
-                 glm_beta=beta)
+                 glm_beta=beta, cov_psi=cov_psi)
 
 
 def _theta_fit(nll, theta0: np.ndarray, *, torch_ok: bool):
@@ -601,7 +615,10 @@ def _fit_optim(trials: Trials, link) -> _Core:
     Xf = trials.design_matrix(drop_first=False)
     mu = mu_and_deriv(link, Xf @ psi / sigma)[0]
     names = [f"psi[{i}]" for i in range(2, p)] + ["log_sigma"]
-    return _Core(psi, psi_se, sigma, sigma * se[-1], -fmin, p - 1, mu, th, se, names, True)
+    cov_psi = np.zeros((p, p))
+    cov_psi[1:-1, 1:-1] = cov[:-1, :-1]
+    return _Core(psi, psi_se, sigma, sigma * se[-1], -fmin, p - 1, mu, th, se, names, True,
+                 cov_psi=cov_psi)
 
 
 def _resolve_formula(formula, p0, stimulus):
@@ -696,7 +713,7 @@ def _fit_formula(trials: Trials, link, formula, p0, unconstrained_ll: float) -> 
             "lr_stat": lr, "lr_df": df, "lr_p": float(chi2.sf(lr, df)) if df > 0 else float("nan"),
             "unconstrained_loglik": unconstrained_ll}
     return _Core(psi, psi_se, sigma, sigma * se[-1], ll, k + 1, mu, th, se, pnames + ["log_sigma"],
-                 True, formula=info)
+                 True, formula=info, cov_psi=J @ cov[:k, :k] @ J.T)
 
 
 def _check_identifiable(psi_np, params, name, at_optimum: bool = False):
@@ -829,6 +846,7 @@ def fit_mlds(
         lapse=float(sum(asym)), asymptotes=asym,
         lapse_se=lapse_se, lapse_fitted=lapse_fitted, firth=firth, separated=bool(sep),
         separated_trials=sep_trials, converged=core.converged, formula=core.formula, alpha=alpha,
+        cov_psi=core.cov_psi,
     )
     if bootstrap:
         bootstrap_mlds(res, bootstrap, seed=seed, n_diagnostic=n_diagnostic)

@@ -36,6 +36,14 @@ def test_optim_is_the_glm_fit_rescaled(trials):
     assert o.sigma_se == pytest.approx(g.psi_se[-1] / g.psi[-1] ** 2, rel=0.05)
 
 
+def test_normalized_wald_se_is_the_optim_se(trials):
+    # the delta method on the glm covariance gives the se of the optim (psi_p = 1) fit
+    g = fit_mlds(trials, "glm").scale_normalized.sel(stat="se").values
+    o = fit_mlds(trials, "optim").scale.sel(stat="se").values
+    assert g[0] == 0 and g[-1] == pytest.approx(0, abs=1e-12)
+    np.testing.assert_allclose(g[1:-1], o[1:-1], rtol=0.05)  # expected vs observed information
+
+
 def test_formula_recovers_exponent_and_lr_test(trials):
     res = fit_mlds(trials, "formula", formula="power")
     gamma = res.formula["params"][0]

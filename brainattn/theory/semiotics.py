@@ -78,7 +78,10 @@ __all__ = [
     "stochastic_loop",
     "summary",
     "train_autoencoder",
+    "train_autoencoders",
+    "fit_stacked",
     "train_mlp",
+    "train_mlps",
     "two_agent_loop",
     "vanilla_loop",
     "validate_config",
@@ -97,14 +100,14 @@ QUICK: dict[str, Any] = {
     "R": [1, 2, 3, 5, 10, 20],  # training images per class
     "n_seeds": 3,  # independent repetitions (restricted sample, nets, augmentations)
     "seed": 0,  # base seed; repetition i uses seed + i
-    "n_test": 300,  # test images per repetition (a random subset of the rest); None: all
+    "n_test": 200,  # test images per repetition (stratified random subset); None: all
     "channels": 32,  # autoencoder width (published: 256)
-    "ae_steps": 400,  # full-batch Adam steps of autoencoder training
-    "ae_lr": 3e-3,
-    "vanilla_steps": 100,  # at most this many x <- D(E(x)) (published 30; stops at the attractor)
+    "ae_steps": 300,  # full-batch Adam steps of autoencoder training (cosine-annealed lr)
+    "ae_lr": 5e-3,
+    "vanilla_steps": 200,  # at most this many x <- D(E(x)) (published 30; stops at the attractor)
     "tol": 1e-3,  # convergence: RMS per pixel of D(E(x)) - x, pixels in [0, 1]
     "stochastic_steps": 30,
-    "n_copies": 16,  # augmented copies averaged per image (published: 500)
+    "n_copies": 8,  # augmented copies averaged per image (published: 500)
     "decay": 2.6,  # augmentation strength alpha_n = decay ** -n at step n = 0, 1, ...
     "aug_noise": 0.2,  # Gaussian noise sd at alpha = 1 (pixel units)
     "aug_shift": 1.0,  # max translation at alpha = 1 (pixels)
@@ -113,7 +116,7 @@ QUICK: dict[str, Any] = {
     "aug_contrast": 0.3,  # max relative contrast change at alpha = 1
     "aug_blur": 0.5,  # max blend weight with a Gaussian-blurred copy (sd 1 px) at alpha = 1
     "mlp_hidden": [128, 64],  # published 500, 100 for 784 inputs
-    "mlp_steps": 300,  # full-batch Adam steps
+    "mlp_steps": 120,  # full-batch Adam steps
     "mlp_lr": 1e-2,
     "mlp_weight_decay": 1e-4,
     "agents": True,  # run the two-agent loop (agent B trained on a disjoint restricted set)
@@ -127,12 +130,12 @@ QUICK: dict[str, Any] = {
 FULL: dict[str, Any] = {
     **QUICK,
     "n_seeds": 20,
-    "n_test": None,
+    "n_test": 500,  # stratified test subset per repetition (all ~1,700 digits: 3.4x the time)
     "channels": 256,
     "ae_steps": 2000,
     "ae_lr": 1e-3,
     "n_copies": 500,
-    "mlp_steps": 500,
+    "mlp_steps": 300,
     "n_boot": 10000,
     "batch_size": 65536,
     "cpu_threads": None,  # leave torch's default
@@ -421,11 +424,12 @@ def _layer_sizes(size: int) -> list[int]:
 def _dense_index(transposed: bool, c_in: int, h_in: int, c_out: int, h_out: int):
     """Where each 3x3 stride-2 padding-1 kernel weight sits in the dense operator matrix.
 
-    Returns ``(flat, widx)``: ``M.view(-1)[flat] = weight.view(-1)[widx]`` builds the matrix
-    ``M`` ``(c_out*h_out**2, c_in*h_in**2)`` with ``out.flatten(1) = in.flatten(1) @ M.T``.
+    Returns ``table`` ``(c_out*h_out**2 * c_in*h_in**2,)``: with ``w0`` the flattened weight
+    followed by one 0, ``w0[table]`` is the matrix ``M`` ``(c_out*h_out**2, c_in*h_in**2)`` with
+    ``out.flatten(1) = in.flatten(1) @ M.T`` (one gather: cheap, and batched by ``vmap``).
     The convolution weight is ``(c_out, c_in, 3, 3)``, the transposed one ``(c_in, c_out, 3, 3)``
     (PyTorch layouts). Each (output, input) pair meets at most one kernel tap (stride 2 > 3 // 2),
-    so ``flat`` has no duplicates.
+    so no entry gets two taps.
     """
     ky, kx = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
     ky, kx = ky.ravel(), kx.ravel()
@@ -444,11 +448,15 @@ def _dense_index(transposed: bool, c_in: int, h_in: int, c_out: int, h_out: int)
     row = (co * h_out + oy) * h_out + ox
     col = (ci * h_in + iy) * h_in + ix
     flat = row[ok] * (c_in * h_in * h_in) + col[ok]
-    return torch.as_tensor(flat.astype(np.int64)), torch.as_tensor(widx[ok].astype(np.int64))
+    # gather table: entry e of the operator is weight[table[e]], or the appended 0 when no tap
+    n_w = c_in * c_out * 9
+    table = np.full(c_out * h_out * h_out * c_in * h_in * h_in, n_w, dtype=np.int64)
+    table[flat] = widx[ok]
+    return torch.as_tensor(table)
 
 
 # Above this many operator entries the dense path would cost more memory than it saves time.
-_DENSE_MAX = 1 << 23
+_DENSE_MAX = 1 << 22
 
 
 class StridedConv(nn.Module):
@@ -458,7 +466,7 @@ class StridedConv(nn.Module):
     ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (``self.conv``). For small images the layer is
     applied as one matrix product with the dense operator built from the kernel (``dense``;
     the same function, much faster than PyTorch's CPU convolutions on 8x8 inputs); ``dense=None``
-    picks it when the operator has at most 2**23 entries.
+    picks it when the operator has at most 2**22 entries.
     """
 
     def __init__(self, c_in: int, c_out: int, h_in: int, h_out: int, *, transposed: bool,
@@ -471,9 +479,8 @@ class StridedConv(nn.Module):
         size = c_in * h_in * h_in * c_out * h_out * h_out
         self.dense = size <= _DENSE_MAX if dense is None else bool(dense)
         if self.dense:
-            flat, widx = _dense_index(transposed, c_in, h_in, c_out, h_out)
-            self.register_buffer("_flat", flat, persistent=False)
-            self.register_buffer("_widx", widx, persistent=False)
+            table = _dense_index(transposed, c_in, h_in, c_out, h_out)
+            self.register_buffer("_table", table, persistent=False)
 
     def operator(self) -> torch.Tensor:
         """The dense matrix ``(c_out*h_out**2, c_in*h_in**2)`` of the layer (without bias)."""
@@ -481,8 +488,8 @@ class StridedConv(nn.Module):
         if not self.dense:
             raise ShapeError("StridedConv.operator: layer too large for a dense operator")
         w = self.conv.weight.reshape(-1)
-        m = w.new_zeros(n_out * n_in).scatter(0, self._flat, w[self._widx])
-        return m.view(n_out, n_in)
+        w0 = torch.cat([w, w.new_zeros(1)])
+        return w0.index_select(0, self._table).view(n_out, n_in)
 
     def _cached_operator(self) -> torch.Tensor:
         # Without autograd (the perception loops) the operator is reused while the weight is
@@ -569,6 +576,76 @@ def build_autoencoder(
     return E.to(device), D.to(device)
 
 
+def fit_stacked(
+    models: Sequence[nn.Module],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    cosine: bool = False,
+) -> np.ndarray:
+    """Train ``G`` models of one architecture at once, model ``g`` on ``(x[g], target[g])``.
+
+    ``x``: ``(G, n, ...)``; ``loss(out, target)`` returns one loss per model ``(G,)`` from the
+    stacked outputs ``(G, n, ...)``. Full-batch Adam (cosine-annealed learning rate if
+    ``cosine``) on the parameters stacked with ``torch.func``: the gradient of the summed loss
+    for model ``g`` is the gradient of its own loss and Adam is elementwise, so this is the
+    same optimisation as training each model alone, in ``1/G`` as many (small) operations.
+    The trained parameters are copied back into ``models``. Returns losses ``(steps, G)``.
+    """
+    from torch.func import functional_call, stack_module_state
+
+    models = list(models)
+    params, _ = stack_module_state(models)
+    buffers = dict(models[0].named_buffers())  # index tables: identical in every model
+    base = models[0]
+
+    def call(p, xg):
+        return functional_call(base, (p, buffers), (xg,))
+
+    forward = torch.vmap(call)
+    opt = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cosine else None
+    losses = np.zeros((steps, len(models)))
+    for t in range(steps):
+        opt.zero_grad(set_to_none=True)
+        per = loss(forward(params, x), target)
+        per.sum().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        losses[t] = per.detach().cpu().numpy()
+    with torch.no_grad():
+        for g, m in enumerate(models):
+            for name, p in m.named_parameters():
+                p.copy_(params[name][g])
+            m.eval()
+    return losses
+
+
+def _mse_per_model(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (out - target).pow(2).flatten(1).mean(1)
+
+
+def train_autoencoders(
+    agents: Sequence[tuple[nn.Module, nn.Module]],
+    x: torch.Tensor,
+    *,
+    steps: int = 400,
+    lr: float = 3e-3,
+) -> np.ndarray:
+    """Fit ``G`` autoencoders at once, ``D_g(E_g(x[g])) ~ x[g]``, ``x`` ``(G, n, 1, s, s)``.
+
+    Full-batch Adam on the MSE per pixel, cosine-annealed learning rate (see
+    :func:`fit_stacked`). Returns the losses ``(steps, G)`` (MSE per pixel).
+    """
+    pairs = [nn.Sequential(E, D) for E, D in agents]
+    return fit_stacked(pairs, x, x, _mse_per_model, steps=steps, lr=lr, cosine=True)
+
+
 def train_autoencoder(
     E: nn.Module,
     D: nn.Module,
@@ -581,22 +658,7 @@ def train_autoencoder(
 
     Returns the loss per step (mean squared error per pixel).
     """
-    params = list(E.parameters()) + list(D.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    E.train()
-    D.train()
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = F.mse_loss(D(E(x)), x)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    E.eval()
-    D.eval()
-    return losses
+    return train_autoencoders([(E, D)], x[None], steps=steps, lr=lr)[:, 0].tolist()
 
 
 # --------------------------------------------------------------------------------------------
@@ -816,6 +878,39 @@ class MLP(nn.Module):
         return self.net(x.flatten(1))
 
 
+def _ce_per_model(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+
+
+def train_mlps(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hidden: Sequence[int] = (128, 64),
+    n_classes: int = 10,
+    steps: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seeds: Sequence[int] = (0,),
+) -> list[MLP]:
+    """Train ``G = len(seeds)`` MLPs at once, model ``g`` on ``x[g]`` ``(n, ...)``, ``y[g]``.
+
+    Model ``g`` is initialised from ``seeds[g]`` alone (the global RNG is left as it was), so
+    the same seed on raw and on perceived inputs means the same network and schedule.
+    Full-batch Adam with L2 ``weight_decay`` (see :func:`fit_stacked`).
+    """
+    models = []
+    for s in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(s))
+            models.append(MLP(int(np.prod(x.shape[2:])), hidden, n_classes).to(x.device))
+    if steps > 0:
+        fit_stacked(models, x, y, _ce_per_model, steps=steps, lr=lr, weight_decay=weight_decay)
+    for m in models:
+        m.eval()
+    return models
+
+
 def train_mlp(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -827,23 +922,9 @@ def train_mlp(
     weight_decay: float = 1e-4,
     seed: int = 0,
 ) -> MLP:
-    """Train :class:`MLP` on ``x`` ``(n, ...)``, labels ``y`` ``(n,)`` by full-batch Adam.
-
-    Initialisation depends only on ``seed`` (the global RNG is left as it was), so raw and
-    perceived inputs get the same network and schedule.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MLP(int(np.prod(x.shape[1:])), hidden, n_classes)
-    model = model.to(x.device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    return model
+    """Train one :class:`MLP` on ``x`` ``(n, ...)``, labels ``y`` ``(n,)`` (see :func:`train_mlps`)."""
+    return train_mlps(x[None], y[None], hidden=hidden, n_classes=n_classes, steps=steps, lr=lr,
+                      weight_decay=weight_decay, seeds=[seed])[0]
 
 
 def classifier_accuracy(
@@ -926,81 +1007,116 @@ def _one_example_per_class(y: np.ndarray, n_classes: int = 10) -> np.ndarray:
                      for c in range(n_classes)])
 
 
-def run_once(cfg: dict, data: dict, R: int, seed: int, device: torch.device) -> dict[str, Any]:
-    """One repetition at one ``R``: train agent A (and B), perceive, classify; return numbers.
+def _draw(cfg: dict, data: dict, R: int, seed: int) -> dict[str, np.ndarray]:
+    """Indices of one repetition: agent A's training set, agent B's, the test images.
 
-    Digits: agent A's and (with ``agents``) agent B's training images are drawn first, disjoint;
-    the test images are drawn from the rest. MNIST: the test images come from the test split.
+    Digits: A's and (with ``agents``) B's training images are drawn first, disjoint; the test
+    images come from the rest (seen by neither agent). MNIST: the test images come from the
+    test split. ``n_test`` caps the test images (stratified: ``n_test // 10`` per class).
     """
     rng = np.random.default_rng([seed, R])
-    x_all, y_all = data["x"], data["y"]
+    y_all = data["y"]
     tr, rest = restricted_split(y_all, R, rng)
-    if cfg["agents"]:  # agent B's experience: R other images per class, never used for testing
+    tr_b = None
+    if cfg["agents"]:
         tr_b, rest = restricted_split(y_all, R, rng, exclude=tr)
-    if "x_test" in data:
-        x_te_pool, y_te_pool = data["x_test"], data["y_test"]
-        te = np.arange(len(y_te_pool))
-    else:
-        x_te_pool, y_te_pool, te = x_all, y_all, rest
+    y_te_pool = data["y_test"] if "y_test" in data else y_all
+    te = np.arange(len(y_te_pool)) if "y_test" in data else rest
     if cfg["n_test"] is not None and len(te) > cfg["n_test"]:
         te = _stratified_subset(y_te_pool, te, cfg["n_test"], rng)
+    return {"tr": tr, "tr_b": tr_b, "te": te}
+
+
+def run_R(cfg: dict, data: dict, R: int, seeds: Sequence[int], device: torch.device) -> list[dict]:
+    """All repetitions at one ``R``: train the agents, perceive, classify; numbers per seed.
+
+    The autoencoders of all repetitions (agents A and B) are trained together, and so are the
+    MLPs (see :func:`fit_stacked`: the same optimisation as one at a time). Model seeds:
+    agent A ``1000*seed + R``, agent B ``1000*seed + R + 500``, MLP ``1000*seed + R + 7`` (the
+    same MLP initialisation on raw, vanilla and stochastic images of a repetition).
+    """
+    x_all, y_all = data["x"], data["y"]
+    x_te_pool = data.get("x_test", x_all)
+    y_te_pool = data.get("y_test", y_all)
     size = x_all.shape[-1]
-    x_tr, y_tr = _to_tensor(x_all[tr], device), torch.as_tensor(y_all[tr], device=device)
-    x_te, y_te = _to_tensor(x_te_pool[te], device), torch.as_tensor(y_te_pool[te], device=device)
-    x_both = torch.cat([x_tr, x_te])
-    n_tr = len(x_tr)
+    draws = [_draw(cfg, data, R, s) for s in seeds]
 
-    E, D = build_autoencoder(size, cfg["channels"], seed=seed * 1000 + R, device=device)
-    ae_loss = train_autoencoder(E, D, x_tr, steps=cfg["ae_steps"], lr=cfg["ae_lr"])
-
-    van = vanilla_loop(E, D, x_both, cfg["vanilla_steps"], tol=cfg["tol"], batch_size=cfg["batch_size"])
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed * 1000 + R)
-    sto = stochastic_loop(
-        E, D, x_both, cfg["stochastic_steps"], n_copies=cfg["n_copies"], decay=cfg["decay"],
-        params=AugmentParams.from_config(cfg), generator=gen, batch_size=cfg["batch_size"],
-    )
-    mlp = dict(
-        hidden=cfg["mlp_hidden"], steps=cfg["mlp_steps"], lr=cfg["mlp_lr"],
-        weight_decay=cfg["mlp_weight_decay"], seed=seed * 1000 + R + 7,
-    )
-    acc = {}
-    acc["baseline"], _, base_model = classifier_accuracy(x_tr, y_tr, x_te, y_te, **mlp)
-    acc["vanilla"], _, _ = classifier_accuracy(van.x[:n_tr], y_tr, van.x[n_tr:], y_te, **mlp)
-    acc["stochastic"], _, _ = classifier_accuracy(sto[:n_tr], y_tr, sto[n_tr:], y_te, **mlp)
-
-    out: dict[str, Any] = {
-        "accuracy": [acc[m] for m in METHODS],
-        "ae_loss": ae_loss[-1],
-        "van_converged": float(van.converged[n_tr:].float().mean()),
-        "van_steps": float(van.n_steps[n_tr:][van.n_steps[n_tr:] > 0].float().mean())
-        if bool((van.n_steps[n_tr:] > 0).any()) else math.nan,
-        "van_residual": float(van.residual[n_tr:].median()),
-        "van_trace": van.trace.cpu().numpy(),
-    }
-    ex = _one_example_per_class(y_te.cpu().numpy())
-    views = [x_te[:, 0], van.x[n_tr:, 0], sto[n_tr:, 0]]
-    out["examples"] = np.stack([v[np.maximum(ex, 0)].cpu().numpy() for v in views])
-    out["examples"][:, ex < 0] = np.nan
+    agents_a = [build_autoencoder(size, cfg["channels"], seed=1000 * s + R, device=device)
+                for s in seeds]
+    agents = list(agents_a)
+    x_fit = [x_all[d["tr"]] for d in draws]
     if cfg["agents"]:
-        Eb, Db = build_autoencoder(size, cfg["channels"], seed=seed * 1000 + R + 500, device=device)
-        train_autoencoder(Eb, Db, _to_tensor(x_all[tr_b], device), steps=cfg["ae_steps"], lr=cfg["ae_lr"])
-        res, dis = two_agent_loop((E, D), (Eb, Db), x_te, cfg["agent_steps"], tol=cfg["tol"],
-                                  batch_size=cfg["batch_size"])
-        with torch.no_grad():
-            kept = (base_model(res.x).argmax(1) == y_te).double().mean()
-        ok = res.n_steps > 0
-        out.update(
-            agents_converged=res.converged_fraction,
-            agents_steps=float(res.n_steps[ok].float().mean()) if bool(ok.any()) else math.nan,
-            agents_residual=float(res.residual.median()),
-            agents_disagreement=float(dis.median()),
-            agents_label_kept=float(kept),
+        agents += [build_autoencoder(size, cfg["channels"], seed=1000 * s + R + 500, device=device)
+                   for s in seeds]
+        x_fit += [x_all[d["tr_b"]] for d in draws]
+    x_fit_t = torch.as_tensor(np.stack(x_fit), dtype=torch.float32, device=device)[:, :, None]
+    losses = train_autoencoders(agents, x_fit_t, steps=cfg["ae_steps"], lr=cfg["ae_lr"])
+
+    outs, mlp_x, mlp_test = [], [], []
+    for i, (seed, d) in enumerate(zip(seeds, draws, strict=True)):
+        E, D = agents_a[i]
+        x_tr = _to_tensor(x_all[d["tr"]], device)
+        x_te = _to_tensor(x_te_pool[d["te"]], device)
+        y_te = torch.as_tensor(y_te_pool[d["te"]], device=device)
+        x_both = torch.cat([x_tr, x_te])
+        n_tr = len(x_tr)
+        van = vanilla_loop(E, D, x_both, cfg["vanilla_steps"], tol=cfg["tol"],
+                           batch_size=cfg["batch_size"])
+        gen = torch.Generator(device=device)
+        gen.manual_seed(1000 * seed + R)
+        sto = stochastic_loop(
+            E, D, x_both, cfg["stochastic_steps"], n_copies=cfg["n_copies"], decay=cfg["decay"],
+            params=AugmentParams.from_config(cfg), generator=gen, batch_size=cfg["batch_size"],
         )
-    else:
-        out.update(agents_converged=math.nan, agents_steps=math.nan, agents_residual=math.nan,
-                   agents_disagreement=math.nan, agents_label_kept=math.nan)
-    return out
+        mlp_x += [x_tr, van.x[:n_tr], sto[:n_tr]]
+        mlp_test.append((x_te, van.x[n_tr:], sto[n_tr:], y_te))
+        n_conv = van.n_steps[n_tr:]
+        out: dict[str, Any] = {
+            "ae_loss": float(losses[-1, i]),
+            "van_converged": float(van.converged[n_tr:].float().mean()),
+            "van_steps": float(n_conv[n_conv > 0].float().mean()) if bool((n_conv > 0).any())
+            else math.nan,
+            "van_residual": float(van.residual[n_tr:].median()),
+            "van_trace": van.trace.cpu().numpy(),
+        }
+        ex = _one_example_per_class(y_te.cpu().numpy())
+        views = [x_te[:, 0], van.x[n_tr:, 0], sto[n_tr:, 0]]
+        out["examples"] = np.stack([v[np.maximum(ex, 0)].cpu().numpy() for v in views])
+        out["examples"][:, ex < 0] = np.nan
+        nan = math.nan
+        out.update(agents_converged=nan, agents_steps=nan, agents_residual=nan,
+                   agents_disagreement=nan, agents_label_kept=nan)
+        if cfg["agents"]:
+            res, dis = two_agent_loop(agents_a[i], agents[len(seeds) + i], x_te, cfg["agent_steps"],
+                                      tol=cfg["tol"], batch_size=cfg["batch_size"])
+            ok = res.n_steps > 0
+            out.update(
+                agents_converged=res.converged_fraction,
+                agents_steps=float(res.n_steps[ok].float().mean()) if bool(ok.any()) else nan,
+                agents_residual=float(res.residual.median()),
+                agents_disagreement=float(dis.median()),
+                agents_final=res.x,
+            )
+        outs.append(out)
+
+    y_fit = torch.as_tensor(np.stack([y_all[d["tr"]] for d in draws for _ in METHODS]),
+                            device=device)
+    models = train_mlps(
+        torch.stack(mlp_x), y_fit, hidden=cfg["mlp_hidden"], steps=cfg["mlp_steps"],
+        lr=cfg["mlp_lr"], weight_decay=cfg["mlp_weight_decay"],
+        seeds=[1000 * s + R + 7 for s in seeds for _ in METHODS],
+    )
+    with torch.no_grad():
+        for i, out in enumerate(outs):
+            *views, y_te = mlp_test[i]
+            out["accuracy"] = [
+                float((models[3 * i + k](v).argmax(1) == y_te).double().mean())
+                for k, v in enumerate(views)
+            ]
+            if "agents_final" in out:  # does the raw-image classifier still name the digit?
+                final = out.pop("agents_final")
+                out["agents_label_kept"] = float((models[3 * i](final).argmax(1) == y_te).double().mean())
+    return outs
 
 
 def simulate(config: dict | None = None, *, device: str | torch.device | None = None):
@@ -1046,15 +1162,14 @@ def _simulate(cfg: dict, dev: torch.device):
     trace = np.full((nS, nR, cfg["vanilla_steps"]), np.nan)
     size = data["x"].shape[-1]
     examples = np.zeros((nR, len(METHODS), 10, size, size), dtype=np.float32)
-    jobs = [(i, j) for i in range(nS) for j in range(nR)]
-    for i, j in progress(jobs, desc="semiotics", total=len(jobs)):
-        r = run_once(cfg, data, Rs[j], seeds[i], dev)
-        acc[i, j] = r["accuracy"]
-        for k in scal_names:
-            scal[k][i, j] = r[k]
-        trace[i, j] = r["van_trace"]
-        if i == 0:
-            examples[j] = r["examples"]
+    for j in progress(range(nR), desc="semiotics R", total=nR):
+        for i, r in enumerate(run_R(cfg, data, Rs[j], seeds, dev)):
+            acc[i, j] = r["accuracy"]
+            for k in scal_names:
+                scal[k][i, j] = r[k]
+            trace[i, j] = r["van_trace"]
+            if i == 0:
+                examples[j] = r["examples"]
 
     stat_names = ("mean_diff", "sd_diff", "ci_low", "ci_high", "t_stat", "t_pvalue", "w_stat", "w_pvalue")
     stats_arr = {k: np.full((nR, len(CONTRASTS)), np.nan) for k in stat_names}

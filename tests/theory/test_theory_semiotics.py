@@ -366,3 +366,29 @@ def test_configs_are_complete_and_valid():
     assert S.validate_config({"R": 5})["R"] == [5]
     with pytest.raises(DataError, match="mnist_dir"):
         S.validate_config({"dataset": "mnist", "mnist_dir": "/nonexistent/mnist"})
+
+
+def test_stacked_training_equals_one_at_a_time():
+    x, _ = S.load_digits_pool()
+    xs = torch.as_tensor(x[:36]).view(3, 12, 1, 8, 8)
+    together = [S.build_autoencoder(8, 6, seed=s) for s in range(3)]
+    losses = S.train_autoencoders(together, xs, steps=15, lr=5e-3)
+    assert losses.shape == (15, 3)
+    for g in range(3):
+        E, D = S.build_autoencoder(8, 6, seed=g)
+        alone = S.train_autoencoder(E, D, xs[g], steps=15, lr=5e-3)
+        assert alone == pytest.approx(losses[:, g].tolist(), rel=1e-5)
+        for p, q in zip(E.parameters(), together[g][0].parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_draws_keep_agents_and_test_images_apart():
+    cfg = S.validate_config({"R": [5], "n_test": 100})
+    data = S.load_dataset(cfg)
+    d = S._draw(cfg, data, 5, 3)
+    assert len(d["tr"]) == len(d["tr_b"]) == 50 and len(d["te"]) == 100
+    assert np.bincount(data["y"][d["te"]]).tolist() == [10] * 10
+    sets = [set(d[k].tolist()) for k in ("tr", "tr_b", "te")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    again = S._draw(cfg, data, 5, 3)
+    assert all(np.array_equal(d[k], again[k]) for k in d)

@@ -710,6 +710,7 @@ def _fit_formula(trials: Trials, link, formula, p0, unconstrained_ll: float) -> 
     lr = max(0.0, 2.0 * (unconstrained_ll - ll))
     df = (p - 1) - (k + 1)
     info = {"name": name, "names": pnames, "params": th[:-1].copy(), "bse": se[:-1].copy(),
+            "fn": fn, "torch_ok": torch_ok,
             "lr_stat": lr, "lr_df": df, "lr_p": float(chi2.sf(lr, df)) if df > 0 else float("nan"),
             "unconstrained_loglik": unconstrained_ll}
     return _Core(psi, psi_se, sigma, sigma * se[-1], ll, k + 1, mu, th, se, pnames + ["log_sigma"],
@@ -785,8 +786,6 @@ def fit_mlds(
         raise ConfigError("firth: the bias-reduced fit is available for method='glm' only")
     if firth and bootstrap:
         raise ConfigError("bootstrap: not available with firth=True (intervals are Wald intervals)")
-    if method == "formula" and bootstrap:
-        raise ConfigError("bootstrap: not available for method='formula' (intervals are Wald intervals)")
     if on_separation not in ("raise", "warn"):
         raise ConfigError(f"on_separation: expected 'raise' or 'warn', got {on_separation!r}")
     base_link = get_link(link)
@@ -876,17 +875,21 @@ def _fit_lapse(profile_ll: Callable[[float], float], upper: float = 0.3):
 
 def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
                    n_diagnostic: int = 1000, chunk: int = 4096) -> MLDSResult:
-    """Parametric bootstrap of ``res`` (glm or optim), in place; returns ``res``.
+    """Parametric bootstrap of ``res``, in place; returns ``res``.
 
     Every replicate draws ``resp ~ Bernoulli(fitted)`` for every trial; all replicates are
-    refitted together by :func:`solve_mlds_glm` on the grouped design.  The first
+    refitted together: by :func:`solve_mlds_glm` on the grouped design (glm, optim) or by a
+    batched Newton solver in torch (formula; the callable must broadcast over parameters of
+    shape (B, 1)).  The first
     ``n_diagnostic`` replicates also give the deviance-residual envelope, the runs test and the
     six-point test (R's ``binom.diagnostics`` and ``simu.6pt``).
     """
-    if res.method not in ("glm", "optim") or res.firth:
-        raise ConfigError("bootstrap: available for method 'glm' or 'optim' without firth")
+    if res.firth:
+        raise ConfigError("bootstrap: not available with firth=True (intervals are Wald intervals)")
     rng = np.random.default_rng(seed)
     t = res.trials
+    if res.method == "formula":
+        return _bootstrap_formula(res, n_boot, rng, n_diagnostic, chunk)
     X = t.design_matrix()
     Xu, inv, m, _k = _grouped(X, t.resp.astype(float))
     n = t.n_trials
@@ -928,6 +931,119 @@ def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
         res.diagnostics = _diagnostics(t.resp, res.fitted, Yd[okd], Md[okd])
         if t.kind == "quadruple":
             res.six_point = _six_point(t, res.fitted, Yd[okd], Md[okd])
+    return res
+
+
+def solve_formula_batch(Xf: np.ndarray, m: np.ndarray, K: np.ndarray, stimulus: np.ndarray, fn, link,
+                        theta0: np.ndarray, *, max_iter: int = 50, tol: float = 1e-8):
+    """Maximum likelihood of a parametric scale for B response sets at once (batched Newton).
+
+    Parameters
+    ----------
+    Xf : (R, p) full difference design (no level dropped); m : (R,) trials per row;
+    K : (B, R) successes; fn : ``psi = fn(s, *params)`` broadcasting params of shape (B, 1)
+    against s of shape (1, p); theta0 : (k + 1,) start (params..., log sigma).
+
+    Returns
+    -------
+    theta (B, k + 1), converged (B,) bool, mu (B, R) fitted probabilities.
+    """
+    import torch
+
+    Xt = torch.as_tensor(Xf, dtype=torch.float64)
+    mt = torch.as_tensor(m, dtype=torch.float64)
+    Kt = torch.as_tensor(K, dtype=torch.float64)
+    st = torch.as_tensor(stimulus, dtype=torch.float64)[None, :]
+    B = Kt.shape[0]
+    q = len(theta0)
+
+    def nll(Th):
+        psi = fn(st, *[Th[:, j : j + 1] for j in range(q - 1)])
+        psi = psi.expand(B, -1) if psi.shape[0] == 1 else psi
+        eta = psi @ Xt.T / torch.exp(Th[:, -1:])
+        mu = _torch_mu(link, eta).clamp(1e-300, 1 - 1e-16)
+        return -(Kt * torch.log(mu) + (mt - Kt) * torch.log((1 - mu).clamp_min(1e-300))).sum(1), mu
+
+    Th = torch.as_tensor(np.broadcast_to(theta0, (B, q)).copy(), dtype=torch.float64)
+    conv = torch.zeros(B, dtype=torch.bool)
+    for _ in range(max_iter):
+        Tg = Th.clone().requires_grad_(True)
+        f, _mu = nll(Tg)
+        (g,) = torch.autograd.grad(f.sum(), Tg, create_graph=True)
+        H = torch.stack([torch.autograd.grad(g[:, j].sum(), Tg, retain_graph=True)[0] for j in range(q)], 1)
+        g, H, f = g.detach(), H.detach(), f.detach()
+        # Newton where the Hessian is positive definite, gradient descent elsewhere
+        L, info = torch.linalg.cholesky_ex(H)
+        step = torch.where((info == 0)[:, None],
+                           torch.cholesky_solve(g[:, :, None], L)[:, :, 0] if bool((info == 0).any()) else g,
+                           0.1 * g)
+        step[~torch.isfinite(step)] = 0.0
+        t = torch.ones(B, 1, dtype=torch.float64)
+        with torch.no_grad():
+            for _h in range(30):
+                f_new, _ = nll(Th - t * step)
+                worse = ~(f_new <= f + 1e-10 * (1 + f.abs()))
+                if not bool(worse.any()):
+                    break
+                t[worse] *= 0.5
+            Th = Th - t * step
+        small = step.abs().max(1).values <= tol * (1 + Th.abs().max(1).values)
+        conv |= small & (t[:, 0] == 1)
+        if bool(conv.all()):
+            break
+    with torch.no_grad():
+        _, mu = nll(Th)
+    ok = conv & torch.isfinite(Th).all(1)
+    return Th.numpy(), ok.numpy(), mu.numpy()
+
+
+def _bootstrap_formula(res: MLDSResult, n_boot: int, rng, n_diagnostic: int, chunk: int) -> MLDSResult:
+    import torch
+
+    f = res.formula
+    t = res.trials
+    if not f.get("torch_ok"):
+        raise ConfigError("bootstrap: the formula method needs a torch-differentiable callable "
+                          "(use torch operations, e.g. (s / s_max) ** g); Wald intervals are reported")
+    fn = f["fn"]
+    try:  # the batched solver calls fn with parameters of shape (B, 1)
+        probe = fn(torch.as_tensor(t.stimulus)[None, :], *[torch.ones(2, 1, dtype=torch.float64)
+                                                             * float(v) for v in f["params"]])
+        if tuple(probe.shape) not in ((2, t.n_levels), (1, t.n_levels)):
+            raise ValueError
+    except Exception:
+        raise ConfigError("bootstrap: the formula callable must broadcast parameters of shape (B, 1) "
+                          "against stimulus values of shape (1, p)") from None
+    Xf = t.design_matrix(drop_first=False)
+    Xu, inv, m, _k = _grouped(Xf, t.resp.astype(float))
+    theta0 = np.asarray(res.params, dtype=float)
+    psis, sigmas, oks, diag_Y, diag_mu = [], [], [], [], []
+    n_diag = min(n_boot, n_diagnostic)
+    for s0 in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - s0)
+        Y = rng.random((b, t.n_trials)) < res.fitted
+        K = _group_sum(Y, inv, len(Xu))
+        th, ok, mu = solve_formula_batch(Xu, m, K, t.stimulus, fn, res.link, theta0)
+        with torch.no_grad():
+            psi = fn(torch.as_tensor(t.stimulus)[None, :], *[torch.as_tensor(th[:, j : j + 1])
+                                                               for j in range(th.shape[1] - 1)])
+        psis.append(np.broadcast_to(psi.numpy(), (b, t.n_levels)))
+        sigmas.append(np.exp(th[:, -1]))
+        oks.append(ok)
+        if s0 < n_diag:
+            d = min(b, n_diag - s0)
+            diag_Y.append(Y[:d])
+            diag_mu.append(mu[:d][:, inv])
+    ok = np.concatenate(oks)
+    res.boot_psi = np.concatenate(psis)[ok]
+    res.boot_sigma = np.concatenate(sigmas)[ok]
+    res.n_boot_failed = int((~ok).sum())
+    if n_diag:
+        okd = ok[:n_diag]
+        Yd, Md = np.concatenate(diag_Y)[okd], np.concatenate(diag_mu)[okd]
+        res.diagnostics = _diagnostics(t.resp, res.fitted, Yd, Md)
+        if t.kind == "quadruple":
+            res.six_point = _six_point(t, res.fitted, Yd, Md)
     return res
 
 

@@ -62,6 +62,40 @@ def test_formula_recovers_exponent_and_lr_test(trials):
         fit_mlds(trials, "formula", formula="saturating")
 
 
+def test_formula_batched_solver_equals_separate_fits(trials):
+    import torch  # noqa: F401  (the built-in formulas are torch functions)
+
+    from brainattn.psychophysics.mlds import PARAMETRIC_SCALES, _grouped, solve_formula_batch
+
+    base = fit_mlds(trials, "formula", formula="power")
+    rng = np.random.default_rng(11)
+    Y = (rng.random((3, trials.n_trials)) < base.fitted).astype(int)
+    Xu, inv, m, _ = _grouped(trials.design_matrix(drop_first=False), trials.resp.astype(float))
+    K = np.stack([np.bincount(inv, weights=y, minlength=len(Xu)) for y in Y])
+    th, ok, _ = solve_formula_batch(Xu, m, K, trials.stimulus, PARAMETRIC_SCALES["power"][0], base.link,
+                                    base.params)
+    assert ok.all()
+    for b in range(3):
+        single = fit_mlds(trials.with_responses(Y[b]), "formula", formula="power")
+        np.testing.assert_allclose(th[b], single.params, atol=1e-6)
+
+
+def test_formula_bootstrap(trials):
+    res = fit_mlds(trials, "formula", formula="power", bootstrap=300, seed=2)
+    assert res.boot_psi.shape[1] == trials.n_levels and res.n_boot_failed < 10
+    # every replicate is a power curve: psi_1 = (1/5)^gamma, psi_p = 1
+    np.testing.assert_allclose(res.boot_psi[:, -1], 1.0)
+    sc = res.scale
+    assert np.all(sc.sel(stat="lower").values <= res.psi + 1e-12)
+    assert np.all(res.psi <= sc.sel(stat="upper").values + 1e-12)
+    sig_se = res.boot_sigma.std(ddof=1)
+    assert sig_se == pytest.approx(res.sigma_se, rel=0.3)  # bootstrap vs Wald
+    assert res.diagnostics is not None and res.six_point["n"] > 0
+    with pytest.raises(ConfigError, match="torch-differentiable"):
+        fit_mlds(trials, "formula", formula=lambda s, g: np.power(np.asarray(s, float) / 5.0, g), p0=[1.0],
+                 bootstrap=10)
+
+
 def test_formula_with_numpy_only_callable(trials):
     def power_np(s, gamma):  # np.power breaks torch autograd -> finite differences are used
         return np.power(np.asarray(s, dtype=float) / 5.0, gamma)

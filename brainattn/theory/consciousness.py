@@ -216,6 +216,15 @@ class ConsciousnessBottleneck(nn.Module):
             weights = (1.0 - relax) * weights + relax * soft
         return self.readout(weights @ vals), weights, selected, scores
 
+    def verify(self, elements: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        """Verifier score of a candidate future: ``-||prediction - future||^2`` per item, ``(B,)``.
+
+        ``future`` ``(B, d_out)`` or ``(B,)``; higher means the conscious state predicts it better.
+        """
+        pred = self(elements).prediction
+        future = future.reshape(pred.shape)
+        return -((pred - future) ** 2).sum(-1)
+
     def forward(self, elements: torch.Tensor, relax: float = 0.0) -> BottleneckOutput:
         """``elements`` ``(B, n, d_in)`` -> :class:`BottleneckOutput` (``relax``: see :meth:`attend`)."""
         state, weights, selected, scores = self.attend(elements, relax)

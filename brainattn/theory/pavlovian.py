@@ -59,6 +59,10 @@ Learning rules compared on the same CS-US streams (``d_k`` fixed, N swept):
   converges to the least-squares memory :math:`M = V^\top K (K^\top K)^{+}`, which recalls
   every pair exactly for :math:`N \le d_k`; for :math:`N > d_k` the retrieval is row ``j`` of the
   hat matrix (:math:`H_{jj} \approx d_k/N`), giving :math:`\mathrm{SNR} = d_k/(N-d_k)`.
+  That is the *least-squares limit*: with a constant rate the rule keeps cycling when
+  :math:`N > d_k` (no memory fits all pairs) and ends worse than the limit, and near
+  :math:`N = d_k` it converges slowly (the key matrix is ill-conditioned), so the simulation
+  sits above the theory's bit error there.
 - Hebbian with decay :math:`M \leftarrow \lambda M + v_t k_t^\top`: the pair of age ``a``
   (0 = newest) has signal :math:`\lambda^a` and crosstalk variance
   :math:`S_a/d_k`, :math:`S_a = \sum_{a'\ne a} \lambda^{2a'}`; per-pair bit error

@@ -99,6 +99,15 @@ def test_key_dims_makes_selection_ignore_content():
     torch.testing.assert_close(m(x).scores, m(y).scores)
 
 
+def test_verifier_scores_the_prediction():
+    m = _model("soft")
+    x = _x(seed=5)
+    pred = m(x).prediction.detach()
+    torch.testing.assert_close(m.verify(x, pred), torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(m.verify(x, pred[:, 0] + 2.0), torch.full((3,), -4.0,
+                                                                           dtype=torch.float64))
+
+
 def test_bad_module_input():
     with pytest.raises(ConfigError, match="k: 9 is larger"):
         _model("straight_through", k=9)(_x())

@@ -5,9 +5,17 @@ sums to 1, so it says *where* the vertex looks), and feature weights ``w_v`` (*w
 
     pred[b, v] = sum_l m_v[l] * (x_norm[b, l] . w_v) + b_v
 
-Training: the same loop and optimiser as the transformer (MSE on z-scored betas, AdamW), plus
-a smoothness penalty on the map logits (squared differences of neighbouring tokens,
-``smoothness`` per vertex) so that maps stay compact with ~1,000 training images.
+Two ways to fit (``method``):
+
+* ``"fwrf"`` (default; St-Yves & Naselaris 2018): closed form. The map is a Gaussian over the
+  token grid (or the uniform map), chosen per vertex from a grid of candidates (``n_centers``
+  x ``n_centers`` centres x ``sizes``, in [-1, 1] image units, plus the uniform map). For every
+  candidate the pooled features are z-scored and ridge-regressed onto all vertices at once (one
+  SVD, every alpha in ``alphas``); each vertex keeps the (candidate, alpha) with the lowest
+  validation error. Cost ~ candidates x (N C^2 + C N V).
+* ``"sgd"`` (Klindt et al. 2017): free-form maps ``softmax(s_v)`` learnt jointly with the
+  feature weights by the transformer's training loop (MSE on z-scored betas, AdamW), plus a
+  smoothness penalty on the map logits (``smoothness``). Cost ~ epochs x N L C V.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import torch
 from torch import nn
 
 from brainattn.encoders._base import EncoderModule, TorchEncoder
-from brainattn.errors import ShapeError
+from brainattn.errors import ConfigError, ShapeError
 
 
 class FactorizedModule(EncoderModule):
@@ -61,15 +69,23 @@ class SpatialFeatureEncoder(TorchEncoder):
     Learned: ``module_`` (``maps()`` gives (n_vertices, rows, cols)), ``history_``.
     """
 
-    _param_names = ("smoothness", "map_lr", "epochs", "batch_size", "lr", "weight_decay",
+    _param_names = ("method", "n_centers", "sizes", "alphas", "n_components", "smoothness", "map_lr", "epochs", "batch_size", "lr", "weight_decay",
                     "grad_clip", "schedule", "warmup", "patience", "val_fraction", "seed",
                     "device", "amp")
 
-    def __init__(self, smoothness: float = 0.1, map_lr: float = 20.0, epochs: int = 30,
+    def __init__(self, method: str = "fwrf", n_centers: int = 9, sizes=(0.08, 0.16, 0.32, 0.64),
+                 alphas=(1.0, 10.0, 100.0, 1e3, 1e4), n_components: int = 64,
+                 smoothness: float = 0.1,
+                 map_lr: float = 20.0, epochs: int = 30,
                  batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 1e-3,
                  grad_clip: float | None = None, schedule: str = "cosine", warmup: int = 0,
                  patience: int | None = 5, val_fraction: float = 0.1, seed: int = 0,
                  device: str = "auto", amp: bool = True):
+        self.method = method
+        self.n_centers = n_centers
+        self.sizes = sizes
+        self.alphas = alphas
+        self.n_components = n_components
         self.smoothness = smoothness
         self.map_lr = map_lr
         self.epochs = epochs
@@ -105,10 +121,126 @@ class SpatialFeatureEncoder(TorchEncoder):
             return None
         return lambda m: lam * m.smoothness_penalty()
 
-    def fit(self, X, Y, *, grid=None, **kw):
-        return super().fit(X, Y, grid=grid, **kw)
+    def fit(self, X, Y, *, grid=None, train_idx=None, val_idx=None, log=None, **kw):
+        if self.method == "sgd":
+            return super().fit(X, Y, grid=grid, train_idx=train_idx, val_idx=val_idx, log=log,
+                               **kw)
+        if self.method != "fwrf":
+            raise ConfigError(f"method {self.method!r}: expected 'fwrf' or 'sgd'")
+        from brainattn.encoders._base import check_targets, feature_stats, split_indices
+        from brainattn.encoders.backbones import check_tokens
+
+        check_tokens(X)
+        Y = check_targets(Y, X.shape[0])
+        if train_idx is None or val_idx is None:
+            train_idx, val_idx = split_indices(X.shape[0], self.val_fraction, self.seed)
+        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+        module = self._build(X.shape[1], X.shape[2], Y.shape[1], grid=grid)
+        fmean, fstd = feature_stats(X, train_idx)
+        ytr = Y[train_idx]
+        module.set_normalisation(fmean, fstd, ytr.mean(0), ytr.std(0))
+        dev = self._device()
+        fit_fwrf(module, X, ((Y - ytr.mean(0)) / ytr.std(0)).astype(np.float32), train_idx,
+                 val_idx, centers=self.n_centers, sizes=self.sizes, alphas=self.alphas,
+                 n_components=self.n_components, device=dev, log=log)
+        self.module_ = module.eval()
+        self.history_ = []
+        self.best_epoch_ = -1
+        self.n_features_in_ = int(X.shape[2])
+        self.train_idx_, self.val_idx_ = train_idx, val_idx
+        self.finished_ = True
+        return self
 
     def maps(self) -> np.ndarray:
         self._check_fitted()
         with torch.no_grad():
             return self.module_.maps().cpu().numpy()
+
+
+def fwrf_candidates(grid, n_centers: int, sizes) -> torch.Tensor:
+    """Candidate maps (K, L): Gaussians on an ``n_centers`` x ``n_centers`` lattice of centres
+    x ``sizes`` (sd, [-1, 1] image units) + the uniform map; each row sums to 1."""
+    from brainattn.encoders.transformer import token_positions
+
+    pos = token_positions(grid).double()  # (L, 2)
+    c = (torch.arange(n_centers, dtype=torch.float64) + 0.5) / n_centers * 2 - 1
+    cy, cx = torch.meshgrid(c, c, indexing="ij")
+    centres = torch.stack([cx.flatten(), cy.flatten()], -1)  # (n^2, 2)
+    maps = []
+    for s in sizes:
+        d2 = ((pos[None] - centres[:, None]) ** 2).sum(-1)  # (n^2, L)
+        maps.append(torch.exp(-d2 / (2 * float(s) ** 2)))
+    maps.append(torch.ones(1, pos.shape[0], dtype=torch.float64))
+    m = torch.cat(maps, 0)
+    return (m / m.sum(1, keepdim=True)).float()
+
+
+@torch.no_grad()
+def fit_fwrf(module: FactorizedModule, X, Yz, train_idx, val_idx, *, centers: int, sizes,
+             alphas, n_components: int = 64, device="cpu", log=None, chunk: int = 256) -> None:
+    """Closed-form fwRF fit of ``module`` (see the module docstring); ``Yz`` z-scored betas.
+
+    Token features are z-scored and projected on their first ``n_components`` principal
+    directions (training tokens) before pooling, which bounds the cost per candidate map; the
+    fitted weights are mapped back to the full feature space of ``module``.
+    """
+    from brainattn.utils import progress
+
+    dev = torch.device(device)
+    cand = fwrf_candidates(module.grid, centers, sizes).to(dev)  # (K, L)
+    fmean = module.feat_mean.to(dev)
+    fstd = module.feat_std.to(dev)
+    idx = np.concatenate([train_idx, val_idx])
+    n_tr = len(train_idx)
+    C = X.shape[2]
+
+    def tokens(rows):
+        x = torch.as_tensor(np.asarray(X[np.sort(rows)], dtype=np.float32), device=dev)
+        return (x - fmean) / fstd
+
+    # channel PCA from (up to) 256 training images' tokens
+    sub = np.sort(train_idx)[:: max(1, n_tr // 256)]
+    t = tokens(sub).reshape(-1, C)
+    evals, evecs = torch.linalg.eigh(t.T @ t / len(t))
+    k_c = min(int(n_components), C)
+    Pc = evecs[:, -k_c:].flip(1)  # (C, c)
+    # reduced tokens of the train+val images, in ``idx`` order: (N, L, c)
+    R = torch.empty(len(idx), X.shape[1], k_c, device=dev)
+    order = np.argsort(idx)
+    for s in range(0, len(idx), chunk):
+        rows = order[s : s + chunk]
+        R[torch.as_tensor(rows, device=dev)] = tokens(idx[rows]) @ Pc
+    Y = torch.as_tensor(Yz[idx], device=dev)
+    Ytr, Yva = Y[:n_tr], Y[n_tr:]
+    V = Y.shape[1]
+    alphas = torch.as_tensor(list(alphas), dtype=torch.float32, device=dev)
+    best = torch.full((V,), float("inf"), device=dev)
+    best_k = torch.zeros(V, dtype=torch.long, device=dev)
+    W = torch.zeros(V, k_c, device=dev)
+    mu_k = torch.zeros(V, k_c, device=dev)
+    sd_k = torch.ones(V, k_c, device=dev)
+    for k in progress(range(cand.shape[0]), desc="fwRF candidate maps"):
+        Z = torch.einsum("l,nlc->nc", cand[k], R)
+        mu = Z[:n_tr].mean(0)
+        sd = Z[:n_tr].std(0) + 1e-6
+        Z = (Z - mu) / sd
+        U, S, Vt = torch.linalg.svd(Z[:n_tr], full_matrices=False)
+        UtY = U.T @ Ytr  # (c, V); Ytr has zero mean over the training rows
+        ZvV = Z[n_tr:] @ Vt.T  # (Nval, c)
+        for a in alphas:
+            d = S / (S * S + a)
+            err = ((ZvV * d) @ UtY - Yva).pow(2).mean(0)
+            sel = err < best
+            if sel.any():
+                best[sel] = err[sel]
+                best_k[sel] = k
+                W[sel] = (Vt.T @ (d[:, None] * UtY[:, sel])).T
+                mu_k[sel] = mu
+                sd_k[sel] = sd
+    if log:
+        log(f"fwRF: {cand.shape[0]} candidate maps x {len(alphas)} alphas, {k_c} feature "
+            f"components; median validation MSE {best.median():.3f} (z-scored betas)")
+    # module space: u = m @ x_norm (C), reduced u @ Pc; the fit used (u Pc - mu_k) / sd_k . W
+    module.spatial.copy_(torch.log(cand[best_k] + 1e-12).cpu())
+    module.weight.copy_(((W / sd_k) @ Pc.T).cpu())
+    module.bias.copy_((-(mu_k / sd_k) * W).sum(1).cpu())

@@ -7,7 +7,7 @@ Features are reduced per image before the regression, as the user picks:
   on its first ``n_components`` principal components (fitted on the training images).
 
 The reduced features are z-scored with training statistics; himalaya fits with an intercept.
-Backend: ``torch_cuda`` when the device is CUDA, else ``numpy`` (float64). Learned state is kept
+Backend: ``torch_cuda`` when the device is CUDA, else ``torch`` (CPU), both float32. Learned state is kept
 as plain arrays (``coef_`` (n_reduced, n_vertices), ``intercept_``, ``alphas_``), so a saved
 model predicts without himalaya.
 """
@@ -115,16 +115,15 @@ class RidgeEncoder:
         Z = ((Z - self.x_mean_) / self.x_std_).astype(np.float64)
         dev = resolve_device(self.device)
         old = get_backend()
-        backend = set_backend("torch_cuda" if dev.type == "cuda" else "numpy", on_error="warn")
+        backend = set_backend("torch_cuda" if dev.type == "cuda" else "torch", on_error="warn")
         try:
             params = {"n_targets_batch": self.n_targets_batch} if self.n_targets_batch else None
             cv = min(int(self.cv), Z.shape[0])
             if cv < 2:
                 raise ShapeError("ridge cross-validation needs at least 2 training images")
             model = RidgeCV(alphas=self._alphas(), cv=cv, fit_intercept=True, solver_params=params)
-            if dev.type == "cuda":
-                Z = Z.astype(np.float32)
-                Ytr = Ytr.astype(np.float32)
+            Z = Z.astype(np.float32)  # the torch backends work in float32
+            Ytr = Ytr.astype(np.float32)
             model.fit(Z, Ytr)
             self.coef_ = np.asarray(backend.to_numpy(model.coef_), np.float32)
             self.intercept_ = np.asarray(backend.to_numpy(model.intercept_), np.float32)

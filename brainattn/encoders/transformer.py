@@ -209,8 +209,9 @@ class TransformerModule(EncoderModule):
         self.register_buffer("vertex_query", torch.as_tensor(vertex_query), persistent=False)
         self.per_vertex = nq == n_vertices and bool((vertex_query == np.arange(n_vertices)).all())
         order = np.argsort(vertex_query, kind="stable")
-        counts = np.bincount(vertex_query, minlength=nq)
-        self._groups = [torch.as_tensor(ix) for ix in np.split(order, np.cumsum(counts)[:-1])]
+        self._counts = np.bincount(vertex_query, minlength=nq).tolist()
+        self.register_buffer("_order", torch.as_tensor(order), persistent=False)
+        self.register_buffer("_inverse", torch.as_tensor(np.argsort(order)), persistent=False)
 
     def decode(self, x, need_weights: bool = False):
         """Tokens (B, L, C) -> query outputs (B, Q, width) [, last layer's head-mean attention
@@ -229,12 +230,11 @@ class TransformerModule(EncoderModule):
     def readout(self, out):
         if self.per_vertex:
             return (out * self.readout_w).sum(-1) + self.readout_b
-        pred = out.new_empty(out.shape[0], self.readout_w.shape[0])
-        for qi, ix in enumerate(self._groups):
-            if len(ix):
-                ix = ix.to(out.device)
-                pred[:, ix] = out[:, qi] @ self.readout_w[ix].to(out.dtype).T
-        return pred + self.readout_b.to(out.dtype)
+        # one gather of the weights into query order, one small matmul per query, one
+        # scatter back: O(V * width) memory, no per-query index_put of the whole output
+        w = self.readout_w[self._order].to(out.dtype)
+        parts = [out[:, qi] @ wq.T for qi, wq in enumerate(torch.split(w, self._counts)) if len(wq)]
+        return torch.cat(parts, 1)[:, self._inverse] + self.readout_b.to(out.dtype)
 
     def forward(self, x):
         out, _ = self.decode(x)

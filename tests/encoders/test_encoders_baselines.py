@@ -42,8 +42,8 @@ def test_ridge_pca_recovers_a_token_specific_signal(tmp_path):
     np.testing.assert_array_equal(RidgeEncoder.load(tmp_path).predict(X[:5]), est.predict(X[:5]))
 
 
-@pytest.mark.slow
-def test_factorized_recovers_planted_maps_and_features():
+@pytest.mark.parametrize("method", ["fwrf", pytest.param("sgd", marks=pytest.mark.slow)])
+def test_factorized_recovers_planted_maps_and_features(method, tmp_path):
     rng = np.random.default_rng(2)
     grid = (5, 5)
     X = rng.standard_normal((600, 25, 6)).astype(np.float32)
@@ -51,9 +51,12 @@ def test_factorized_recovers_planted_maps_and_features():
     what = rng.standard_normal((3, 6))
     Y = np.stack([X[:, t] @ what[k] for k, t in enumerate(where)], 1)
     Y = Y + 0.3 * rng.standard_normal(Y.shape) * Y.std(0)
-    est = SpatialFeatureEncoder(epochs=40, lr=1e-2, patience=None, smoothness=0.0,
+    est = SpatialFeatureEncoder(method=method, epochs=40, lr=1e-2, patience=None, smoothness=0.0,
                                 device="cpu").fit(X[:500], Y[:500], grid=grid)
     maps = est.maps().reshape(3, -1)
     assert maps.argmax(1).tolist() == where
     r = [np.corrcoef(est.predict(X[500:])[:, j], Y[500:, j])[0, 1] for j in range(3)]
     assert min(r) > 0.9, r
+    est.save(tmp_path)
+    np.testing.assert_array_equal(SpatialFeatureEncoder.load(tmp_path).predict(X[:4]),
+                                  est.predict(X[:4]))

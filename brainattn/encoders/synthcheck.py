@@ -1,0 +1,89 @@
+"""Checks of fitted encoders against the synthetic cortex's ground truth.
+
+* :func:`attention_in_box` -- for every held-out image holding an object of category ``c`` and
+  every ROI query of ``c``'s family (e.g. ``lh:FFA-1`` for faces), does the query's attention
+  map peak on a token whose centre lies inside a box of a ``c`` object?
+* :func:`science_table` -- median noise-normalised accuracy of each model in early-visual and
+  category-selective ROIs, side by side (the issue's science targets).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FAMILY_CATEGORY = {"floc-bodies": "bodies", "floc-faces": "faces", "floc-places": "places",
+                   "floc-words": "words"}
+
+
+def attention_in_box(att, gt, roi_labels: dict, *, pad: float = 0.0) -> dict:
+    """Fraction of (image, query) pairs whose attention peak falls inside an object box.
+
+    Parameters
+    ----------
+    att : ``attention.nc`` Dataset (``attention`` (image, query, row, col), ``image`` = row index
+        of the training images, ``query_roi``).
+    gt : the synthetic ground truth (``object_category``, ``object_box`` (image, object, box)).
+    roi_labels : ``{family: names}`` -- which ROI names belong to which category family.
+    pad : boxes are grown by this many normalised units on every side.
+
+    Returns ``{category: (hit_rate, n_pairs)}`` plus ``"all"``.
+    """
+    a = att["attention"].values  # (I, Q, R, C)
+    n_img, n_q, rows, cols = a.shape
+    img = np.asarray(att["image"].values)
+    q_roi = np.asarray(att["query_roi"].values).astype(str)
+    cats = np.asarray(gt["object_category"].values).astype(str)[img]  # (I, O)
+    boxes = np.asarray(gt["object_box"].values)[img]  # (I, O, 4)
+    peak = a.reshape(n_img, n_q, -1).argmax(-1)
+    py = (peak // cols + 0.5) / rows
+    px = (peak % cols + 0.5) / cols
+    roi_cat = {}
+    for fam, names in roi_labels.items():
+        if fam in FAMILY_CATEGORY:
+            for n in names:
+                roi_cat[str(n)] = FAMILY_CATEGORY[fam]
+    out, total_hit, total_n = {}, 0, 0
+    for cat in FAMILY_CATEGORY.values():
+        qs = [q for q in range(n_q) if roi_cat.get(q_roi[q]) == cat]
+        hit = n = 0
+        for i in range(n_img):
+            sel = cats[i] == cat
+            if not sel.any() or not qs:
+                continue
+            b = boxes[i][sel]
+            for q in qs:
+                inside = ((px[i, q] >= b[:, 0] - pad) & (px[i, q] <= b[:, 2] + pad)
+                          & (py[i, q] >= b[:, 1] - pad) & (py[i, q] <= b[:, 3] + pad))
+                hit += bool(inside.any())
+                n += 1
+        out[cat] = (hit / n if n else float("nan"), n)
+        total_hit += hit
+        total_n += n
+    out["all"] = (total_hit / total_n if total_n else float("nan"), total_n)
+    return out
+
+
+def roi_group_medians(scores, metric: str = "noise_normalized") -> dict:
+    """Median over all vertices of the early-visual ROIs (``prf-visualrois``) and of the
+    category-selective ROIs (``floc-*``) of one ``scores.nc``."""
+    vals = scores["score"].sel(metric=metric).values
+    out = {}
+    if "roi_prf-visualrois" in scores.coords:
+        ev = np.asarray(scores["roi_prf-visualrois"].values).astype(str) != "Unknown"
+        out["early_visual"] = float(np.nanmedian(vals[ev])) if ev.any() else float("nan")
+    cat = np.zeros(len(vals), bool)
+    for fam in FAMILY_CATEGORY:
+        key = f"roi_{fam}"
+        if key in scores.coords:
+            cat |= np.asarray(scores[key].values).astype(str) != "Unknown"
+    out["category"] = float(np.nanmedian(vals[cat])) if cat.any() else float("nan")
+    return out
+
+
+def science_table(scores_by_model: dict, metric: str = "noise_normalized") -> str:
+    """Markdown table: model x (early visual, category) median ``metric``."""
+    lines = ["| model | early-visual median | category median |", "|---|---|---|"]
+    for name, sc in scores_by_model.items():
+        g = roi_group_medians(sc, metric)
+        lines.append(f"| {name} | {g.get('early_visual', float('nan')):.1f} | {g['category']:.1f} |")
+    return "\n".join(lines)

@@ -13,11 +13,15 @@ Same conventions as the R package MLDS (Knoblauch & Maloney) so results compare 
     get exact gradients, others finite differences) with ``sigma`` free, plus a
     likelihood-ratio test against the unconstrained fit.
 
-Options: any statsmodels binomial link; a lapse rate ``lam`` (``P = lam/2 + (1 - lam) F``)
-fixed or fitted (profile likelihood); Firth / Jeffreys bias reduction (``firth=True``);
-separation is detected by linear programming and reported, never hidden behind huge numbers.
-The parametric bootstrap draws every replicate from the fitted probabilities and solves all of
-them together (:func:`~brainattn.psychophysics.glm.solve_mlds_glm`).
+Options: any statsmodels binomial link; a lapse rate ``lam`` (``P = lam/2 + (1 - lam) F``) or
+lower/upper asymptotes, fixed, or a lapse rate fitted by profile likelihood; Firth / Jeffreys
+bias reduction (``firth=True``); separation is detected by linear programming and reported,
+never hidden behind huge numbers.  The parametric bootstrap draws every replicate from the
+fitted probabilities and solves all of them together
+(:func:`~brainattn.psychophysics.glm.solve_mlds_glm` for glm/optim, :func:`solve_formula_batch`
+for formula); its first 1,000 replicates also give R's ``binom.diagnostics`` (residual envelope,
+runs test) and ``simu.6pt`` (six-point test).  Not bootstrapped: Firth fits (Wald intervals);
+with a fitted lapse rate the replicates keep it fixed at its estimate.
 
 Saved results (``scale.nc``, written by :meth:`MLDSResult.save` / ``brainattn scale fit``)
 -----------------------------------------------------------------------------------------------
@@ -78,7 +82,8 @@ from brainattn.psychophysics.glm import (
     solve_mlds_glm,
 )
 
-__all__ = ["MLDS", "MLDSResult", "fit_mlds", "bootstrap_mlds", "six_point_sets", "PARAMETRIC_SCALES"]
+__all__ = ["MLDS", "MLDSResult", "fit_mlds", "bootstrap_mlds", "six_point_sets", "solve_formula_batch",
+           "deviance_residuals", "PARAMETRIC_SCALES"]
 
 _METHODS = ("glm", "optim", "formula")
 _STATS = ["estimate", "se", "lower", "upper"]

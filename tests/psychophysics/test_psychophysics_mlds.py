@@ -81,7 +81,7 @@ def test_formula_batched_solver_equals_separate_fits(trials):
 
 
 def test_formula_bootstrap(trials):
-    res = fit_mlds(trials, "formula", formula="power", bootstrap=300, seed=2)
+    res = fit_mlds(trials, "formula", formula="power", bootstrap=150, seed=2)
     assert res.boot_psi.shape[1] == trials.n_levels and res.n_boot_failed < 10
     # every replicate is a power curve: psi_1 = (1/5)^gamma, psi_p = 1
     np.testing.assert_allclose(res.boot_psi[:, -1], 1.0)

@@ -58,7 +58,9 @@ def noise_sd(repeats) -> np.ndarray:
     return np.sqrt(rep.var(axis=1, ddof=1).mean(axis=0))
 
 
-def ncsnr(repeats, *, method: str = "means", check: bool = True) -> np.ndarray:
+def ncsnr(
+    repeats, *, method: str = "means", check: bool = True, allow_missing: bool = False
+) -> np.ndarray:
     """NSD's noise-ceiling SNR, ``sd_signal / sd_noise``, per vertex.
 
     Parameters
@@ -67,11 +69,18 @@ def ncsnr(repeats, *, method: str = "means", check: bool = True) -> np.ndarray:
     method : ``"means"`` (general, unbiased; see module docstring) or ``"nsd"`` (``1 -
         sd_noise**2``, for betas z-scored per session as NSD's).
     check : refuse NaN/Inf (a vertex with NaN/Inf gives NaN when False).
+    allow_missing : NaN marks a missing trial (NSD images have 1-3 trials): the noise variance
+        is the across-trial variance pooled over images with >= 2 trials (weighted by their
+        degrees of freedom), the signal variance is the variance of the trial means minus the
+        noise variance times the mean of ``1 / n_trials_i``. Equal to the default estimate when
+        nothing is missing.
 
     Returns
     -------
     (n_vertices,) float64, dimensionless; ``inf`` where the noise is exactly 0 and the signal not.
     """
+    if allow_missing:
+        return _ncsnr_missing(_check_repeats(repeats, check=False), method)
     rep = _check_repeats(repeats, check=check)
     var_noise = rep.var(axis=1, ddof=1).mean(axis=0)
     if method == "means":
@@ -81,6 +90,31 @@ def ncsnr(repeats, *, method: str = "means", check: bool = True) -> np.ndarray:
     else:
         raise ConfigError(f"method: expected 'means' or 'nsd', got {method!r}")
     with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(np.maximum(var_signal, 0.0)) / np.sqrt(var_noise)
+
+
+def _ncsnr_missing(rep: np.ndarray, method: str) -> np.ndarray:
+    if np.isinf(rep).any():
+        raise DataError(f"repeats: {int(np.isinf(rep).sum())} Inf values (NaN marks a missing trial)")
+    ok = ~np.isnan(rep)
+    n = ok.sum(axis=1).astype(np.float64)  # (images, vertices) trials present
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(rep, axis=1) / n
+        ss = np.nansum((rep - mean[:, None]) ** 2, axis=1)
+        dof = np.clip(n - 1, 0, None)
+        var_noise = ss.sum(axis=0) / dof.sum(axis=0)
+        has = n >= 1
+        m = np.where(has, mean, 0.0)
+        k = has.sum(axis=0)
+        mu = m.sum(axis=0) / k
+        var_means = (np.where(has, (mean - mu) ** 2, 0.0)).sum(axis=0) / (k - 1)
+        inv_n = np.where(has, 1.0 / np.where(has, n, 1.0), 0.0).sum(axis=0) / k
+        if method == "means":
+            var_signal = var_means - var_noise * inv_n
+        elif method == "nsd":
+            var_signal = 1.0 - var_noise
+        else:
+            raise ConfigError(f"method: expected 'means' or 'nsd', got {method!r}")
         return np.sqrt(np.maximum(var_signal, 0.0)) / np.sqrt(var_noise)
 
 

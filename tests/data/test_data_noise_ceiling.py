@@ -72,3 +72,17 @@ def test_bad_repeats():
         ncsnr(bad)
     with pytest.raises(ConfigError, match="method"):
         ncsnr(np.random.default_rng(0).standard_normal((5, 2, 3)), method="magic")
+
+
+def test_missing_trials():
+    rng = np.random.default_rng(4)
+    true = np.array([0.6, 1.0, 1.8])
+    rep = rng.standard_normal((4000, 1, 3)) * true + rng.standard_normal((4000, 3, 3))
+    full = ncsnr(rep)
+    np.testing.assert_allclose(ncsnr(rep, allow_missing=True), full, rtol=1e-10)
+    holes = rep.copy()
+    drop = rng.random((4000, 3)) < 0.3  # NSD-like: images with 1-3 trials
+    holes[:, 1:][np.broadcast_to(drop[:, 1:, None], holes[:, 1:].shape)] = np.nan
+    np.testing.assert_allclose(ncsnr(holes, allow_missing=True), true, rtol=0.1)
+    with pytest.raises(DataError, match="NaN/Inf"):
+        ncsnr(holes)

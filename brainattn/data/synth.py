@@ -25,8 +25,9 @@ polar angle (V1 / V2 / V3 alternate between horizontal and vertical meridians; v
 see the upper field, dorsal the lower one; each hemisphere sees the contralateral half-image).
 Category ROIs (floc-faces ``OFA FFA-1 FFA-2 mTL-faces aTL-faces``, floc-bodies ``EBA FBA-1
 FBA-2 mTL-bodies``, floc-places ``OPA PPA RSC``, floc-words ``OWFA VWFA-1 VWFA-2 mfs-words
-mTL-words``; ~``n_category_roi`` vertices each) are patches further anterior, and a band of
-unlabelled vertices surrounds them. Other fsaverage5 vertices are not written. Roughly 3,500
+mTL-words``; ~``n_category_roi`` vertices each) are patches further anterior -- OFA, EBA, OPA,
+OWFA lateral occipital, RSC medial, the others ventral temporal -- and a band of unlabelled
+vertices surrounds them. Other fsaverage5 vertices are not written. Roughly 3,500
 vertices per hemisphere.
 
 *Responses* (clean signal per image, then z-scored over the training images):
@@ -36,8 +37,9 @@ vertices per hemisphere.
 - category ROIs: position-tolerant. Per object ``o`` of category ``c``:
   ``a_o = w[c] * exp(-(ln size_o - ln preferred_size)^2 / (2 * size_tuning_width^2)) *
   (1 + ecc_slope * (ecc_o - 0.25))``; the response is ``1 - exp(-1.5 * sum_o a_o)`` (saturating)
-  plus ``contrast_weight`` times the image's mean contrast energy (z-scored). ``w`` is 1 for
-  the preferred category and 0-0.3 for the others. The object's position enters only through
+  plus ``0.3 * contrast_weight`` times the image's mean contrast energy (z-scored over images).
+  ``w`` (``category_weight``) is 1 for the preferred category, 0.15-0.3 between faces and bodies,
+  0-0.1 otherwise. ``ecc_o`` is the object centre's distance from the image centre. The object's position enters only through
   the weak eccentricity term, so a model must find the object wherever it is;
 - unlabelled: a weak random mix of mean contrast energy and category presence.
 

@@ -149,3 +149,22 @@ def test_compare_scales_scores():
     assert out["rmse_lower"] < out["rmse_upper"] and out["area_match_upper"] <= 1 + 1e-12
     with pytest.raises(ConfigError, match="shapes differ"):
         compare_scales(pred[:-1], pred, s)
+
+
+def test_observer_following_fisher_prediction_is_matched_end_to_end():
+    """Vacher & Mamassian's design (13 levels, triads with gaps <= 3, 5 repeats): an observer
+    whose scale is the Fisher prediction is matched by it, a linear observer is not."""
+    from brainattn.psychophysics import SimulatedObserver, fit_mlds, simulate_experiment
+
+    f = np.linspace(1, 5, 13)
+    pred = predicted_scale("mode-frequency", f)
+    scores = {}
+    for name, psi in (("fisher", pred), ("linear", (f - 1) / 4)):
+        obs = SimulatedObserver(psi, sigma=0.1, stimulus=f)
+        tr = simulate_experiment(obs, "triad", repeats=5, max_gap=3, seed=1)
+        assert tr.n_trials == 405
+        res = fit_mlds(tr, "optim", bootstrap=200, seed=0, n_diagnostic=0)
+        scores[name] = compare_scales(res.psi, pred, f, bootstrap=res.boot_psi)
+    good, bad = scores["fisher"], scores["linear"]
+    assert good["rmse"] < 0.05 and good["area_match"] > 0.7 and good["correlation"] > 0.99
+    assert bad["rmse"] > 0.1 and bad["area_match_upper"] < good["area_match_lower"]

@@ -155,3 +155,18 @@ def test_cli_synth_and_info(tmp_path, capsys):
     rc = main(["data", "synth", "--out", str(out), "--images", "8"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--overwrite" in err[0]
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_write_subject", boom)
+    with pytest.raises(KeyboardInterrupt):
+        synth.generate(tmp_path / "out", **TINY)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling
+
+
+def test_subject_folder_as_root(synth_small):
+    a = open_algonauts(synth_small / "subj02", "subj02")
+    assert a.sizes["image"] == 120 and a.attrs["subject"] == "subj02"

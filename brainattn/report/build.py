@@ -80,7 +80,20 @@ def _draw(kind: str, runs, missing, svg: bool) -> Section:
 
 
 def draw_sections(found: Discovery, *, svg: bool = True, log=None) -> list[Section]:
-    """One :class:`Section` per stage that has runs or missing notes, in page order."""
+    """One :class:`Section` per stage that has runs or missing notes, in page order.
+
+    Figures are drawn with matplotlib's default style whatever the caller's (a style set
+    earlier in the process, e.g. by a theory module, does not change the report), and the
+    caller's style is left as it was.
+    """
+    import matplotlib as mpl
+
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        return _draw_sections(found, svg=svg, log=log)
+
+
+def _draw_sections(found: Discovery, *, svg: bool, log) -> list[Section]:
     sections = []
     for kind in STAGES:
         runs = found.of_kind(kind)

@@ -399,8 +399,17 @@ def plot_training(histories: dict):
                              label=model)
             ln.set_gid(f"curve:{model}:val_mean_r")
     ax1.set(xlabel="epoch", ylabel="MSE loss", title="loss")
+    losses = [ln.get_ydata() for ln in ax1.lines]
+    if losses:  # models with losses of very different size (e.g. unscaled targets): log axis
+        lo = min(float(np.nanmin(y)) for y in losses)
+        hi = max(float(np.nanmax(y)) for y in losses)
+        if lo > 0 and hi / lo > 20:
+            ax1.set_yscale("log")
     ax2.set(xlabel="epoch", ylabel="mean Pearson r", title="validation accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.lines:
             ax.legend(fontsize=8, frameon=False)
         sns.despine(ax=ax)
@@ -500,7 +509,7 @@ def _best_model(scores_by_model: dict, metric: str) -> str:
 
 def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: bool = True) -> Section:
     """Draw every encoder run (one per model) into one section."""
-    sec = Section("encoders", "Encoders", TEXT, missing=list(missing or []))
+    sec = Section("encoders", "Encoders", TEXT, missing=list(missing or []), tables_first=True)
     scores, histories, atts = {}, {}, {}
     for run in runs:
         label = run.label

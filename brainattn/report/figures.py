@@ -46,6 +46,7 @@ class Section:
     tables: list[tuple[str, str]] = field(default_factory=list)  # (caption, html)
     missing: list[str] = field(default_factory=list)
     provenance: list[dict] = field(default_factory=list)
+    tables_first: bool = False  # summary tables above the figures (else below)
 
 
 def slug(text: str) -> str:

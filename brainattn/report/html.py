@@ -35,7 +35,8 @@ figcaption{font-size:13px;color:#555;max-width:900px}
 table.tbl{border-collapse:collapse;font-size:12px;margin:6px 0 14px 0}
 table.tbl th,table.tbl td{border:1px solid #d0d7de;padding:3px 7px;text-align:right}
 table.tbl th{background:#f0f3f6}
-div.tablecap{font-size:13px;font-weight:600;margin-top:10px}
+div.tablecap,summary.tablecap{font-size:13px;font-weight:600;margin-top:10px}
+summary.tablecap{cursor:pointer}
 div.missing{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px;margin:6px 0;
 font-size:13px}
 pre{font-size:12px;background:#f6f8fa;padding:8px;overflow-x:auto}
@@ -82,6 +83,20 @@ def table_html(obj) -> str:
                        index=obj.index.name is not None)
 
 
+#: tables longer than this many rows are folded (click to open)
+FOLD_ROWS = 15
+
+
+def table_block(caption: str, tbl) -> str:
+    """A captioned table; long ones folded into a ``<details>`` element."""
+    body = table_html(tbl)
+    n = body.count("<tr")
+    if n > FOLD_ROWS:
+        return (f'<details><summary class="tablecap">{_esc(caption)} ({n - 1} rows)</summary>'
+                f"{body}</details>")
+    return f'<div class="tablecap">{_esc(caption)}</div>{body}'
+
+
 def img_tag(fig) -> str:
     b64 = base64.b64encode(fig.png).decode("ascii")
     w, h = fig.size_px
@@ -107,10 +122,9 @@ def section_html(sec: Section) -> str:
              f'<p class="lead">{_esc(sec.text)}</p>']
     for note in sec.missing:
         parts.append(f'<div class="missing"><b>missing:</b> {_esc(note)}</div>')
-    for cap, tbl in sec.tables:
-        parts.append(f'<div class="tablecap">{_esc(cap)}</div>{table_html(tbl)}')
-    for fig in sec.figures:
-        parts.append(img_tag(fig))
+    tables = [table_block(cap, tbl) for cap, tbl in sec.tables]
+    figures = [img_tag(fig) for fig in sec.figures]
+    parts.extend(tables + figures if sec.tables_first else figures + tables)
     if not sec.figures and not sec.tables and not sec.missing:
         parts.append('<div class="missing">nothing to draw in this section</div>')
     parts.append("</section>")

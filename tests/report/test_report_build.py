@@ -167,3 +167,15 @@ def test_cli_report_and_errors(tmp_path, fakes, capsys):
     assert main(["report", str(tmp_path / "missing-dir")]) == 2
     assert main(["report", str(run), "--out", str(tmp_path / "x.txt")]) == 2
     assert "expected a file name ending in .html" in capsys.readouterr().err
+
+
+def test_long_tables_are_folded():
+    import pandas as pd
+
+    from brainattn.report.html import table_block
+
+    short = table_block("short", pd.DataFrame({"a": range(3)}))
+    long = table_block("long", pd.DataFrame({"a": np.arange(40) / 3}))
+    assert short.startswith('<div class="tablecap">short</div>') and "<details>" not in short
+    assert long.startswith("<details>") and "long (40 rows)" in long
+    assert "<td>13</td>" in long and "<td>0.3333</td>" in long  # 4 significant digits

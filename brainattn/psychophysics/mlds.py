@@ -893,6 +893,8 @@ def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
         raise ConfigError("bootstrap: not available with firth=True (intervals are Wald intervals)")
     rng = np.random.default_rng(seed)
     t = res.trials
+    # bound memory: a block holds a few (chunk, n_trials) arrays
+    chunk = max(1, min(int(chunk), int(2e7 // max(t.n_trials, 1))))
     if res.method == "formula":
         return _bootstrap_formula(res, n_boot, rng, n_diagnostic, chunk)
     X = t.design_matrix()

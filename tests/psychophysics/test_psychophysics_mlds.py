@@ -290,3 +290,23 @@ def test_bootstrap_intervals_cover_truth_at_nominal_rate():
     c, cn = np.mean(cover), np.mean(cover_n)
     assert 0.90 <= c <= 0.99, c
     assert 0.90 <= cn <= 0.99, cn
+
+
+def test_presentation_order_does_not_change_the_fit():
+    """Reversing a pair keeps the response, swapping the pairs flips it (R's SwapOrder): the
+    reader must give the same canonical trials and the same scale whatever the order shown."""
+    obs = SimulatedObserver(np.linspace(0, 1, 7) ** 1.3, sigma=0.15)
+    d = make_design(7, "quadruple", repeats=3, seed=8)
+    resp = obs.respond(d, 9)
+    base = fit_mlds(as_trials(resp, d))
+    rng = np.random.default_rng(10)
+    shown, r = d.copy(), resp.copy()
+    rev1, rev2, swap = (rng.random((3, len(d))) < 0.5)
+    shown[rev1] = shown[rev1][:, [1, 0, 2, 3]]
+    shown[rev2] = shown[rev2][:, [0, 1, 3, 2]]
+    shown[swap] = shown[swap][:, [2, 3, 0, 1]]
+    r[swap] = 1 - r[swap]
+    other = fit_mlds(as_trials(r, shown))
+    np.testing.assert_array_equal(as_trials(r, shown).stim, as_trials(resp, d).stim)
+    np.testing.assert_allclose(other.psi, base.psi, atol=1e-10)
+    assert other.loglik == pytest.approx(base.loglik, abs=1e-9)

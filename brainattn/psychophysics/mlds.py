@@ -36,6 +36,7 @@ variable                    dims                   meaning
                                                    95% interval (bootstrap percentile, else Wald)
 ``scale_normalized``        level, stat            the same scale divided by ``psi_p`` (0 -> 1)
 ``sigma``                   stat                   decision noise sd in the method's convention
+``sigma_normalized``        stat                   sigma / (psi_p - psi_1) (R boot.mlds style)
 ``resp``                    trial                  responses after reordering (0/1)
 ``S``                       trial, position        level indices (1-based), canonical order
 ``swapped``                 trial                  True where the trial was reordered/flipped
@@ -246,6 +247,24 @@ class MLDSResult:
                                     "stimulus": ("level", self.stimulus)},
                             name="scale_normalized")
 
+    @property
+    def sigma_normalized(self) -> np.ndarray:
+        """sigma on the normalised scale (``psi_p - psi_1 = 1``): estimate, se, lower, upper.
+
+        This is R's ``boot.mlds`` convention (replicates divided by their last scale value).
+        """
+        D = self.psi[-1] - self.psi[0]
+        est = self.sigma / D
+        if self.boot_psi is not None and len(self.boot_psi):
+            b = self.boot_sigma / (self.boot_psi[:, -1] - self.boot_psi[:, 0])
+            a = self.alpha
+            return np.array([est, b.std(ddof=1), np.quantile(b, a / 2), np.quantile(b, 1 - a / 2)])
+        from scipy.stats import norm
+
+        se = self.psi_se[-1] / D**2 if self.method == "glm" else self.sigma_se / D
+        z = norm.ppf(1 - self.alpha / 2)
+        return np.array([est, se, est - z * se, est + z * se])
+
     def conf_int(self, alpha: float = 0.05):
         """DataFrame of (lower, upper) for every level's scale value and sigma."""
         import pandas as pd
@@ -286,6 +305,10 @@ class MLDSResult:
             lines.append(f"{i + 1:>5} {t.stimulus[i]:>12.5g} {self.psi[i]:>12.5f} {se[i]:>10.5f} "
                          f"{lo[i]:>10.5f} {hi[i]:>10.5f}")
         lines.append(f"{'sigma':>5} {'':>12} {self.sigma:>12.5f} {sse:>10.5f} {slo:>10.5f} {shi:>10.5f}")
+        if self.method != "optim":
+            sn = self.sigma_normalized
+            lines.append(f"sigma on the normalised scale (psi_p - psi_1 = 1): {sn[0]:.5f} (se {sn[1]:.5f}, "
+                         f"{sn[2]:.5f} to {sn[3]:.5f})")
         if self.formula is not None:
             f = self.formula
             lines += ["-" * 72, f"formula: {f['name']}"]
@@ -358,6 +381,7 @@ class MLDSResult:
                 "scale": self.scale.drop_vars("stimulus"),
                 "scale_normalized": self.scale_normalized.drop_vars("stimulus"),
                 "sigma": ("stat", np.array([self.sigma, sse, slo, shi])),
+                "sigma_normalized": ("stat", self.sigma_normalized),
                 "resp": ("trial", t.resp.astype(np.int8)),
                 "S": (("trial", "position"), t.stim.astype(np.int32)),
                 "swapped": ("trial", t.swapped.astype(bool)),

@@ -30,6 +30,7 @@ def test_optim_is_the_glm_fit_rescaled(trials):
     np.testing.assert_allclose(o.psi, g.psi / g.psi[-1], atol=1e-6)
     assert abs(o.loglik - g.loglik) < 1e-7
     assert o.psi[0] == 0 and o.psi[-1] == 1
+    np.testing.assert_allclose(g.sigma_normalized[0], o.sigma, rtol=1e-5)
     assert o.n_params == g.n_params == trials.n_levels - 1
     # delta method: se(sigma_optim) = se(psi_p) / psi_p^2 (glm); optim uses the observed and
     # glm the expected information, which differ by a few percent for the probit link
@@ -148,6 +149,9 @@ def test_bootstrap_result_object(boot_result, trials):
     assert ci.shape == (trials.n_levels + 1, 2)
     np.testing.assert_allclose(ci["lower"].values[:-1], np.quantile(r.boot_psi, 0.05, axis=0))
     assert np.all(sc.sel(stat="se").values[1:] > 0.5 * r.psi_se[1:])
+    # R's boot.mlds convention: sigma = 1 / psi_p per replicate
+    sn = r.sigma_normalized
+    assert sn[1] == pytest.approx(np.std(1 / r.boot_psi[:, -1], ddof=1))
     text = r.summary()
     assert "log-likelihood" in text and "six-point" in text and "runs" in text
     assert f"{r.loglik:.4f}" in text

@@ -57,7 +57,7 @@ def plot_examples(ds, n: int = 6):
 def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: bool = True) -> Section:
     from brainattn.report.encoders import plot_surface
 
-    sec = Section("data", "Data", TEXT, missing=list(missing or []))
+    sec = Section("data", "Data", TEXT, missing=list(missing or []), tables_first=True)
     try:
         from brainattn.data import list_subjects, open_algonauts
     except ImportError as exc:  # pragma: no cover - the data layer is part of the package

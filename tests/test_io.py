@@ -89,3 +89,17 @@ def test_load_npy_refuses_object_arrays(tmp_path):
         load_npy(p)
     with pytest.raises(DataError, match="no such file"):
         load_npy(tmp_path / "missing.npy")
+
+
+def test_atomic_outputs_follow_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        f = atomic_write_text(tmp_path / "f.txt", "x")
+        assert (f.stat().st_mode & 0o777) == 0o644
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "a").write_text("1")
+        assert ((tmp_path / "d").stat().st_mode & 0o777) == 0o755
+    finally:
+        os.umask(old)

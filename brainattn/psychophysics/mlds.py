@@ -929,7 +929,9 @@ def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
     psis, sigmas, ok_all = [], [], []
     n_diag = min(n_boot, n_diagnostic)
     diag_Y, diag_mu = [], []
-    for s in range(0, n_boot, chunk):
+    from brainattn.utils import progress
+
+    for s in progress(range(0, n_boot, chunk), desc="bootstrap"):
         b = min(chunk, n_boot - s)
         Y = rng.random((b, n)) < p_hat  # (b, n) bool
         K = _group_sum(Y, inv, len(Xu))
@@ -1050,7 +1052,9 @@ def _bootstrap_formula(res: MLDSResult, n_boot: int, rng, n_diagnostic: int, chu
     theta0 = np.asarray(res.params, dtype=float)
     psis, sigmas, oks, diag_Y, diag_mu = [], [], [], [], []
     n_diag = min(n_boot, n_diagnostic)
-    for s0 in range(0, n_boot, chunk):
+    from brainattn.utils import progress
+
+    for s0 in progress(range(0, n_boot, chunk), desc="bootstrap"):
         b = min(chunk, n_boot - s0)
         Y = rng.random((b, t.n_trials)) < res.fitted
         K = _group_sum(Y, inv, len(Xu))

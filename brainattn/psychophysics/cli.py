@@ -46,8 +46,8 @@ def _levels(stimulus: str | None, range_: str | None, n: int | None, name: str =
 def _lapse(text: str | None):
     if text is None:
         return None
-    if text == "fit":
-        return "fit"
+    if text in ("fit", "fit-both"):
+        return text
     try:
         if "," in text:
             lo, up = (float(v) for v in text.split(","))
@@ -76,7 +76,7 @@ def scale_fit(
     link: str = typer.Option("probit", help="probit, logit, cauchit, cloglog or loglog."),
     table: str = typer.Option("mlds", "--format", help="mlds (level indices) or long (stimulus values in s1..s4)."),
     stimulus: str = typer.Option(None, help="Comma-separated stimulus values of the levels (mlds format)."),
-    lapse: str = typer.Option(None, help="Lapse rate in [0, 0.5), 'lower,upper' asymptotes, or 'fit'."),
+    lapse: str = typer.Option(None, help="Lapse rate in [0, 0.5), 'lower,upper' asymptotes, 'fit' or 'fit-both'."),
     firth: bool = typer.Option(False, "--firth", help="Bias-reduced (Jeffreys/Firth) fit for separated data."),
     formula: str = typer.Option(None, help="Parametric scale for --method formula: power, log or saturating."),
     bootstrap: int = typer.Option(0, "--bootstrap", "-b", help="Parametric bootstrap replicates (0: Wald intervals)."),

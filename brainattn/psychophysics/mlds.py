@@ -144,6 +144,7 @@ class MLDSResult:
     lapse_se: float = float("nan")
     lapse_fitted: bool = False
     asymptotes: tuple = (0.0, 0.0)
+    asymptotes_se: tuple = (float("nan"), float("nan"))
     firth: bool = False
     separated: bool = False
     separated_trials: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))
@@ -288,7 +289,9 @@ class MLDSResult:
         ]
         if self.lapse or self.lapse_fitted:
             how = "fitted" if self.lapse_fitted else "fixed"
-            se_txt = f" (se {self.lapse_se:.4f})" if self.lapse_fitted else ""
+            se_txt = f" (se {self.lapse_se:.4f})" if self.lapse_fitted and np.isfinite(self.lapse_se) else ""
+            if self.lapse_fitted and np.isfinite(self.asymptotes_se[0]):
+                se_txt = f" (se of the asymptotes {self.asymptotes_se[0]:.4f}, {self.asymptotes_se[1]:.4f})"
             lines.append(f"lapse rate: {self.lapse:.4f} {how}{se_txt}; asymptotes "
                          f"{self.asymptotes[0]:.4f} / {1 - self.asymptotes[1]:.4f}")
         if self.firth:
@@ -795,8 +798,9 @@ def fit_mlds(
     method : ``"glm"`` (default), ``"optim"`` or ``"formula"``.
     link : probit (default), logit, cauchit, cloglog, loglog or a statsmodels link.
     lapse : None; a fixed lapse rate ``lam`` in [0, 0.5) (``P = lam/2 + (1 - lam) F``); a pair
-        ``(lower, upper)`` of fixed asymptotes (``P = lower + (1 - lower - upper) F``); or
-        ``"fit"`` (symmetric lapse rate by profile likelihood, counted as one more parameter).
+        ``(lower, upper)`` of fixed asymptotes (``P = lower + (1 - lower - upper) F``);
+        ``"fit"`` (symmetric lapse rate by profile likelihood, one more parameter) or
+        ``"fit-both"`` (both asymptotes by profile likelihood, two more parameters).
     firth : bias-reduced (Jeffreys-penalised) fit; use it when the data are separated.
     formula, p0 : parametric scale for ``method="formula"``: a name in
         :data:`PARAMETRIC_SCALES` or a callable ``f(s, *params)``, and start values.
@@ -851,9 +855,16 @@ def fit_mlds(
     if lapse is None or lapse == 0:
         lam = 0.0
     elif isinstance(lapse, str):
-        if lapse != "fit":
-            raise ConfigError(f"lapse: expected a number in [0, 0.5) or 'fit', got {lapse!r}")
-        lam, lapse_se = _fit_lapse(lambda l_: _fit_glm(trials, _make_link(link, l_), "numpy", firth).loglik)
+        if lapse not in ("fit", "fit-both"):
+            raise ConfigError(f"lapse: expected a number in [0, 0.5), 'fit' or 'fit-both', got {lapse!r}")
+
+        def prof(lam_):
+            return _fit_glm(trials, _make_link(link, lam_), "numpy", firth).loglik
+
+        if lapse == "fit":
+            lam, lapse_se = _fit_lapse(prof)
+        else:
+            lam, lapse_se = _fit_asymptotes(prof)
         lapse_fitted = True
     elif isinstance(lapse, (tuple, list)):
         if len(lapse) != 2:
@@ -869,16 +880,44 @@ def fit_mlds(
     asym = (lk.lower, lk.upper) if isinstance(lk, LapseLink) else (0.0, 0.0)
     res = MLDSResult(
         trials=trials, method=method, link=lk, psi=core.psi, psi_se=core.psi_se, sigma=core.sigma,
-        sigma_se=core.sigma_se, loglik=core.loglik, n_params=core.n_params + int(lapse_fitted),
+        sigma_se=core.sigma_se, loglik=core.loglik,
+        n_params=core.n_params + (2 if lapse == "fit-both" else int(lapse_fitted)),
         fitted=core.fitted, params=core.params, bse=core.bse, param_names=core.names,
         lapse=float(sum(asym)), asymptotes=asym,
-        lapse_se=lapse_se, lapse_fitted=lapse_fitted, firth=firth, separated=bool(sep),
+        asymptotes_se=lapse_se if isinstance(lapse_se, tuple) else (float("nan"), float("nan")),
+        lapse_se=float("nan") if isinstance(lapse_se, tuple) else lapse_se, lapse_fitted=lapse_fitted, firth=firth, separated=bool(sep),
         separated_trials=sep_trials, converged=core.converged, formula=core.formula, alpha=alpha,
         cov_psi=core.cov_psi,
     )
     if bootstrap:
         bootstrap_mlds(res, bootstrap, seed=seed, n_diagnostic=n_diagnostic)
     return res
+
+
+def _fit_asymptotes(profile_ll: Callable, upper: float = 0.3):
+    """Maximise the profile log-likelihood over (lower, upper) asymptotes; ((lo, up), (se, se))."""
+    from scipy.optimize import minimize
+
+    def f(x):
+        return -profile_ll((float(x[0]), float(x[1])))
+
+    r = minimize(f, np.array([0.01, 0.01]), method="L-BFGS-B", bounds=[(0.0, upper), (0.0, upper)],
+                 options={"ftol": 1e-12, "gtol": 1e-8})
+    x = np.where(r.x < 1e-4, 0.0, r.x)
+    h = 1e-3
+    H = np.empty((2, 2))
+    base = np.maximum(x, 2 * h)  # room for the stencil at the boundary
+    for i in range(2):
+        for j in range(2):
+            ei = np.eye(2)[i] * h
+            ej = np.eye(2)[j] * h
+            H[i, j] = (f(base + ei + ej) - f(base + ei - ej) - f(base - ei + ej) + f(base - ei - ej)) / (4 * h * h)
+    try:
+        cov = np.linalg.inv(H)
+        se = tuple(float(v) for v in np.sqrt(np.clip(np.diag(cov), 0, None)))
+    except np.linalg.LinAlgError:
+        se = (float("nan"), float("nan"))
+    return (float(x[0]), float(x[1])), se
 
 
 def _fit_lapse(profile_ll: Callable[[float], float], upper: float = 0.3):

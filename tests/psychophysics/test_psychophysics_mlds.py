@@ -137,6 +137,21 @@ def test_lapse_rate_recovered():
         fit_mlds(tr, lapse=(0.6, 0.5))
 
 
+def test_both_asymptotes_fitted():
+    # an observer who says "second pair" on 12% of trials whatever the stimuli: lower asymptote
+    obs = SimulatedObserver(np.linspace(0, 1, 8), sigma=0.08)
+    d = make_design(8, "quadruple", repeats=10, seed=3)
+    rng = np.random.default_rng(4)
+    p_resp = 0.12 + 0.88 * obs.probability(d)
+    tr = as_trials((rng.random(len(d)) < p_resp).astype(int), d)
+    res = fit_mlds(tr, lapse="fit-both")
+    lo, up = res.asymptotes
+    assert abs(lo - 0.12) < 3 * res.asymptotes_se[0] + 0.02 and up < 0.04
+    assert res.n_params == tr.n_levels - 1 + 2
+    sym = fit_mlds(tr, lapse="fit")
+    assert res.loglik > sym.loglik
+
+
 def test_bootstrap_result_object(boot_result, trials):
     r = boot_result
     assert r.boot_psi.shape == (400 - r.n_boot_failed, trials.n_levels)

@@ -120,7 +120,7 @@ QUICK: dict[str, Any] = {
     "mlp_lr": 1e-2,
     "mlp_weight_decay": 1e-4,
     "agents": True,  # run the two-agent loop (agent B trained on a disjoint restricted set)
-    "agent_steps": 30,
+    "agent_steps": 100,  # at most this many steps of the two-agent loop (stops at the attractor)
     "n_boot": 2000,  # bootstrap resamples for the interval of the mean paired difference
     "ci": 0.95,
     "batch_size": 4096,  # images per forward pass in the loops (memory knob)
@@ -1077,6 +1077,7 @@ def run_R(cfg: dict, data: dict, R: int, seeds: Sequence[int], device: torch.dev
             "van_steps": float(n_conv[n_conv > 0].float().mean()) if bool((n_conv > 0).any())
             else math.nan,
             "van_residual": float(van.residual[n_tr:].median()),
+            "van_train_drift": float(_rms(van.x[:n_tr] - x_tr).median()),
             "van_trace": van.trace.cpu().numpy(),
         }
         ex = _one_example_per_class(y_te.cpu().numpy())
@@ -1156,7 +1157,8 @@ def _simulate(cfg: dict, dev: torch.device):
     Rs, seeds = cfg["R"], [cfg["seed"] + i for i in range(cfg["n_seeds"])]
     nS, nR = len(seeds), len(Rs)
     acc = np.full((nS, nR, len(METHODS)), np.nan)
-    scal_names = ("ae_loss", "van_converged", "van_steps", "van_residual", "agents_converged",
+    scal_names = ("ae_loss", "van_converged", "van_steps", "van_residual", "van_train_drift",
+                  "agents_converged",
                   "agents_steps", "agents_residual", "agents_disagreement", "agents_label_kept")
     scal = {k: np.full((nS, nR), np.nan) for k in scal_names}
     trace = np.full((nS, nR, cfg["vanilla_steps"]), np.nan)
@@ -1196,6 +1198,10 @@ def _simulate(cfg: dict, dev: torch.device):
                               {"long_name": "mean steps to convergence (converged images)"}),
             "vanilla_residual": (("seed", "R"), scal["van_residual"],
                                  {"units": "RMS per pixel", "long_name": "median ||D(E(x*)) - x*||"}),
+            "vanilla_train_drift": (("seed", "R"), scal["van_train_drift"],
+                                    {"units": "RMS per pixel",
+                                     "long_name": "median distance of a training image from its "
+                                                  "attractor (0: training images are attractors)"}),
             "vanilla_trace": (("seed", "R", "step"), trace, {"units": "RMS per pixel",
                                                              "long_name": "mean step size"}),
             "agents_converged": (("seed", "R"), scal["agents_converged"]),
@@ -1247,6 +1253,7 @@ def summary(ds) -> pd.DataFrame:
             row[f"{short}_t_p"] = float(e["t_pvalue"])
             row[f"{short}_wilcoxon_p"] = float(e["w_pvalue"])
         row["vanilla_converged"] = float(d["vanilla_converged"].mean())
+        row["vanilla_train_drift"] = float(d["vanilla_train_drift"].mean())
         row["agents_converged"] = float(d["agents_converged"].mean())
         row["agents_label_kept"] = float(d["agents_label_kept"].mean())
         row["claim_reproduced"] = bool(row["stochastic_ci_low"] > 0 and row["vanilla_minus_base"] <= 0)

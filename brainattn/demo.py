@@ -1,9 +1,22 @@
-"""``brainattn demo``: a guided run of brainattn on the embedded synthetic data.
+"""``brainattn demo``: every capability of brainattn on embedded synthetic data, and its report.
 
-The demo is a list of stages (:data:`STAGES`); each is a function ``stage(ctx) -> None`` taking
-a :class:`DemoContext` (output folder, quick flag, overwrite flag, a dict of results shared
-between stages). Later capabilities append their stage; for now the demo generates a one-subject
-synthetic visual cortex into ``OUT/data`` and prints its summary.
+No data or weights of your own are needed. The demo is a list of stages (:func:`stages`), each
+a function ``stage(ctx) -> str`` taking a :class:`DemoContext` and returning a one-line result
+for the final summary table. Each stage writes into its own subfolder of ``OUT``, in exactly the
+format the corresponding command writes, so the demo is also the worked example for them:
+
+==========================  ===================================================================
+``OUT/data/``               ``brainattn data synth`` -- the synthetic visual cortex, one subject
+``OUT/encoders/<model>/``   ``brainattn fit OUT/data --model transformer|ridge|factorized``
+``OUT/psychophysics/``      ``brainattn scale fit`` -- a simulated difference-scaling experiment
+                            along mode spatial frequency (``trials.csv`` beside ``scale.nc``)
+``OUT/theory/<name>/``      ``brainattn simulate pavlovian|semiotics|consciousness --scale quick``
+``OUT/report.html``         ``brainattn report OUT`` (figures in ``OUT/figures/``)
+==========================  ===================================================================
+
+A progress line before each stage gives the stage, the time spent and an estimate of the time
+left (per-stage estimates, rescaled by how fast the finished stages ran on this machine).
+``--quick`` runs a small version of everything (a few minutes), for a smoke test.
 """
 
 from __future__ import annotations
@@ -18,56 +31,210 @@ import typer
 DEMO_IMAGES = 2000
 QUICK_IMAGES = 200
 
+#: sizes of the full demo and of ``--quick`` (tests shrink these further)
+MODELS = ("transformer", "ridge", "factorized")
+FULL = {"images": DEMO_IMAGES, "image_size": 224, "epochs": None, "bootstrap": 1000,
+        "models": MODELS, "theory_scale": "quick", "simulations": None, "estimate_scale": 1.0}
+QUICK = {"images": QUICK_IMAGES, "image_size": 224, "epochs": 2, "bootstrap": 200,
+         "models": MODELS, "theory_scale": "quick", "simulations": None, "estimate_scale": 0.3}
+
+#: stimulus levels of the simulated difference-scaling experiment (mode spatial frequency, c/cm)
+PSY_LEVELS = 13
+PSY_RANGE = (1.0, 5.0)
+PSY_MODEL = "mode-frequency"
+
 
 @dataclass
 class DemoContext:
     out: Path
     quick: bool = False
     overwrite: bool = False
+    seed: int = 0
     results: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> dict:
+        """The sizes in force (:data:`QUICK` or :data:`FULL`)."""
+        return QUICK if self.quick else FULL
 
     @property
     def data_dir(self) -> Path:
         return self.out / "data"
 
 
-def stage_data(ctx: DemoContext) -> None:
+def _echo(msg: str) -> None:
+    typer.echo(msg)
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+
+
+def stage_data(ctx: DemoContext) -> str:
     """Generate the synthetic visual cortex (one subject) into ``OUT/data`` and summarise it."""
     from brainattn.data.info import format_summary, summarize
     from brainattn.data.synth import generate
 
-    images = QUICK_IMAGES if ctx.quick else DEMO_IMAGES
-    generate(ctx.data_dir, subjects=1, images=images, seed=0, overwrite=ctx.overwrite)
+    generate(ctx.data_dir, subjects=1, images=ctx.size["images"], seed=ctx.seed,
+             image_size=ctx.size["image_size"], overwrite=ctx.overwrite)
     summary = summarize(ctx.data_dir)
     ctx.results["data"] = summary
-    typer.echo(format_summary(summary))
+    _echo(format_summary(summary))
+    s = summary["subjects"][0]
+    nc = s.get("nc_median")
+    return (f"{s['n_train']} images, {s['n_lh'] + s['n_rh']} vertices"
+            + (f", median noise ceiling {nc:.0f}%" if nc is not None else ""))
 
 
-STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
-    ("synthetic data", stage_data),
-]
+def _stage_encoder(model: str) -> Callable[[DemoContext], str]:
+    def stage(ctx: DemoContext) -> str:
+        from brainattn.encoders.run import fit_run
+        from brainattn.io import load_netcdf
+
+        options = {"model": model, "seed": ctx.seed}
+        if ctx.size["epochs"] is not None and model != "ridge":
+            options["epochs"] = ctx.size["epochs"]
+        out = ctx.out / "encoders" / model
+        fit_run(ctx.data_dir, out, overwrite=ctx.overwrite, echo=False, **options)
+        scores = load_netcdf(out / "scores.nc")
+        ctx.results[f"encoder-{model}"] = scores
+        return f"test mean r {scores.attrs['mean_r']:.3f}, median r {scores.attrs['median_r']:.3f}"
+
+    stage.__doc__ = f"Fit the {model} encoder on ``OUT/data`` into ``OUT/encoders/{model}``."
+    return stage
 
 
-def run_demo(out: str | Path = "demo-out", *, quick: bool = False, overwrite: bool = False) -> DemoContext:
-    """Run every stage in order; returns the context with each stage's results."""
+def stage_psychophysics(ctx: DemoContext) -> str:
+    """Simulate an observer whose scale follows the Fisher prediction, fit MLDS, bootstrap."""
+    import numpy as np
+    import pandas as pd
+
+    from brainattn.io import atomic_write_text, check_output_dir
+    from brainattn.psychophysics.design import make_design, read_mlds_csv
+    from brainattn.psychophysics.fisher import compare_scales, predicted_scale
+    from brainattn.psychophysics.mlds import fit_mlds
+    from brainattn.psychophysics.observer import SimulatedObserver
+
+    out = ctx.out / "psychophysics"
+    check_output_dir(out, overwrite=ctx.overwrite)
+    s = np.linspace(*PSY_RANGE, PSY_LEVELS)
+    pred = predicted_scale(PSY_MODEL, s)
+    obs = SimulatedObserver(pred, sigma=0.1, stimulus=s)
+    rng = np.random.default_rng(ctx.seed)
+    design = make_design(PSY_LEVELS, "triad", max_gap=3, repeats=5, swap_pairs=0.5,
+                         seed=int(rng.integers(2**31)))
+    resp = obs.respond(design, rng)
+    # the trials as an experiment logs them (R MLDS columns, descending trials included)
+    csv = pd.DataFrame({"resp": resp, **{f"S{j + 1}": design[:, j] for j in range(3)}})
+    trials_tmp = ctx.out / ".psychophysics-trials.csv"
+    atomic_write_text(trials_tmp, csv.to_csv(index=False))
+    trials = read_mlds_csv(trials_tmp, s)
+    res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"], seed=ctx.seed)
+    res.prediction = compare_scales(res.psi, pred, s, bootstrap=res.boot_psi, model=PSY_MODEL)
+    res.save(out, overwrite=ctx.overwrite, seed=ctx.seed)
+    trials_tmp.replace(out / "trials.csv")
+    ctx.results["psychophysics"] = res
+    p = res.prediction
+    return (f"{len(resp)} triads over {PSY_LEVELS} levels; measured vs predicted area match "
+            f"{p['area_match']:.3f} [{p['area_match_lower']:.3f}, {p['area_match_upper']:.3f}]")
+
+
+def _stage_theory(name: str) -> Callable[[DemoContext], str]:
+    def stage(ctx: DemoContext) -> str:
+        from brainattn.theory.cli import run_simulation
+
+        ds = run_simulation(name, scale=ctx.size["theory_scale"], seed=ctx.seed, out=ctx.out / "theory" / name,
+                            overwrite=ctx.overwrite, echo=lambda m: None)
+        ctx.results[f"theory-{name}"] = ds
+        dims = ", ".join(f"{k} {v}" for k, v in ds.sizes.items())
+        return f"results.nc ({dims})"
+
+    stage.__doc__ = f"Run the {name} simulation at quick size into ``OUT/theory/{name}``."
+    return stage
+
+
+def stage_report(ctx: DemoContext) -> str:
+    """Draw everything into ``OUT/report.html`` (figures in ``OUT/figures``)."""
+    from brainattn.report import build_report
+
+    path = build_report(ctx.out, overwrite=True)
+    ctx.results["report"] = path
+    return str(path)
+
+
+def stages(size: dict | None = None) -> list[tuple[str, Callable[[DemoContext], str], float]]:
+    """(name, function, estimated seconds on a 2-core CPU at demo size), in running order."""
+    from brainattn.theory.cli import available_simulations
+
+    size = FULL if size is None else size
+    sims = available_simulations() if size.get("simulations") is None else size["simulations"]
+    stages = [("synthetic data", stage_data, 60.0)]
+    est_fit = {"transformer": 240.0, "ridge": 60.0, "factorized": 180.0}
+    for model in size.get("models", MODELS):
+        est = est_fit.get(model, 120.0)
+        stages.append((f"encoder: {model}", _stage_encoder(model), est))
+    stages.append(("difference scaling", stage_psychophysics, 30.0))
+    for name in sims:
+        stages.append((f"theory: {name}", _stage_theory(name), 60.0))
+    stages.append(("report", stage_report, 60.0))
+    return stages
+
+
+def _fmt(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60:d}:{seconds % 60:02d}"
+
+
+def run_demo(out: str | Path = "demo-out", *, quick: bool = False, overwrite: bool = False,
+             seed: int = 0) -> DemoContext:
+    """Run every stage in order; returns the context with each stage's results.
+
+    Refuses a non-empty ``out`` unless ``overwrite``. A stage that fails stops the demo (what
+    earlier stages wrote stays, and ``brainattn report OUT`` draws it).
+    """
     from brainattn.io import check_output_dir
 
-    ctx = DemoContext(Path(out), quick=quick, overwrite=overwrite)
-    check_output_dir(ctx.data_dir, overwrite=overwrite)
-    for name, fn in STAGES:
+    ctx = DemoContext(Path(out), quick=quick, overwrite=overwrite, seed=seed)
+    check_output_dir(ctx.out, overwrite=overwrite)
+    todo = stages(ctx.size)
+    est = [e * ctx.size["estimate_scale"] for _, _, e in todo]
+    rows = []
+    t_start = time.perf_counter()
+    for i, (name, fn, _) in enumerate(todo):
+        spent = time.perf_counter() - t_start
+        done_est = sum(est[:i])
+        speed = spent / done_est if done_est > 0 and spent > 0 else 1.0
+        left = sum(est[i:]) * speed
+        _echo(f"[{i + 1}/{len(todo)}] {name}  (elapsed {_fmt(spent)}, about {_fmt(left)} left)")
         t0 = time.perf_counter()
-        typer.echo(f"== {name}")
-        fn(ctx)
-        typer.echo(f"   ({name}: {time.perf_counter() - t0:.1f} s)")
+        result = fn(ctx)
+        dt = time.perf_counter() - t0
+        rows.append((name, dt, result))
+        _echo(f"      {name}: {dt:.1f} s -- {result}")
+    total = time.perf_counter() - t_start
+    ctx.results["timings"] = {name: dt for name, dt, _ in rows}
+    _echo("")
+    _echo(_table(rows, total))
+    _echo(f"\nreport: {ctx.results.get('report')}")
     return ctx
+
+
+def _table(rows, total: float) -> str:
+    w = max(len(r[0]) for r in rows)
+    lines = [f"{'stage':{w}s}  {'time':>7s}  result", "-" * (w + 40)]
+    for name, dt, result in rows:
+        lines.append(f"{name:{w}s}  {_fmt(dt):>7s}  {result}")
+    lines.append(f"{'total':{w}s}  {_fmt(total):>7s}")
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder."),
-        quick: bool = typer.Option(False, "--quick", help="Small, fast version (200 images)."),
+        quick: bool = typer.Option(False, "--quick", help="Small, fast version of every stage."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier demo output."),
+        seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
     ):
-        """Run the demo on the embedded synthetic visual cortex (no data or weights needed)."""
-        run_demo(out, quick=quick, overwrite=overwrite)
+        """Run every capability on embedded synthetic data and write OUT/report.html."""
+        run_demo(out, quick=quick, overwrite=overwrite, seed=seed)

@@ -1,24 +1,58 @@
-"""``brainattn demo``: stages run in order and write the synthetic data set with its summary."""
+"""``brainattn demo``: every stage in order at a tiny size, each output in its command's format,
+then the report; refusal to overwrite; the progress lines and the summary table."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
 
 import brainattn.demo as demo
 from brainattn.cli import main
 from brainattn.data import open_algonauts
 
+TINY = {"images": 24, "image_size": 32, "epochs": 1, "bootstrap": 20,
+        "models": ("transformer", "ridge"), "theory_scale": "quick", "simulations": (),
+        "estimate_scale": 0.01}
 
-def test_demo_quick(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "QUICK_IMAGES", 12)
+
+@pytest.mark.slow
+def test_demo_quick_runs_every_stage(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "QUICK", TINY)
+    monkeypatch.setenv("BRAINATTN_PROGRESS", "0")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick"]) == 0
     text = capsys.readouterr().out
-    assert "== synthetic data" in text and "subj01" in text and "NC median" in text
-    ds = open_algonauts(out / "data", "subj01")
-    assert ds.sizes["image"] == 12
+    names = [n for n, _, _ in demo.stages(TINY)]
+    assert names == ["synthetic data", "encoder: transformer", "encoder: ridge",
+                     "difference scaling", "report"]
+    for i, name in enumerate(names, start=1):
+        assert re.search(rf"\[{i}/{len(names)}\] {re.escape(name)}  \(elapsed \d+:\d\d, about "
+                         r"\d+:\d\d left\)", text)
+    # the summary table: one row per stage with its time, then the total and the report path
+    for name in names:
+        assert re.search(rf"^{re.escape(name)}\s+\d+:\d\d\s+\S", text, re.M)
+    assert re.search(r"^total\s+\d+:\d\d", text, re.M)
+    assert f"report: {out / 'report.html'}" in text
+    # each stage in its command's format
+    assert open_algonauts(out / "data", "subj01").sizes["image"] == 24
+    for model in ("transformer", "ridge"):
+        assert (out / "encoders" / model / "scores.nc").is_file()
+    assert (out / "encoders" / "transformer" / "attention.nc").is_file()
+    assert {p.name for p in (out / "psychophysics").iterdir()} >= {"scale.nc", "summary.txt",
+                                                                   "trials.csv"}
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for h in ("Data", "Encoders", "Psychophysics", "Theory"):
+        assert f"<h2>{h}</h2>" in html
+    assert "theory is missing" in html  # no simulation was run at this size
     # a second run refuses to overwrite, unless asked to
     assert main(["demo", "--out", str(out), "--quick"]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["demo", "--out", str(out), "--quick", "--overwrite"]) == 0
 
 
-def test_stages_are_a_list_of_named_functions():
-    assert [name for name, _ in demo.STAGES][0] == "synthetic data"
-    assert all(callable(fn) for _, fn in demo.STAGES)
+def test_stage_list_names_every_capability():
+    names = [n for n, _, _ in demo.stages()]
+    assert names[0] == "synthetic data" and names[-1] == "report"
+    assert {"encoder: transformer", "encoder: ridge", "encoder: factorized",
+            "difference scaling"} <= set(names)
+    assert all(n.startswith("theory: ") for n in names[5:-1]) and len(names) >= 7

@@ -487,11 +487,23 @@ def _as_trials(trials) -> Trials:
 
 
 def _grouped(X: np.ndarray, y: np.ndarray):
-    """Unique design rows, inverse index, trial counts m and success counts k."""
-    Xu, inv = np.unique(X, axis=0, return_inverse=True)
-    inv = inv.ravel()
+    """Identical design rows grouped: (unique rows (R, k), inverse (n,), trials m (R,), successes (R,)).
+
+    Rows are sorted by two random projections and split where neighbours differ exactly
+    (much faster than ``np.unique(axis=0)``; a projection tie can only split a group, which
+    leaves the likelihood unchanged).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = len(X)
+    keys = X @ np.random.default_rng(12345).standard_normal((X.shape[1], 2))
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    Xs = X[order]
+    new = np.r_[True, np.any(Xs[1:] != Xs[:-1], axis=1)] if n else np.zeros(0, dtype=bool)
+    inv = np.empty(n, dtype=np.int64)
+    inv[order] = np.cumsum(new) - 1
+    Xu = Xs[new]
     m = np.bincount(inv, minlength=len(Xu)).astype(float)
-    k = np.bincount(inv, weights=y.astype(float), minlength=len(Xu))
+    k = np.bincount(inv, weights=np.asarray(y, dtype=float), minlength=len(Xu))
     return Xu, inv, m, k
 
 
@@ -844,7 +856,7 @@ def fit_mlds(
     def core_for(lam: float) -> _Core:
         lk = _make_link(link, lam)
         if method == "glm":
-            return _fit_glm(trials, lk, engine, firth, pre=pre if lk is base_link else None)
+            return _fit_glm(trials, lk, engine, firth, pre=None if isinstance(lk, LapseLink) else pre)
         if method == "optim":
             return _fit_optim(trials, lk)
         unc = _fit_glm(trials, lk, "numpy", False).loglik

@@ -196,6 +196,8 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, overwrite: bo
 
     ctx = DemoContext(Path(out), quick=quick, overwrite=overwrite, seed=seed)
     check_output_dir(ctx.out, overwrite=overwrite)
+    if overwrite:
+        _clear_earlier_run(ctx.out)
     todo = stages(ctx.size)
     est = [e * ctx.size["estimate_scale"] for _, _, e in todo]
     rows = []
@@ -217,6 +219,22 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, overwrite: bo
     _echo(_table(rows, total))
     _echo(f"\nreport: {ctx.results.get('report')}")
     return ctx
+
+
+#: what a demo writes into OUT (removed by --overwrite before a new run; nothing else is touched)
+DEMO_OUTPUTS = ("data", "encoders", "psychophysics", "theory", "figures", "report.html")
+
+
+def _clear_earlier_run(out: Path) -> None:
+    """Remove an earlier demo's outputs so the new report shows only this run's results."""
+    import shutil
+
+    for name in DEMO_OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 def _table(rows, total: float) -> str:

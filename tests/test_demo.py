@@ -50,6 +50,15 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys, monkeypatch):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_overwrite_clears_only_the_demo_outputs(tmp_path):
+    out = tmp_path / "demo"
+    (out / "theory" / "old").mkdir(parents=True)
+    (out / "report.html").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    demo._clear_earlier_run(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 def test_stage_list_names_every_capability():
     names = [n for n, _, _ in demo.stages()]
     assert names[0] == "synthetic data" and names[-1] == "report"

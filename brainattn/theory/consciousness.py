@@ -456,10 +456,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(config[key], bool):
             raise ConfigError(f"config key {key!r}: expected true or false, got {config[key]!r}")
     c["noise"] = _num(config, "noise", 0.0, strict=False)
-    c["ood_shift"] = float(config["ood_shift"]) if isinstance(config["ood_shift"], (int, float)) \
-        and not isinstance(config["ood_shift"], bool) and math.isfinite(config["ood_shift"]) else None
-    if c["ood_shift"] is None:
-        raise ConfigError(f"config key 'ood_shift': expected a number, got {config['ood_shift']!r}")
+    shift = config["ood_shift"]
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift):
+        raise ConfigError(f"config key 'ood_shift': expected a finite number, got {shift!r}")
+    c["ood_shift"] = float(shift)
     c["ood_scale"] = _num(config, "ood_scale")
     c["lr"] = _num(config, "lr")
     c["anneal_fraction"] = _num(config, "anneal_fraction", 0.0, strict=False)

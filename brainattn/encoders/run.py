@@ -167,9 +167,36 @@ def features_for(ds, cfg: dict, *, cache_dir=None, log=None):
     return bb, cache
 
 
-def fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_dir=None,
-            echo: bool = True, stop_after: int | None = None, **options) -> Path:
+def fit_run(data, out, *, resume: bool = False, **kw) -> Path:
     """Fit one model on one subject and write the run folder ``out`` (see module docstring).
+
+    A fresh fit that fails on bad input before its first checkpoint leaves no folder behind.
+    """
+    import shutil
+
+    from brainattn.encoders import distributed as D
+    from brainattn.errors import BrainAttnError
+
+    out = Path(out)
+    existed = out.exists()
+    try:
+        return _fit_run(data, out, resume=resume, **kw)
+    except BrainAttnError:
+        dist = D.current()
+        if (not resume and (dist is None or dist.is_main)
+                and not (out / "checkpoint" / "state.json").is_file()
+                and (out / "config.json").is_file()):
+            if existed:
+                for f in ("config.json", "fit.log", "split.json"):
+                    (out / f).unlink(missing_ok=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_dir=None,
+             echo: bool = True, stop_after: int | None = None, **options) -> Path:
+    """Body of :func:`fit_run`.
 
     Under torchrun (after :func:`brainattn.encoders.distributed.init_distributed`) every rank
     calls this: all validate, rank 0 extracts features and writes every file, all train.

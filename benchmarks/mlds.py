@@ -123,6 +123,8 @@ def main(argv=None) -> int:
         f"brainattn {__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
         f"statsmodels {statsmodels.__version__}, Python {platform.python_version()}.",
         "Data: 11 levels, all 330 quadruples x 3 = 990 trials, probit link, simulated observer.",
+        "Peer: R's MLDS is not installed here; the statsmodels loop mirrors its boot.mlds (one GLM "
+        "refit per replicate, tolerance 1e-14 as MLDS's glm.control).",
         "",
         "| task | brainattn | peer: statsmodels GLM | ratio |",
         "|---|---|---|---|",

@@ -73,7 +73,7 @@ class SpatialFeatureEncoder(TorchEncoder):
                     "grad_clip", "schedule", "warmup", "patience", "val_fraction", "seed",
                     "device", "amp")
 
-    def __init__(self, method: str = "fwrf", n_centers: int = 9, sizes=(0.08, 0.16, 0.32, 0.64),
+    def __init__(self, method: str = "fwrf", n_centers: int = 8, sizes=(0.1, 0.2, 0.4),
                  alphas=(1.0, 10.0, 100.0, 1e3, 1e4), n_components: int = 64,
                  smoothness: float = 0.1,
                  map_lr: float = 20.0, epochs: int = 30,
@@ -216,27 +216,39 @@ def fit_fwrf(module: FactorizedModule, X, Yz, train_idx, val_idx, *, centers: in
     alphas = torch.as_tensor(list(alphas), dtype=torch.float32, device=dev)
     best = torch.full((V,), float("inf"), device=dev)
     best_k = torch.zeros(V, dtype=torch.long, device=dev)
-    W = torch.zeros(V, k_c, device=dev)
-    mu_k = torch.zeros(V, k_c, device=dev)
-    sd_k = torch.ones(V, k_c, device=dev)
-    for k in progress(range(cand.shape[0]), desc="fwRF candidate maps"):
+    best_a = torch.zeros(V, dtype=torch.long, device=dev)
+
+    def pooled(k):
         Z = torch.einsum("l,nlc->nc", cand[k], R)
         mu = Z[:n_tr].mean(0)
         sd = Z[:n_tr].std(0) + 1e-6
         Z = (Z - mu) / sd
         U, S, Vt = torch.linalg.svd(Z[:n_tr], full_matrices=False)
+        return Z, mu, sd, U, S, Vt
+
+    # pass 1: validation error of every (candidate, alpha) for every vertex; keep the argmin
+    for k in progress(range(cand.shape[0]), desc="fwRF candidate maps"):
+        Z, _, _, U, S, Vt = pooled(k)
         UtY = U.T @ Ytr  # (c, V); Ytr has zero mean over the training rows
         ZvV = Z[n_tr:] @ Vt.T  # (Nval, c)
-        for a in alphas:
+        for ai, a in enumerate(alphas):
             d = S / (S * S + a)
             err = ((ZvV * d) @ UtY - Yva).pow(2).mean(0)
             sel = err < best
-            if sel.any():
-                best[sel] = err[sel]
-                best_k[sel] = k
-                W[sel] = (Vt.T @ (d[:, None] * UtY[:, sel])).T
-                mu_k[sel] = mu
-                sd_k[sel] = sd
+            best = torch.where(sel, err, best)
+            best_k = torch.where(sel, k, best_k)
+            best_a = torch.where(sel, ai, best_a)
+    # pass 2: weights of the winners, one candidate at a time
+    W = torch.zeros(V, k_c, device=dev)
+    mu_k = torch.zeros(V, k_c, device=dev)
+    sd_k = torch.ones(V, k_c, device=dev)
+    for k in torch.unique(best_k).tolist():
+        cols = torch.nonzero(best_k == k).flatten()
+        _, mu, sd, U, S, Vt = pooled(k)
+        d = S[None, :] / (S[None, :] ** 2 + alphas[best_a[cols]][:, None])  # (n, c)
+        W[cols] = (d * (U.T @ Ytr[:, cols]).T) @ Vt
+        mu_k[cols] = mu
+        sd_k[cols] = sd
     if log:
         log(f"fwRF: {cand.shape[0]} candidate maps x {len(alphas)} alphas, {k_c} feature "
             f"components; median validation MSE {best.median():.3f} (z-scored betas)")

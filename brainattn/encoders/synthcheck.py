@@ -87,3 +87,37 @@ def science_table(scores_by_model: dict, metric: str = "noise_normalized") -> st
         g = roi_group_medians(sc, metric)
         lines.append(f"| {name} | {g.get('early_visual', float('nan')):.1f} | {g['category']:.1f} |")
     return "\n".join(lines)
+
+
+def demo_fit(root, out, *, subject: str = "subj01", device: str = "auto", cache_dir=None,
+             models=("ridge", "factorized", "transformer"), transformer: dict | None = None,
+             factorized: dict | None = None, ridge: dict | None = None, echo: bool = False) -> dict:
+    """Fit the three models on one subject of a synthetic cortex and check the science targets.
+
+    Writes one run folder per model under ``out`` and returns ``{model: {"seconds",
+    "early_visual", "category", "mean_r", ["attention_in_box"]}}`` (medians of the
+    noise-normalised accuracy, percent).
+    """
+    import time
+    from pathlib import Path
+
+    from brainattn.data.synth import load_ground_truth
+    from brainattn.encoders.run import fit_run
+    from brainattn.io import load_netcdf
+
+    extra = {"transformer": transformer or {}, "factorized": factorized or {},
+             "ridge": ridge or {}}
+    gt = load_ground_truth(root, subject)
+    res = {}
+    for m in models:
+        t0 = time.perf_counter()
+        run = fit_run(root, Path(out) / m, overwrite=True, cache_dir=cache_dir, echo=echo,
+                      model=m, subject=subject, device=device, **extra[m])
+        sc = load_netcdf(run / "scores.nc")
+        row = {"seconds": time.perf_counter() - t0, **roi_group_medians(sc),
+               "mean_r": sc.attrs["mean_r"]}
+        if (run / "attention.nc").is_file():
+            roi = {k[4:]: np.unique(sc[k].values) for k in sc.coords if k.startswith("roi_")}
+            row["attention_in_box"] = attention_in_box(load_netcdf(run / "attention.nc"), gt, roi)
+        res[m] = row
+    return res

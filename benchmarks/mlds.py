@@ -50,8 +50,17 @@ def main(argv=None) -> int:
     ap.add_argument("--boot", type=int, default=10_000, help="bootstrap replicates (brainattn)")
     ap.add_argument("--loop", type=int, default=300, help="replicates timed for the statsmodels loop")
     ap.add_argument("--write", action="store_true", help="write benchmarks/results_mlds.md")
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="BLAS threads for both sides (multi-threaded LAPACK on 990x10 matrices "
+                         "thrashes on a shared 2-core machine and slows statsmodels ~5x)")
     args = ap.parse_args(argv)
+    from threadpoolctl import threadpool_limits
 
+    with threadpool_limits(args.blas_threads):
+        return _run(args)
+
+
+def _run(args) -> int:
     import scipy
     import statsmodels
     import statsmodels.api as sm
@@ -119,7 +128,9 @@ def main(argv=None) -> int:
         "",
         f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {_cpu_name()}, "
         f"{os.cpu_count()} logical CPUs (no GPU used), load average {load_before[0]:.1f} before / "
-        f"{load_after[0]:.1f} after (the machine is shared with other jobs).",
+        f"{load_after[0]:.1f} after (the machine is shared with other jobs); BLAS limited to "
+        f"{args.blas_threads} thread(s) for both sides, brainattn's bootstrap runs its replicate "
+        f"blocks in {os.cpu_count()} Python threads.",
         f"brainattn {__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
         f"statsmodels {statsmodels.__version__}, Python {platform.python_version()}.",
         "Data: 11 levels, all 330 quadruples x 3 = 990 trials, probit link, simulated observer.",

@@ -143,6 +143,34 @@ def test_world_follows_its_factor_graph():
     assert w.oracle_error == 0.0
 
 
+@pytest.mark.parametrize("n_queries", [1, 2])
+def test_evaluate_model_selection_metrics_match_a_loop(n_queries):
+    w = cs.FactorGraphWorld(5, 2, 3, 8, noise=0.1, seed=1)
+    torch.manual_seed(1)
+    m = cs.ConsciousnessBottleneck(16, k=2, n_queries=n_queries, d_model=8, d_state=4, hidden=8)
+    ev = cs.evaluate_model(m, w, n_test=40, n_distractors=3, generator=torch.Generator().manual_seed(2),
+                           ood=False, ood_shift=3.0, ood_scale=2.0)
+    el, var, y = w.sample(40, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = m(el)
+    parents = set(w.target_parents.tolist())
+    exact, prec, rec, freq = [], [], [], np.zeros(5)
+    for b in range(40):
+        chosen = [int(var[b, e]) for e in out.selected[b].flatten()]
+        vars_ = {v for v in chosen if v >= 0}
+        exact.append(vars_ == parents and -1 not in chosen)
+        prec.append(len(vars_ & parents) / len(chosen))
+        rec.append(len(vars_ & parents) / len(parents))
+        for v in vars_:
+            freq[v] += 1 / 40
+    assert ev["exact"] == pytest.approx(np.mean(exact))
+    assert ev["precision"] == pytest.approx(np.mean(prec))
+    assert ev["recall"] == pytest.approx(np.mean(rec))
+    np.testing.assert_allclose(ev["freq"], freq, atol=1e-6)
+    err = float(((out.prediction[:, 0] - y) ** 2).mean()) / w.target_variance
+    assert ev["error"] == pytest.approx(err, rel=1e-5)
+
+
 def test_bottleneck_selects_the_true_parents_and_ignores_shifted_distractors(small_run):
     ds = small_run
     assert ds.sizes["seed"] >= 5

@@ -11,17 +11,25 @@ Pieces, usable on their own:
 - data: :func:`load_digits_pool` (scikit-learn's 8x8 digits, shipped), :func:`read_idx` /
   :func:`write_idx` / :func:`load_mnist` (MNIST IDX files the user already has; never
   downloads), :func:`restricted_split` (R images per class for training, the rest for testing);
-- model: :class:`CosMinusX` (the published activation ``cos(x) - x``), :class:`ConvEncoder`,
-  :class:`ConvDecoder`, :func:`build_autoencoder`, :func:`train_autoencoder`;
+- model: :class:`CosMinusX` (the published activation ``cos(x) - x``), :class:`StridedConv`,
+  :class:`ConvEncoder`, :class:`ConvDecoder`, :func:`build_autoencoder`,
+  :func:`train_autoencoder` / :func:`train_autoencoders` (many agents at once through
+  :func:`fit_stacked`, ``torch.func.vmap`` over stacked parameters: same optimisation, fewer
+  small operations);
 - loops: :func:`vanilla_loop` (deterministic iteration to an attractor, with convergence
   statistics), :func:`augment` and :func:`stochastic_loop` (augmentation of strength
   ``decay**-n`` at step ``n``, many copies averaged: the *perceived* image),
   :func:`two_agent_loop` (agent A's "seen" is agent B's "observed");
-- classifier: :class:`MLP`, :func:`train_mlp`, :func:`classifier_accuracy` (same architecture,
-  same initialisation and schedule for raw and perceived inputs);
+- classifier: :class:`MLP`, :func:`train_mlp` / :func:`train_mlps`, :func:`classifier_accuracy`
+  (same architecture, same initialisation and schedule for raw and perceived inputs);
 - statistics: :func:`paired_comparison` (paired differences over seeds, paired t-test, Wilcoxon
   signed-rank test, percentile-bootstrap interval);
-- driver: :data:`QUICK`, :data:`FULL`, :func:`simulate`, :func:`summary`, :func:`plot`.
+- driver: :data:`QUICK`, :data:`FULL`, :func:`validate_config`, :func:`run_R`,
+  :func:`simulate`, :func:`summary`, :func:`plot`.
+
+On 8x8 images the convolutions run as one matrix product with a dense operator gathered from
+the kernel (:class:`StridedConv`), much faster on a CPU than PyTorch's convolutions at this
+size; tests check it against ``torch.nn.functional.conv2d`` / ``conv_transpose2d``.
 
 Architecture scaled to small images. The published autoencoder has 5 stride-2 3x3 convolutions
 of 256 channels on 28x28 MNIST (28 -> 14 -> 7 -> 4 -> 2 -> 1) and a mirrored decoder. Here the
@@ -71,6 +79,7 @@ __all__ = [
     "load_digits_pool",
     "load_mnist",
     "paired_comparison",
+    "run_R",
     "plot",
     "read_idx",
     "restricted_split",

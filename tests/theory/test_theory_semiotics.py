@@ -392,3 +392,15 @@ def test_draws_keep_agents_and_test_images_apart():
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     again = S._draw(cfg, data, 5, 3)
     assert all(np.array_equal(d[k], again[k]) for k in d)
+
+
+def test_stacked_training_through_torch_convolutions():
+    # large images use PyTorch's convolutions instead of dense operators; vmap must batch them
+    x, _ = S.load_digits_pool()
+    xs = torch.as_tensor(x[:24]).view(2, 12, 1, 8, 8).double()
+    dense = [tuple(m.double() for m in S.build_autoencoder(8, 4, seed=s, dense=True)) for s in (0, 1)]
+    conv = [tuple(m.double() for m in S.build_autoencoder(8, 4, seed=s, dense=False)) for s in (0, 1)]
+    assert not conv[0][0].net[0].dense
+    l_dense = S.train_autoencoders(dense, xs, steps=5, lr=1e-3)
+    l_conv = S.train_autoencoders(conv, xs, steps=5, lr=1e-3)
+    np.testing.assert_allclose(l_conv, l_dense, rtol=1e-9)

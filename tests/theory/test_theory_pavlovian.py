@@ -146,8 +146,10 @@ def test_bit_error_cosine_and_top1_follow_theory(quick):
     np.testing.assert_allclose(quick["bit_error_sim"], quick["bit_error_theory"], atol=0.01)
     np.testing.assert_allclose(quick["cosine_sim"].sel(d_k=quick["d_k"] >= 64),
                                quick["cosine_theory"].sel(d_k=quick["d_k"] >= 64), atol=0.02)
-    # the independent-rivals approximation is conservative: the simulation sits on or above it
-    assert np.all(quick["top1_sim"].values >= quick["top1_theory"].values - 0.03)
+    # the conditionally-independent-rivals approximation is slightly conservative
+    gap = quick["top1_sim"].values - quick["top1_theory"].values
+    assert np.all(gap >= -0.02) and np.all(gap <= 0.12), gap
+    assert np.all(np.abs(gap[quick["d_k"].values >= 64]) <= 0.08)
     assert float(quick["top1_sim"].isel(load=0).min()) == 1.0
     assert float(quick["top1_sim"].sel(d_k=32).isel(load=-1)) < 0.5
 
@@ -217,7 +219,7 @@ def test_summary_and_plot(quick):
     row = table[(table.quantity == "exponent: capacity ~ d_k^a") & (table.setting == "error-free")]
     assert float(row.simulation.iloc[0]) == pytest.approx(float(quick["exponent_wc_sim"]))
     fig = pv.plot(quick)
-    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 4
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 6
     import matplotlib.pyplot as plt
 
     plt.close(fig)

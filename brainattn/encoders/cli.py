@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
                                   "(comma-separated for several fits)."),
         stream: str = typer.Option("block", "--stream", help="block (output) | q (qkv query)"),
         image_size: int = typer.Option(None, "--image-size", help="px (default 224)"),
-        queries: str = typer.Option("rois", "--queries", help="rois | hemis | vertices"),
+        queries: str = typer.Option("rois", "--queries", help="rois | hemis | vertices | hybrid (per-vertex queries in prf-visualrois, ROI queries elsewhere)"),
         roi_families: str = typer.Option(None, "--roi-families",
                                          help="Comma-separated ROI families for the queries, in "
                                               "priority order (default: all but streams)."),

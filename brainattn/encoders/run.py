@@ -339,21 +339,16 @@ def _summary(scores) -> str:
 
 
 def attention_dataset(est, X, idx, ds, grid):
-    """``attention.nc``: ``attention`` (image, query, row, col), head-mean, last layer; in
-    ``vertices`` mode averaged over each ROI's vertex queries (``query`` = ROI then)."""
+    """``attention.nc``: ``attention`` (image, query, row, col), head-mean, last layer; per-vertex
+    queries (``vertices``/``hybrid`` modes) are averaged over each ROI (``query`` = ROI then)."""
     import xarray as xr
 
     idx = np.asarray(idx)
     maps = est.attention_maps(X[idx])
     names = list(est.query_names_)
-    if est.queries == "vertices":
-        keys = np.asarray(["other"] * len(names), dtype=object)
-        roi = _roi_coords(ds)
-        hemi = ds["hemisphere"].values.astype(str)
-        for f in reversed([f for f in roi if f != "streams"]):
-            lab = roi[f]
-            keys[lab != "Unknown"] = lab[lab != "Unknown"]
-        keys = np.asarray([f"{h}:{k}" for h, k in zip(hemi, keys, strict=True)])
+    keys = [n.split("#", 1)[0] for n in names]  # per-vertex queries: <hemi>:<roi>#<vertex>
+    if len(set(keys)) < len(keys):
+        keys = np.asarray(keys)
         uniq = list(dict.fromkeys(keys.tolist()))
         maps = np.stack([maps[:, keys == u].mean(1) for u in uniq], 1)
         names = uniq

@@ -35,16 +35,20 @@ from torch import nn
 from brainattn.encoders._base import EncoderModule, TorchEncoder
 from brainattn.errors import ConfigError, DataError, ShapeError
 
-QUERY_MODES = ("rois", "hemis", "vertices")
+QUERY_MODES = ("rois", "hemis", "vertices", "hybrid")
 
 
 def assign_queries(mode: str, hemisphere, roi_labels: dict | None = None,
-                   families: list[str] | None = None, unknown: str = "Unknown"):
+                   families: list[str] | None = None, unknown: str = "Unknown",
+                   vertex_families=("prf-visualrois",)):
     """Which query each vertex reads from.
 
     Parameters
     ----------
-    mode : ``rois`` | ``hemis`` | ``vertices``.
+    mode : ``rois`` | ``hemis`` | ``vertices`` | ``hybrid`` (one query per vertex for the
+        vertices of ``vertex_families`` -- retinotopic ROIs, whose vertices each look somewhere
+        else -- and one query per ROI elsewhere). Per-vertex queries are named
+        ``<hemi>:<roi>#<vertex>``.
     hemisphere : (n_vertices,) str, ``lh``/``rh``.
     roi_labels : ``{family: (n_vertices,) str labels}``; needed for ``rois``.
     families : families to use, in priority order (default: all in ``roi_labels`` except
@@ -58,9 +62,9 @@ def assign_queries(mode: str, hemisphere, roi_labels: dict | None = None,
     v = hemisphere.shape[0]
     if mode not in QUERY_MODES:
         raise ConfigError(f"--queries {mode!r}: expected one of {', '.join(QUERY_MODES)}")
-    if mode == "vertices":
-        return [f"{h}:v{i}" for i, h in enumerate(hemisphere)], np.arange(v)
     hemis = list(dict.fromkeys(hemisphere.tolist()))
+    if mode == "vertices" and not roi_labels:
+        return [f"{h}:all#{i}" for i, h in enumerate(hemisphere)], np.arange(v)
     if mode == "hemis":
         names = [f"{h}:all" for h in hemis]
         return names, np.array([hemis.index(h) for h in hemisphere])
@@ -80,6 +84,12 @@ def assign_queries(mode: str, hemisphere, roi_labels: dict | None = None,
         known = lab != unknown
         label[known] = lab[known]
     keys = [f"{h}:{lab}" for h, lab in zip(hemisphere, label, strict=True)]
+    if mode in ("vertices", "hybrid"):
+        own = np.ones(v, bool) if mode == "vertices" else np.zeros(v, bool)
+        for f in vertex_families if mode == "hybrid" else ():
+            if f in roi_labels:
+                own |= np.asarray(roi_labels[f]).astype(str) != unknown
+        keys = [f"{k}#{i}" if own[i] else k for i, k in enumerate(keys)]
     names = []
     for h in hemis:  # ROIs in first-seen order per hemisphere, ``other`` last
         rois = [k for k in dict.fromkeys(keys) if k.startswith(f"{h}:") and k != f"{h}:other"]
@@ -208,10 +218,20 @@ class TransformerModule(EncoderModule):
         self.register_buffer("positions", token_positions(grid), persistent=False)
         self.register_buffer("vertex_query", torch.as_tensor(vertex_query), persistent=False)
         self.per_vertex = nq == n_vertices and bool((vertex_query == np.arange(n_vertices)).all())
-        order = np.argsort(vertex_query, kind="stable")
-        self._counts = np.bincount(vertex_query, minlength=nq).tolist()
+        # readout plan: queries owning one vertex are read out together (one gather + dot);
+        # queries owning several are read out by one small matmul each
+        counts = np.bincount(vertex_query, minlength=nq)
+        single = counts[vertex_query] == 1
+        multi_v = np.flatnonzero(~single)
+        order = multi_v[np.argsort(vertex_query[multi_v], kind="stable")]
+        self._counts = [int(c) for c in counts if c > 1]
+        self._multi_q = [int(q) for q in np.flatnonzero(counts > 1)]
+        sv = np.flatnonzero(single)
+        self.register_buffer("_single_v", torch.as_tensor(sv), persistent=False)
+        self.register_buffer("_single_q", torch.as_tensor(vertex_query[sv]), persistent=False)
         self.register_buffer("_order", torch.as_tensor(order), persistent=False)
-        self.register_buffer("_inverse", torch.as_tensor(np.argsort(order)), persistent=False)
+        self.register_buffer("_inverse", torch.as_tensor(np.argsort(np.concatenate([order, sv]))),
+                             persistent=False)
 
     def decode(self, x, need_weights: bool = False):
         """Tokens (B, L, C) -> query outputs (B, Q, width) [, last layer's head-mean attention
@@ -232,8 +252,14 @@ class TransformerModule(EncoderModule):
             return (out * self.readout_w).sum(-1) + self.readout_b
         # one gather of the weights into query order, one small matmul per query, one
         # scatter back: O(V * width) memory, no per-query index_put of the whole output
-        w = self.readout_w[self._order].to(out.dtype)
-        parts = [out[:, qi] @ wq.T for qi, wq in enumerate(torch.split(w, self._counts)) if len(wq)]
+        parts = []
+        if len(self._order):
+            w = self.readout_w[self._order].to(out.dtype)
+            parts += [out[:, qi] @ wq.T
+                      for qi, wq in zip(self._multi_q, torch.split(w, self._counts), strict=True)]
+        if len(self._single_v):
+            parts.append((out[:, self._single_q] * self.readout_w[self._single_v].to(out.dtype))
+                         .sum(-1))
         return torch.cat(parts, 1)[:, self._inverse] + self.readout_b.to(out.dtype)
 
     def forward(self, x):

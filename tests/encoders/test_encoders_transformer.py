@@ -23,6 +23,9 @@ def test_assign_queries_rois_priority_and_other():
     assert names == ["lh:all", "rh:all"] and vq.tolist() == [0] * 4 + [1] * 4
     names, vq = assign_queries("vertices", hemi)
     assert len(names) == 8 and vq.tolist() == list(range(8))
+    names, vq = assign_queries("hybrid", hemi, roi, ["prf", "faces"], vertex_families=["prf"])
+    assert names == ["lh:V1#0", "lh:V1#1", "lh:FFA", "lh:other", "rh:V1#4", "rh:FFA", "rh:other"]
+    assert vq.tolist() == [0, 1, 2, 3, 4, 5, 6, 6]
     with pytest.raises(DataError, match="ROI family 'words' is not in the data set"):
         assign_queries("rois", hemi, roi, ["words"])
 
@@ -38,11 +41,12 @@ def test_sine_pe_matches_detr_formula():
     np.testing.assert_allclose(pe[:, 2].view(2, 3)[:, 0].numpy(), np.sin(y / 100.0), atol=1e-6)
 
 
-def test_grouped_readout_equals_dense_gather():
+@pytest.mark.parametrize("vq", [[2, 0, 1, 0, 2, 2], [2, 0, 1, 0, 3, 2]])
+def test_grouped_readout_equals_dense_gather(vq):
     torch.manual_seed(0)
-    vq = np.array([2, 0, 1, 0, 2, 2])
+    vq = np.array(vq)
     m = TransformerModule(4, 3, 6, vertex_query=vq, grid=(2, 2), width=8, heads=2, ffn=16)
-    out = torch.randn(5, 3, 8)
+    out = torch.randn(5, vq.max() + 1, 8)
     want = (out[:, torch.as_tensor(vq)] * m.readout_w).sum(-1) + m.readout_b
     torch.testing.assert_close(m.readout(out), want)
 

@@ -419,6 +419,37 @@ def _torch_mu(link, eta):
     return F
 
 
+def _torch_mu_deriv(link, eta):
+    """(mu, 1 - mu, dmu/deta) in torch, analytically and without cancellation in the tails."""
+    import torch
+
+    links = _sm_links()
+    base = link.base if isinstance(link, LapseLink) else link
+    t = type(base)
+    if t is links.Probit:
+        F, Fc = torch.special.ndtr(eta), torch.special.ndtr(-eta)
+        dF = torch.exp(-0.5 * eta * eta) / np.sqrt(2 * np.pi)
+    elif t is links.Logit:
+        F, Fc = torch.sigmoid(eta), torch.sigmoid(-eta)
+        dF = F * Fc
+    elif t is links.Cauchy:
+        a = torch.atan(eta) / np.pi
+        F, Fc, dF = 0.5 + a, 0.5 - a, 1.0 / (np.pi * (1 + eta * eta))
+    elif t is links.CLogLog:
+        e = torch.exp(eta)
+        F, Fc, dF = -torch.expm1(-e), torch.exp(-e), e * torch.exp(-e)
+    elif t is links.LogLog:
+        e = torch.exp(-eta)
+        F, Fc, dF = torch.exp(-e), -torch.expm1(-e), e * torch.exp(-e)
+    else:
+        raise ConfigError(f"link {link_name(base)!r} is not supported here; use probit, logit, cauchit, "
+                          "cloglog or loglog")
+    if isinstance(link, LapseLink):
+        s = 1 - link.lower - link.upper
+        F, Fc, dF = link.lower + s * F, link.upper + s * Fc, s * dF
+    return F, Fc, dF
+
+
 def solve_firth(X: np.ndarray, y: np.ndarray, link="probit", *, max_iter: int = 100, tol: float = 1e-10):
     """Bias-reduced fit: maximise the Jeffreys-prior penalised log-likelihood
     ``l(beta) + 0.5 log det(X^T W(beta) X)`` (Firth 1993; for the logit link this is exactly
@@ -437,11 +468,8 @@ def solve_firth(X: np.ndarray, y: np.ndarray, link="probit", *, max_iter: int = 
 
     def objective(beta):
         eta = Xt @ beta
-        # dmu/deta through autograd of F, elementwise (each mu_i depends on eta_i only)
-        mu = _torch_mu(link, eta)
-        (dmu,) = torch.autograd.grad(mu.sum(), eta, create_graph=True)
-        mu = mu.clamp(1e-300, 1 - 1e-16)
-        muc = (1 - mu).clamp_min(1e-300)
+        mu, muc, dmu = _torch_mu_deriv(link, eta)
+        mu, muc = mu.clamp_min(1e-300), muc.clamp_min(1e-300)
         ll = torch.sum(yt * torch.log(mu) + (1 - yt) * torch.log(muc))
         w = dmu * dmu / (mu * muc)
         info = Xt.T @ (w[:, None] * Xt)

@@ -19,9 +19,9 @@ bias reduction (``firth=True``); separation is detected by linear programming an
 never hidden behind huge numbers.  The parametric bootstrap draws every replicate from the
 fitted probabilities and solves all of them together
 (:func:`~brainattn.psychophysics.glm.solve_mlds_glm` for glm/optim, :func:`solve_formula_batch`
-for formula); its first 1,000 replicates also give R's ``binom.diagnostics`` (residual envelope,
-runs test) and ``simu.6pt`` (six-point test).  Not bootstrapped: Firth fits (Wald intervals);
-with a fitted lapse rate the replicates keep it fixed at its estimate.
+for formula, :func:`solve_firth_batch` for Firth fits); its first 1,000 replicates also give R's
+``binom.diagnostics`` (residual envelope, runs test) and ``simu.6pt`` (six-point test).  With a
+fitted lapse rate the replicates keep it fixed at its estimate.
 
 Saved results (``scale.nc``, written by :meth:`MLDSResult.save` / ``brainattn scale fit``)
 -----------------------------------------------------------------------------------------------
@@ -74,6 +74,7 @@ from brainattn.psychophysics.design import Trials, read_mlds_csv
 from brainattn.psychophysics.glm import (
     LapseLink,
     _torch_mu,
+    _torch_mu_deriv,
     binomial_loglik,
     detect_separation,
     get_link,
@@ -84,6 +85,7 @@ from brainattn.psychophysics.glm import (
 )
 
 __all__ = ["MLDS", "MLDSResult", "fit_mlds", "bootstrap_mlds", "six_point_sets", "solve_formula_batch",
+           "solve_firth_batch",
            "deviance_residuals", "PARAMETRIC_SCALES"]
 
 _METHODS = ("glm", "optim", "formula")
@@ -829,8 +831,6 @@ def fit_mlds(
         raise ConfigError(f"bootstrap: expected a non-negative integer, got {bootstrap!r}")
     if firth and method != "glm":
         raise ConfigError("firth: the bias-reduced fit is available for method='glm' only")
-    if firth and bootstrap:
-        raise ConfigError("bootstrap: not available with firth=True (intervals are Wald intervals)")
     if on_separation not in ("raise", "warn"):
         raise ConfigError(f"on_separation: expected 'raise' or 'warn', got {on_separation!r}")
     base_link = get_link(link)
@@ -964,8 +964,6 @@ def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
     ``n_diagnostic`` replicates also give the deviance-residual envelope, the runs test and the
     six-point test (R's ``binom.diagnostics`` and ``simu.6pt``).
     """
-    if res.firth:
-        raise ConfigError("bootstrap: not available with firth=True (intervals are Wald intervals)")
     rng = np.random.default_rng(seed)
     t = res.trials
     # bound memory: a block holds a few (chunk, n_trials) arrays
@@ -986,9 +984,13 @@ def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
         b = min(chunk, n_boot - s)
         Y = rng.random((b, n)) < p_hat  # (b, n) bool
         K = _group_sum(Y, inv, len(Xu))
-        sol = solve_mlds_glm(Xu, K, res.link, weights=m, beta0=beta_hat, tol=1e-8, max_iter=50,
-                             line_search=False, summaries=False)
-        psi = np.concatenate([np.zeros((b, 1)), sol.beta], axis=1)
+        if res.firth:
+            beta_b, conv_b, mu_b = solve_firth_batch(Xu, m, K, res.link, beta_hat)
+        else:
+            sol = solve_mlds_glm(Xu, K, res.link, weights=m, beta0=beta_hat, tol=1e-8, max_iter=50,
+                                 line_search=False, summaries=False)
+            beta_b, conv_b, mu_b = sol.beta, sol.converged, sol.mu
+        psi = np.concatenate([np.zeros((b, 1)), beta_b], axis=1)
         if res.method == "optim":
             top = psi[:, -1:]
             sig = 1.0 / top[:, 0]
@@ -997,11 +999,11 @@ def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
             sig = np.ones(b)
         psis.append(psi)
         sigmas.append(sig)
-        ok_all.append(sol.converged)
+        ok_all.append(conv_b)
         if s < n_diag:
             d = min(b, n_diag - s)
             diag_Y.append(Y[:d])
-            diag_mu.append(sol.mu[:d][:, inv])
+            diag_mu.append(mu_b[:d][:, inv])
     psi = np.concatenate(psis)
     sig = np.concatenate(sigmas)
     ok = np.concatenate(ok_all)
@@ -1048,19 +1050,33 @@ def solve_formula_batch(Xf: np.ndarray, m: np.ndarray, K: np.ndarray, stimulus: 
         mu = _torch_mu(link, eta).clamp(1e-300, 1 - 1e-16)
         return -(Kt * torch.log(mu) + (mt - Kt) * torch.log((1 - mu).clamp_min(1e-300))).sum(1), mu
 
-    Th = torch.as_tensor(np.broadcast_to(theta0, (B, q)).copy(), dtype=torch.float64)
+    Th0 = torch.as_tensor(np.broadcast_to(theta0, (B, q)).copy(), dtype=torch.float64)
+    Th, ok, mu = _batched_newton(nll, Th0, max_iter=max_iter, tol=tol)
+    return Th.numpy(), ok.numpy(), mu.numpy()
+
+
+def _batched_newton(nll, Th, *, max_iter: int = 50, tol: float = 1e-8):
+    """Minimise B independent objectives ``nll(Th) -> ((B,) values, extra)`` over Th (B, q).
+
+    Per-replicate gradients come from one backward pass of the sum, Hessian rows from q more;
+    Newton steps where the Hessian is positive definite, damped gradient steps elsewhere, step
+    halving per replicate.  Returns (Th, converged (B,), extra at the solution).
+    """
+    import torch
+
+    B, q = Th.shape
     conv = torch.zeros(B, dtype=torch.bool)
     for _ in range(max_iter):
         Tg = Th.clone().requires_grad_(True)
-        f, _mu = nll(Tg)
+        f, _extra = nll(Tg)
         (g,) = torch.autograd.grad(f.sum(), Tg, create_graph=True)
         H = torch.stack([torch.autograd.grad(g[:, j].sum(), Tg, retain_graph=True)[0] for j in range(q)], 1)
         g, H, f = g.detach(), H.detach(), f.detach()
-        # Newton where the Hessian is positive definite, gradient descent elsewhere
         L, info = torch.linalg.cholesky_ex(H)
-        step = torch.where((info == 0)[:, None],
-                           torch.cholesky_solve(g[:, :, None], L)[:, :, 0] if bool((info == 0).any()) else g,
-                           0.1 * g)
+        pd = info == 0
+        step = 0.1 * g
+        if bool(pd.any()):
+            step[pd] = torch.cholesky_solve(g[pd][:, :, None], L[pd])[:, :, 0]
         step[~torch.isfinite(step)] = 0.0
         t = torch.ones(B, 1, dtype=torch.float64)
         with torch.no_grad():
@@ -1072,13 +1088,42 @@ def solve_formula_batch(Xf: np.ndarray, m: np.ndarray, K: np.ndarray, stimulus: 
                 t[worse] *= 0.5
             Th = Th - t * step
         small = step.abs().max(1).values <= tol * (1 + Th.abs().max(1).values)
-        conv |= small & (t[:, 0] == 1)
+        conv |= small & (t[:, 0] == 1) & pd
         if bool(conv.all()):
             break
     with torch.no_grad():
-        _, mu = nll(Th)
-    ok = conv & torch.isfinite(Th).all(1)
-    return Th.numpy(), ok.numpy(), mu.numpy()
+        _, extra = nll(Th)
+    return Th, conv & torch.isfinite(Th).all(1), extra
+
+
+def solve_firth_batch(X: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: np.ndarray, *,
+                      max_iter: int = 50, tol: float = 1e-8):
+    """Jeffreys-penalised (Firth) fits of B response sets at once on a grouped design.
+
+    X : (R, k) design (first level dropped); m : (R,) trials per row; K : (B, R) successes.
+    Maximises ``l_b(beta) + 1/2 log det(X^T W_b X)`` for every replicate, as
+    :func:`~brainattn.psychophysics.glm.solve_firth` does for one.
+    Returns beta (B, k), converged (B,), mu (B, R).
+    """
+    import torch
+
+    Xt = torch.as_tensor(X, dtype=torch.float64)
+    mt = torch.as_tensor(m, dtype=torch.float64)
+    Kt = torch.as_tensor(K, dtype=torch.float64)
+    B = Kt.shape[0]
+
+    def nll(Bt):
+        eta = Bt @ Xt.T
+        mu, muc, dmu = _torch_mu_deriv(link, eta)
+        mu, muc = mu.clamp_min(1e-300), muc.clamp_min(1e-300)
+        ll = (Kt * torch.log(mu) + (mt - Kt) * torch.log(muc)).sum(1)
+        w = mt * dmu * dmu / (mu * muc)
+        info = torch.einsum("ri,br,rj->bij", Xt, w, Xt)
+        return -(ll + 0.5 * torch.logdet(info)), mu
+
+    B0 = torch.as_tensor(np.broadcast_to(beta0, (B, X.shape[1])).copy(), dtype=torch.float64)
+    Bt, ok, mu = _batched_newton(nll, B0, max_iter=max_iter, tol=tol)
+    return Bt.numpy(), ok.numpy(), mu.numpy()
 
 
 def _bootstrap_formula(res: MLDSResult, n_boot: int, rng, n_diagnostic: int, chunk: int) -> MLDSResult:

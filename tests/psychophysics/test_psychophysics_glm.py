@@ -140,3 +140,31 @@ def test_firth_logit_solves_firths_adjusted_score():
 def test_get_link_rejects_unknown():
     with pytest.raises(Exception, match="unknown link 'probitt'"):
         get_link("probitt")
+
+
+def test_batched_firth_equals_single_firth_and_bootstrap_runs():
+    from brainattn.psychophysics.mlds import _grouped, solve_firth_batch
+
+    d = make_design(5, "triad", repeats=2, shuffle=False)
+    obs = SimulatedObserver(np.arange(5.0) ** 1.5, sigma=1e-3)
+    tr = as_trials((obs.probability(d) > 0.5).astype(int), d)  # separated data
+    res = fit_mlds(tr, firth=True, link="logit")
+    X = tr.design_matrix()
+    rng = np.random.default_rng(0)
+    Y = (rng.random((3, tr.n_trials)) < res.fitted).astype(float)
+    Xu, inv, m, _ = _grouped(X, tr.resp)
+    K = np.stack([np.bincount(inv, weights=y, minlength=len(Xu)) for y in Y])
+    beta, ok, _ = solve_firth_batch(Xu, m, K, res.link, res.params)
+    assert ok.all()
+    for b in range(3):
+        single = solve_firth(X, Y[b], "logit")[0]
+        np.testing.assert_allclose(beta[b], single, atol=1e-6)
+    # logit: Firth's own estimator, finite for every replicate (Kosmidis & Firth 2021)
+    boot = fit_mlds(tr, firth=True, link="logit", bootstrap=100, seed=1)
+    assert boot.n_boot_failed == 0 and np.all(np.isfinite(boot.boot_psi))
+    # probit: replicates where the penalised likelihood has no reachable maximum are dropped and
+    # counted, never returned as huge numbers
+    pb = fit_mlds(tr, firth=True, bootstrap=100, seed=1)
+    assert len(pb.boot_psi) + pb.n_boot_failed == 100 and np.all(np.abs(pb.boot_psi) < 100)
+    sc = boot.scale
+    assert np.all(sc.sel(stat="upper").values[1:] > sc.sel(stat="lower").values[1:])

@@ -86,14 +86,32 @@ def stage_data(ctx: DemoContext) -> str:
             + (f", median noise ceiling {nc:.0f}%" if nc is not None else ""))
 
 
+def encoder_options(model: str, size: dict) -> dict:
+    """Options of :func:`brainattn.encoders.run.fit_run` for ``model`` in the demo.
+
+    Starts from the encoders' own demo preset (``brainattn.encoders.run.DEMO_OPTIONS[model]``
+    when it exists), then the demo size's ``encoder_options[model]``, then its ``epochs``.
+    """
+    options: dict = {"model": model}
+    try:
+        from brainattn.encoders import run as _run
+
+        options.update((getattr(_run, "DEMO_OPTIONS", None) or {}).get(model, {}))
+    except ImportError:  # pragma: no cover - part of the package
+        pass
+    options.update((size.get("encoder_options") or {}).get(model, {}))
+    if size.get("epochs") is not None and model != "ridge":
+        options["epochs"] = size["epochs"]
+    return options
+
+
 def _stage_encoder(model: str) -> Callable[[DemoContext], str]:
     def stage(ctx: DemoContext) -> str:
         from brainattn.encoders.run import fit_run
         from brainattn.io import load_netcdf
 
-        options = {"model": model, "seed": ctx.seed}
-        if ctx.size["epochs"] is not None and model != "ridge":
-            options["epochs"] = ctx.size["epochs"]
+        options = encoder_options(model, ctx.size)
+        options["seed"] = ctx.seed
         out = ctx.out / "encoders" / model
         fit_run(ctx.data_dir, out, overwrite=ctx.overwrite, echo=False, **options)
         scores = load_netcdf(out / "scores.nc")

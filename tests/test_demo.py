@@ -65,3 +65,15 @@ def test_stage_list_names_every_capability():
     assert {"encoder: transformer", "encoder: ridge", "encoder: factorized",
             "difference scaling"} <= set(names)
     assert all(n.startswith("theory: ") for n in names[5:-1]) and len(names) >= 7
+
+
+def test_encoder_options_merge_preset_size_and_epochs(monkeypatch):
+    from brainattn.encoders import run
+
+    monkeypatch.setattr(run, "DEMO_OPTIONS", {"transformer": {"epochs": 4, "width": 128}},
+                        raising=False)
+    size = {"epochs": None, "encoder_options": {"transformer": {"width": 64}}}
+    assert demo.encoder_options("transformer", size) == {"model": "transformer", "epochs": 4,
+                                                         "width": 64}
+    assert demo.encoder_options("ridge", {"epochs": 2}) == {"model": "ridge"}
+    assert demo.encoder_options("factorized", {"epochs": 2})["epochs"] == 2

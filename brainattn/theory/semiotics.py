@@ -109,9 +109,9 @@ QUICK: dict[str, Any] = {
     "R": [1, 2, 3, 5, 10, 20],  # training images per class
     "n_seeds": 3,  # independent repetitions (restricted sample, nets, augmentations)
     "seed": 0,  # base seed; repetition i uses seed + i
-    "n_test": 200,  # test images per repetition (stratified random subset); None: all
+    "n_test": 150,  # test images per repetition (stratified random subset); 0 or None: all
     "channels": 32,  # autoencoder width (published: 256)
-    "ae_steps": 300,  # full-batch Adam steps of autoencoder training (cosine-annealed lr)
+    "ae_steps": 250,  # full-batch Adam steps of autoencoder training (cosine-annealed lr)
     "ae_lr": 5e-3,
     "vanilla_steps": 200,  # at most this many x <- D(E(x)) (published 30; stops at the attractor)
     "tol": 1e-3,  # convergence: RMS per pixel of D(E(x)) - x, pixels in [0, 1]
@@ -129,7 +129,7 @@ QUICK: dict[str, Any] = {
     "mlp_lr": 1e-2,
     "mlp_weight_decay": 1e-4,
     "agents": True,  # run the two-agent loop (agent B trained on a disjoint restricted set)
-    "agent_steps": 100,  # at most this many steps of the two-agent loop (stops at the attractor)
+    "agent_steps": 60,  # at most this many steps of the two-agent loop (stops at the attractor)
     "n_boot": 2000,  # bootstrap resamples for the interval of the mean paired difference
     "ci": 0.95,
     "batch_size": 4096,  # images per forward pass in the loops (memory knob)
@@ -145,6 +145,7 @@ FULL: dict[str, Any] = {
     "ae_lr": 3e-4,  # 256 channels collapse to a constant image at 1e-3 (measured on CPU)
     "n_copies": 500,
     "mlp_steps": 300,
+    "agent_steps": 200,
     "n_boot": 10000,
     "batch_size": 65536,
     "cpu_threads": None,  # leave torch's default
@@ -228,8 +229,13 @@ def validate_config(config: dict | None, *, check_data: bool = True) -> dict:
         )
     if not isinstance(cfg["agents"], bool):
         raise ConfigError(f"config key 'agents': expected true or false, got {cfg['agents']!r}")
-    if cfg["n_test"] is not None and (not _is_int(cfg["n_test"]) or cfg["n_test"] < 10):
-        raise ConfigError(f"config key 'n_test': expected an integer >= 10 or null, got {cfg['n_test']!r}")
+    if cfg["n_test"] is not None and (not _is_int(cfg["n_test"]) or 0 < cfg["n_test"] < 10
+                                      or cfg["n_test"] < 0):
+        raise ConfigError(
+            f"config key 'n_test': expected an integer >= 10, or 0 / null for all, got {cfg['n_test']!r}"
+        )
+    if cfg["n_test"] == 0:
+        cfg["n_test"] = None
     hidden = cfg["mlp_hidden"]
     if not isinstance(hidden, (list, tuple)) or not all(_is_int(h) and h >= 1 for h in hidden):
         raise ConfigError(f"config key 'mlp_hidden': expected a list of positive integers, got {hidden!r}")

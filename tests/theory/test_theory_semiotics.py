@@ -364,6 +364,7 @@ def test_configs_are_complete_and_valid():
     full = S.validate_config(S.FULL)
     assert full["channels"] == 256 and full["n_copies"] == 500 and full["decay"] == 2.6
     assert S.validate_config({"R": 5})["R"] == [5]
+    assert S.validate_config({"n_test": 0})["n_test"] is None
     with pytest.raises(DataError, match="mnist_dir"):
         S.validate_config({"dataset": "mnist", "mnist_dir": "/nonexistent/mnist"})
 

@@ -8,6 +8,7 @@ with status 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -25,6 +26,9 @@ from brainattn import __version__
 from brainattn.errors import BrainAttnError
 
 # Modules exposing ``register(app)``; a module that is not present is not listed.
+# typer's vendored click has no Abort (it raises KeyboardInterrupt); older click has one.
+_ABORT = getattr(click.exceptions, "Abort", KeyboardInterrupt)
+
 _VERB_MODULES = [
     "brainattn.data.cli",
     "brainattn.encoders.cli",
@@ -93,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
+    except BrokenPipeError:  # `brainattn ... | head`: the reader went away, not an error of ours
+        with contextlib.suppress(Exception):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
+    except (KeyboardInterrupt, _ABORT):
         print("error: interrupted", file=sys.stderr)
         return 130
     return rv if isinstance(rv, int) else 0

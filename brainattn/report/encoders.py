@@ -495,6 +495,29 @@ def attach_images(att, data):
     return att.assign_coords(image_path=("image", np.asarray(found, dtype=str)))
 
 
+def attention_check(att, scores, data):
+    """Where the data set is the synthetic cortex: per category, the share of (held-out image,
+    ROI query) pairs whose attention peak lies inside an object box of the query's category
+    (:func:`brainattn.encoders.synthcheck.attention_in_box`). ``None`` when not applicable."""
+    if data is None or scores is None or "query_roi" not in att.coords:
+        return None
+    try:
+        import pandas as pd
+
+        from brainattn.data.synth import load_ground_truth
+        from brainattn.encoders.synthcheck import attention_in_box
+
+        gt = load_ground_truth(data.attrs["root"], str(data.attrs.get("subject", "subj01")))
+        roi = {k[4:]: np.unique(scores[k].values.astype(str)) for k in scores.coords
+               if str(k).startswith("roi_") and "vertex" in scores[k].dims}
+        res = attention_in_box(att, gt, roi)
+    except Exception:  # no ground truth (real data) or an older format: nothing to check
+        return None
+    rows = [{"category": k, "attention peak inside the object": v[0], "pairs": v[1]}
+            for k, v in res.items() if isinstance(v, tuple) and len(v) == 2]
+    return pd.DataFrame(rows) if rows else None
+
+
 # --------------------------------------------------------------------------------------------
 # the section
 
@@ -510,7 +533,7 @@ def _best_model(scores_by_model: dict, metric: str) -> str:
 def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: bool = True) -> Section:
     """Draw every encoder run (one per model) into one section."""
     sec = Section("encoders", "Encoders", TEXT, missing=list(missing or []), tables_first=True)
-    scores, histories, atts = {}, {}, {}
+    scores, histories, atts, checks = {}, {}, {}, []
     for run in runs:
         label = run.label
         while label in scores or label in histories or label in atts:
@@ -529,11 +552,19 @@ def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: boo
         if "attention.nc" in run.files:
             att = load_result(run.files["attention.nc"])
             if "pixels" not in att.data_vars and "image_path" not in att.coords:
-                att = attach_images(att, data if data is not None else run_dataset(run.path))
+                data = data if data is not None else run_dataset(run.path)
+                att = attach_images(att, data)
             atts[label] = (att, run.path)
+            check = attention_check(att, scores.get(label), data)
+            if check is not None:
+                checks.append((f"Synthetic ground truth ({label}): share of (held-out image, "
+                               "category ROI query) pairs whose attention peak lies inside an "
+                               "object of the query's category", check))
     if scores:
         sec.tables.append(("Accuracy on held-out images per model (medians over vertices; "
                            "% NC = noise-normalised accuracy)", summary_table(scores)))
+    sec.tables.extend(checks)
+    if scores:
         sec.figures.append(render(plot_roi_accuracy(scores, "pearson_r"), "encoders-roi-accuracy",
                                   "Median Pearson r per ROI for each model (held-out images).",
                                   svg=svg))

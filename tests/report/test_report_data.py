@@ -68,3 +68,30 @@ def test_attention_images_come_from_the_data(synth, fakes, tmp_path):
     assert list(got["image_path"].values) == list(ds["image_path"].values[[5, 2, 9]])
     imgs = encoders._images_of(got, run)
     assert all(im is not None and im.shape == (32, 32, 3) for im in imgs)
+
+
+def test_attention_check_against_the_synthetic_ground_truth(synth):
+    from brainattn.data.synth import load_ground_truth
+
+    root, ds = synth
+    gt = load_ground_truth(root, "subj01")
+    cats = gt["object_category"].values.astype(str)
+    boxes = gt["object_box"].values
+    with_face = [i for i in range(ds.sizes["image"]) if (cats[i] == "faces").any()][:4]
+    assert with_face, "the synthetic set should hold faces"
+    grid = 8
+    att = np.full((len(with_face), 2, grid, grid), 1e-3)
+    for k, i in enumerate(with_face):
+        x0, y0, x1, y1 = boxes[i][cats[i] == "faces"][0]
+        att[k, 0, int((y0 + y1) / 2 * grid), int((x0 + x1) / 2 * grid)] = 1.0  # inside the face
+        att[k, 1, 0, 0] = 1.0  # the EBA query looks at the corner
+    att = xr.Dataset({"attention": (("image", "query", "row", "col"), att)},
+                     coords={"image": with_face, "query": ["lh:FFA-1", "lh:EBA"],
+                             "query_roi": ("query", ["FFA-1", "EBA"])})
+    scores = xr.Dataset(coords={"vertex": np.arange(ds.sizes["vertex"]),
+                                **{k: ("vertex", ds[k].values) for k in ds.coords
+                                   if k.startswith("roi_")}})
+    table = encoders.attention_check(att, scores, ds).set_index("category")
+    assert table.loc["faces", "attention peak inside the object"] == 1.0
+    assert table.loc["faces", "pairs"] == len(with_face)
+    assert encoders.attention_check(att, scores, None) is None  # no data set: no check

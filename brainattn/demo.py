@@ -33,8 +33,12 @@ QUICK_IMAGES = 200
 
 #: sizes of the full demo and of ``--quick`` (tests shrink these further)
 MODELS = ("transformer", "ridge", "factorized")
+#: encoder options of the full demo unless the encoders define ``run.DEMO_OPTIONS`` (fewer
+#: transformer epochs than ``brainattn fit``'s default, to keep the demo within 15 minutes)
+FULL_ENCODER_OPTIONS = {"transformer": {"epochs": 3}}
 FULL = {"images": DEMO_IMAGES, "image_size": 224, "epochs": None, "bootstrap": 1000,
-        "models": MODELS, "theory_scale": "quick", "simulations": None, "estimate_scale": 1.0}
+        "models": MODELS, "encoder_options": FULL_ENCODER_OPTIONS, "theory_scale": "quick",
+        "simulations": None, "estimate_scale": 1.0}
 QUICK = {"images": QUICK_IMAGES, "image_size": 224, "epochs": 2, "bootstrap": 200,
          "models": MODELS, "theory_scale": "quick", "simulations": None, "estimate_scale": 0.3}
 
@@ -89,17 +93,18 @@ def stage_data(ctx: DemoContext) -> str:
 def encoder_options(model: str, size: dict) -> dict:
     """Options of :func:`brainattn.encoders.run.fit_run` for ``model`` in the demo.
 
-    Starts from the encoders' own demo preset (``brainattn.encoders.run.DEMO_OPTIONS[model]``
-    when it exists), then the demo size's ``encoder_options[model]``, then its ``epochs``.
+    The demo size's ``encoder_options[model]`` (a fallback), overridden by the encoders' own
+    demo preset (``brainattn.encoders.run.DEMO_OPTIONS[model]``) when it exists, and the size's
+    ``epochs`` (``--quick``) over both.
     """
     options: dict = {"model": model}
+    options.update((size.get("encoder_options") or {}).get(model, {}))
     try:
         from brainattn.encoders import run as _run
 
         options.update((getattr(_run, "DEMO_OPTIONS", None) or {}).get(model, {}))
     except ImportError:  # pragma: no cover - part of the package
         pass
-    options.update((size.get("encoder_options") or {}).get(model, {}))
     if size.get("epochs") is not None and model != "ridge":
         options["epochs"] = size["epochs"]
     return options
@@ -187,7 +192,7 @@ def stages(size: dict | None = None) -> list[tuple[str, Callable[[DemoContext], 
     size = FULL if size is None else size
     sims = available_simulations() if size.get("simulations") is None else size["simulations"]
     stages = [("synthetic data", stage_data, 60.0)]
-    est_fit = {"transformer": 240.0, "ridge": 60.0, "factorized": 180.0}
+    est_fit = {"transformer": 540.0, "ridge": 60.0, "factorized": 120.0}
     for model in size.get("models", MODELS):
         est = est_fit.get(model, 120.0)
         stages.append((f"encoder: {model}", _stage_encoder(model), est))

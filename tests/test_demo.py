@@ -72,8 +72,8 @@ def test_encoder_options_merge_preset_size_and_epochs(monkeypatch):
 
     monkeypatch.setattr(run, "DEMO_OPTIONS", {"transformer": {"epochs": 4, "width": 128}},
                         raising=False)
-    size = {"epochs": None, "encoder_options": {"transformer": {"width": 64}}}
+    size = {"epochs": None, "encoder_options": {"transformer": {"width": 64, "lr": 1e-3}}}
     assert demo.encoder_options("transformer", size) == {"model": "transformer", "epochs": 4,
-                                                         "width": 64}
+                                                         "width": 128, "lr": 1e-3}
     assert demo.encoder_options("ridge", {"epochs": 2}) == {"model": "ridge"}
     assert demo.encoder_options("factorized", {"epochs": 2})["epochs"] == 2

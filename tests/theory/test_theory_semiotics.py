@@ -40,13 +40,14 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def trained_ae():
-    """Agent trained on R=3 digits per class (quick-size autoencoder) plus held-out digits."""
+    """Agent A of the quick run's first repetition at R=3, its training and test digits."""
     torch.set_num_threads(1)
-    x, y = S.load_digits_pool()
-    tr, rest = S.restricted_split(y, 3, np.random.default_rng(0))
-    x_tr = torch.as_tensor(x[tr]).unsqueeze(1)
-    x_te = torch.as_tensor(x[rest[:150]]).unsqueeze(1)
-    E, D = S.build_autoencoder(8, S.QUICK["channels"], seed=0)
+    cfg = S.validate_config(S.QUICK)
+    data = S.load_dataset(cfg)
+    d = S._draw(cfg, data, 3, cfg["seed"])
+    x_tr = torch.as_tensor(data["x"][d["tr"]]).unsqueeze(1)
+    x_te = torch.as_tensor(data["x"][d["te"]]).unsqueeze(1)
+    E, D = S.build_autoencoder(8, cfg["channels"], seed=1000 * cfg["seed"] + 3)
     losses = S.train_autoencoder(E, D, x_tr, steps=S.QUICK["ae_steps"], lr=S.QUICK["ae_lr"])
     return E, D, x_tr, x_te, losses
 

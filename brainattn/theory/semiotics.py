@@ -1291,7 +1291,7 @@ def plot(ds):
                   errorbar=("ci", 95), dodge=0.3, ax=ax1)
     ax1.set(xlabel="training images per class (R)", ylabel="test accuracy", title="MLP accuracy")
     sns.stripplot(data=diff, x="R", y="diff", hue="contrast", hue_order=list(CONTRASTS),
-                  dodge=True, alpha=0.4, ax=ax2, legend=False)
+                  palette=sns.color_palette()[1:3], dodge=True, alpha=0.4, ax=ax2, legend=False)
     pos = np.arange(len(Rs))
     for c, (name, color) in enumerate(zip(CONTRASTS, sns.color_palette()[1:3], strict=True)):
         e = ds.sel(contrast=name)

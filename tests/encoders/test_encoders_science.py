@@ -1,0 +1,78 @@
+"""The issue's science targets on a CI-sized synthetic cortex (1 subject, 112 px images, a few
+hundred images): the transformer routes to the object of its ROI's category, and so beats the
+factorized and ridge baselines in category-selective ROIs; the factorized model is the strong
+baseline in early visual cortex. Full-size numbers are in benchmarks/results_encoders.md."""
+
+import numpy as np
+import pytest
+
+N_IMAGES = 360
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    from brainattn.data import open_algonauts
+    from brainattn.data.synth import generate, load_ground_truth
+    from brainattn.encoders.backbones import GaborBackbone
+    from brainattn.encoders.cache import get_features
+    from brainattn.encoders.factorized import SpatialFeatureEncoder
+    from brainattn.encoders.metrics import score_table
+    from brainattn.encoders.ridge import RidgeEncoder
+    from brainattn.encoders.run import _vertex_coords, attention_dataset, split_images
+    from brainattn.encoders.transformer import TransformerBrainEncoder, assign_queries
+
+    root = tmp_path_factory.mktemp("sci") / "data"
+    generate(root, subjects=1, images=N_IMAGES, seed=1, image_size=112, n_ev_roi=25,
+             n_category_roi=20, n_unlabelled=40, n_jobs=1)
+    ds = open_algonauts(root, "subj01")
+    gt = load_ground_truth(root, "subj01")
+    bb = GaborBackbone(image_size=112, patch=8)
+    cache = get_features(bb, list(ds["image_path"].values), dataset_tag="sci",
+                         cache_dir=tmp_path_factory.mktemp("cache"))
+    X = np.asarray(cache.features, np.float32)
+    Y = ds["betas"].values
+    tr, va, te = split_images(len(Y), 0.12, 0.2, 0)
+    roi = {k[4:]: ds[k].values.astype(str) for k in ds.coords if k.startswith("roi_")}
+    names, vq = assign_queries("rois", ds["hemisphere"].values, roi)
+    models = {
+        "ridge": RidgeEncoder(device="cpu").fit(X, Y, train_idx=np.concatenate([tr, va])),
+        "factorized": SpatialFeatureEncoder(device="cpu").fit(X, Y, train_idx=tr, val_idx=va,
+                                                              grid=cache.grid),
+        "transformer": TransformerBrainEncoder(
+            width=64, heads=4, ffn=128, prf_bias=True, epochs=20, batch_size=16, lr=2e-3,
+            patience=None, device="cpu", seed=0,
+        ).fit(X, Y, train_idx=tr, val_idx=va, vertex_query=vq, query_names=names,
+              grid=cache.grid),
+    }
+    nc = ds["noise_ceiling"].values
+    scores = {m: score_table(e.predict(X[te]), Y[te], noise_ceiling=nc,
+                             vertex_coords=_vertex_coords(ds), device="cpu")
+              for m, e in models.items()}
+    att = attention_dataset(models["transformer"], X, te, ds, cache.grid)
+    return scores, att, gt, roi
+
+
+@pytest.mark.slow
+def test_transformer_wins_in_category_rois(fitted):
+    from brainattn.encoders.synthcheck import roi_group_medians
+
+    scores, *_ = fitted
+    g = {m: roi_group_medians(s) for m, s in scores.items()}
+    print(g)
+    # CI size: a margin of 5 points (the issue's 10 are checked at full size, see the results)
+    assert g["transformer"]["category"] > g["factorized"]["category"] + 5, g
+    assert g["transformer"]["category"] > g["ridge"]["category"] + 5, g
+    # retinotopic cortex is where the factorized (where x what) model is strongest
+    assert g["factorized"]["early_visual"] > g["ridge"]["early_visual"] + 5, g
+
+
+@pytest.mark.slow
+def test_category_queries_attend_to_their_objects(fitted):
+    from brainattn.encoders.synthcheck import attention_in_box
+
+    _, att, gt, roi = fitted
+    hits = attention_in_box(att, gt, {f: np.unique(v) for f, v in roi.items()})
+    rate, n = hits["all"]
+    print(hits)
+    assert n > 50
+    assert rate > 0.6, hits

@@ -169,11 +169,40 @@ def _stage_theory(name: str) -> Callable[[DemoContext], str]:
         ds = run_simulation(name, scale=ctx.size["theory_scale"], seed=ctx.seed, out=ctx.out / "theory" / name,
                             overwrite=ctx.overwrite, echo=lambda m: None)
         ctx.results[f"theory-{name}"] = ds
-        dims = ", ".join(f"{k} {v}" for k, v in ds.sizes.items())
-        return f"results.nc ({dims})"
+        try:
+            return theory_headline(name, ds)
+        except Exception:  # a format change must not fail the demo after the work is done
+            dims = ", ".join(f"{k} {v}" for k, v in ds.sizes.items())
+            return f"results.nc ({dims})"
 
     stage.__doc__ = f"Run the {name} simulation at quick size into ``OUT/theory/{name}``."
     return stage
+
+
+def theory_headline(name: str, ds) -> str:
+    """One line of a simulation's main result (from its module's ``summary(ds)``)."""
+    import importlib
+
+    table = importlib.import_module(f"brainattn.theory.{name}").summary(ds)
+    if name == "pavlovian":
+        exp = table[table["quantity"].str.startswith("exponent")].set_index("setting")
+        return ("capacity ~ d_k^a: a = {:.2f} average case (theory {:.2f}), {:.2f} error-free "
+                "(theory {:.2f})").format(exp.loc["average case", "simulation"],
+                                          exp.loc["average case", "theory"],
+                                          exp.loc["error-free", "simulation"],
+                                          exp.loc["error-free", "theory"])
+    if name == "semiotics":
+        r0 = table.iloc[0]
+        yes = [int(r) for r, ok in zip(table["R"], table["claim_reproduced"], strict=True) if ok]
+        return (f"R={int(r0['R'])}: stochastic - raw accuracy {r0['stochastic_minus_base']:+.3f} "
+                f"[{r0['stochastic_ci_low']:+.3f}, {r0['stochastic_ci_high']:+.3f}]; paper's "
+                f"claim reproduced at R in {yes or 'none'}")
+    if name == "consciousness":
+        dense = table[table["k"] == 0].iloc[0]
+        best = table[table["k"] > 0].sort_values("error_ood").iloc[0]
+        return (f"top-{int(best['k'])}: true parents selected in {100 * best['selection_exact']:.0f}% "
+                f"of cases, OOD error {best['error_ood']:.4f} vs dense {dense['error_ood']:.4f}")
+    raise KeyError(name)
 
 
 def stage_report(ctx: DemoContext) -> str:

@@ -77,3 +77,20 @@ def test_encoder_options_merge_preset_size_and_epochs(monkeypatch):
                                                          "width": 128, "lr": 1e-3}
     assert demo.encoder_options("ridge", {"epochs": 2}) == {"model": "ridge"}
     assert demo.encoder_options("factorized", {"epochs": 2})["epochs"] == 2
+
+
+def test_theory_headlines_read_the_summary_tables(monkeypatch):
+    import pandas as pd
+
+    from brainattn.theory import consciousness, pavlovian
+
+    monkeypatch.setattr(pavlovian, "summary", lambda ds: pd.DataFrame({
+        "quantity": ["SNR", "exponent: capacity ~ d_k^a", "exponent: capacity ~ d_k^a"],
+        "setting": ["d_k=32", "average case", "error-free"],
+        "simulation": [1.0, 0.96, 0.47], "theory": [1.0, 0.97, 0.46]}))
+    assert demo.theory_headline("pavlovian", None) == (
+        "capacity ~ d_k^a: a = 0.96 average case (theory 0.97), 0.47 error-free (theory 0.46)")
+    monkeypatch.setattr(consciousness, "summary", lambda ds: pd.DataFrame({
+        "k": [0, 1, 2], "error_ood": [0.05, 0.4, 0.004], "selection_exact": [1.0, 0.0, 0.95]}))
+    assert demo.theory_headline("consciousness", None) == (
+        "top-2: true parents selected in 95% of cases, OOD error 0.0040 vs dense 0.0500")

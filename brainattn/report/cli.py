@@ -13,7 +13,7 @@ def report(
     ),
     out: Path = typer.Option(
         None, "--out", "-o",
-        help="HTML file to write [default: RUN_DIR/report.html, or ./report.html for several]."
+        help="HTML file to write (default: RUN_DIR/report.html; ./report.html for several folders)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
     svg: bool = typer.Option(True, "--svg/--no-svg", help="Also save every figure as SVG."),

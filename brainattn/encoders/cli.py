@@ -85,10 +85,10 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"wrote {path}")
             return
         dist = D.init_distributed(device)
-        try:
-            fit_run(data, out, **common, **fits[0])
-        finally:
-            D.shutdown()
+        # no collective teardown on an error: destroying an NCCL group while a peer waits in a
+        # collective can hang; the process exits and torchrun stops the other ranks
+        fit_run(data, out, **common, **fits[0])
+        D.shutdown()
         if dist is None or dist.is_main:
             typer.echo(f"wrote {out}")
 

@@ -359,11 +359,9 @@ def fit_many(data, out, fits: list[dict], *, log=print, **common) -> list:
             _fit_worker(mine, data, common, dev)
             return [j[0] for j in mine]
         init_distributed(device)
-        try:
-            for o, f in jobs:
-                fit_run(data, o, **common, **f, device=device)
-        finally:
-            shutdown()
+        for o, f in jobs:
+            fit_run(data, o, **common, **f, device=device)
+        shutdown()  # only on success (see the fit CLI: no teardown while a peer may wait)
         return [j[0] for j in jobs]
     n_gpus = visible_gpus() if device in ("auto", "cuda") else 0
     plan = plan_fits(len(jobs), n_gpus)

@@ -106,9 +106,19 @@ class GaborBackbone:
         return {"backbone": self.name, "image_size": self.image_size, "patch": self.patch,
                 "dim": self.dim, "seed": self.seed, "version": 1}
 
+    def _to(self, device) -> None:
+        """Keep the fixed filters and projection on the images' device (CPU or CUDA)."""
+        if self._kernels.device != device:
+            self._kernels = self._kernels.to(device)
+            self._proj = self._proj.to(device)
+            self._bias = self._bias.to(device)
+            if self._shift is not None:
+                self._shift = self._shift.to(device)
+
     def _raw(self, img):
         torch = _torch()
         F = torch.nn.functional
+        self._to(img.device)
         r, g, b = img[:, 0:1], img[:, 1:2], img[:, 2:3]
         lum = (r + g + b) / 3
         rg = r - g

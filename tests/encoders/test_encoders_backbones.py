@@ -41,6 +41,14 @@ def test_gabor_is_deterministic_and_shaped():
     assert torch.isfinite(fa).all()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gabor_on_cuda_matches_cpu():
+    bb = GaborBackbone()
+    x = _images(2, 224)
+    torch.testing.assert_close(bb(x.cuda()).cpu(), bb(x), rtol=1e-4, atol=1e-4)
+
+
 def test_gabor_tokens_are_local():
     """Changing the top-left patch changes top-left tokens and leaves far tokens unchanged."""
     bb = GaborBackbone()

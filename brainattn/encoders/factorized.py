@@ -143,7 +143,7 @@ class SpatialFeatureEncoder(TorchEncoder):
         fit_fwrf(module, X, ((Y - ytr.mean(0)) / ytr.std(0)).astype(np.float32), train_idx,
                  val_idx, centers=self.n_centers, sizes=self.sizes, alphas=self.alphas,
                  n_components=self.n_components, device=dev, log=log)
-        self.module_ = module.eval()
+        self.module_ = module.to(dev).eval()
         self.history_ = []
         self.best_epoch_ = -1
         self.n_features_in_ = int(X.shape[2])

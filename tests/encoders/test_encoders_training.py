@@ -39,7 +39,7 @@ def test_loader_is_reproducible_and_shards_cover_the_epoch():
     assert sorted(got[:, 0].tolist()) == sorted(ya[:, 0].tolist())
 
 
-@pytest.mark.parametrize("make", [_tbe, lambda: SpatialFeatureEncoder(epochs=4, patience=None,
+@pytest.mark.parametrize("make", [_tbe, lambda: SpatialFeatureEncoder(method="sgd", epochs=4, patience=None,
                                                                      device="cpu")])
 def test_resume_reaches_the_uninterrupted_result(tmp_path, make):
     X, Y = _data()

@@ -1,7 +1,9 @@
-"""The issue's science targets on a CI-sized synthetic cortex (1 subject, 112 px images, a few
-hundred images): the transformer routes to the object of its ROI's category, and so beats the
-factorized and ridge baselines in category-selective ROIs; the factorized model is the strong
-baseline in early visual cortex. Full-size numbers are in benchmarks/results_encoders.md."""
+"""The issue's science targets on a CI-sized synthetic cortex (1 subject, 360 images of 112 px,
+tokens of 8 px): the transformer routes to the object of its ROI's category, so it beats the
+factorized and ridge baselines in category-selective ROIs by >= 10 points, stays within 5 points
+of the factorized model in early visual cortex, and its category queries' attention peaks inside
+the objects' boxes in >= 80 % of held-out images. Demo-size numbers:
+benchmarks/results_encoders.md."""
 
 import numpy as np
 import pytest
@@ -59,11 +61,13 @@ def test_transformer_wins_in_category_rois(fitted):
     scores, *_ = fitted
     g = {m: roi_group_medians(s) for m, s in scores.items()}
     print(g)
-    # CI size: a margin of 5 points (the issue's 10 are checked at full size, see the results)
-    assert g["transformer"]["category"] > g["factorized"]["category"] + 5, g
-    assert g["transformer"]["category"] > g["ridge"]["category"] + 5, g
-    # retinotopic cortex is where the factorized (where x what) model is strongest
-    assert g["factorized"]["early_visual"] > g["ridge"]["early_visual"] + 5, g
+    # the issue's targets, in points of noise-normalised accuracy (0.10 = 10 points); measured
+    # here: transformer 72.8 vs factorized 3.5 / ridge 9.9 (category), EV 55.7 vs 56.2
+    assert g["transformer"]["category"] >= g["factorized"]["category"] + 10, g
+    assert g["transformer"]["category"] >= g["ridge"]["category"] + 10, g
+    assert abs(g["transformer"]["early_visual"] - g["factorized"]["early_visual"]) <= 5, g
+    # retinotopic cortex is where the factorized (where x what) model beats pooled ridge
+    assert g["factorized"]["early_visual"] > g["ridge"]["early_visual"] + 10, g
 
 
 @pytest.mark.slow
@@ -75,4 +79,4 @@ def test_category_queries_attend_to_their_objects(fitted):
     rate, n = hits["all"]
     print(hits)
     assert n > 50
-    assert rate > 0.6, hits
+    assert rate >= 0.8, hits  # measured 0.92 (784 image x query pairs)

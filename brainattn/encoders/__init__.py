@@ -7,6 +7,7 @@ Public API::
     assign_queries                                                   (vertex -> query map)
     GaborBackbone, TimmViTBackbone, make_backbone, get_features      (tokens, cache)
     pearson_per_column, noise_normalized, roi_medians, score_table   (metrics)
+    brainattn.encoders.synthcheck: attention_in_box, roi_group_medians, demo_fit (ground truth)
     fit_run, evaluate_run, predict_run                               (run folders, the CLI's core)
 
 Run-folder files the report draws
@@ -28,7 +29,7 @@ Run-folder files the report draws
     token grid, last decoder layer, sums to 1 per (image, query); coords ``image`` (row index of
     the data set), ``image_id`` (image), ``query`` (``lh:FFA-1``...), ``query_hemisphere``,
     ``query_roi`` (query), ``row``, ``col``; attrs ``grid_rows``, ``grid_cols``. Row 0 is the top
-    of the image. In ``vertices`` mode the maps are averaged over each ROI's vertices.
+    of the image. Per-vertex queries (``vertices``/``hybrid`` modes) are averaged over each ROI.
 ``history.csv``
     one row per epoch: ``epoch, lr, train_loss, val_loss, val_mean_r, val_median_r, seconds``.
 ``config.json``, ``split.json`` (train/val/test image indices), ``model.safetensors`` +

@@ -21,7 +21,8 @@ per-hemisphere ``Linear(d -> n_vertices)`` with each vertex taking its own ROI q
 
 Query modes (:func:`assign_queries`): ``rois`` -- one query per ROI per hemisphere (a vertex
 belongs to the first listed ROI family that labels it) plus one ``other`` query per hemisphere
-for unlabelled vertices; ``hemis`` -- one query per hemisphere; ``vertices`` -- one per vertex.
+for unlabelled vertices; ``hemis`` -- one query per hemisphere; ``vertices`` -- one per vertex;
+``hybrid`` -- one per vertex in the retinotopic ROIs (``prf-visualrois``), one per ROI elsewhere.
 """
 
 from __future__ import annotations

@@ -248,9 +248,24 @@ class TransformerModule(EncoderModule):
             tgt = tgt.expand(x.shape[0], -1, -1)
         return self.out_norm(tgt), w
 
+    #: ``None``: all-queries-then-gather readout on CUDA when there are at most
+    #: ``DENSE_READOUT_MAX_QUERIES`` queries, grouped readout elsewhere; ``True``/``False`` force it.
+    dense_readout: bool | None = None
+    DENSE_READOUT_MAX_QUERIES = 256
+
     def readout(self, out):
         if self.per_vertex:
             return (out * self.readout_w).sum(-1) + self.readout_b
+        dense = self.dense_readout
+        if dense is None:
+            dense = out.is_cuda and out.shape[1] <= self.DENSE_READOUT_MAX_QUERIES
+        if dense:
+            # On a GPU two kernels (every query against every vertex's weights, then each
+            # vertex's own query) beat ~2 small matmuls per query, whose launches bounded the
+            # step at Algonauts size (benchmarks/results_scale.md); costs n_queries x the flops.
+            full = out @ self.readout_w.to(out.dtype).T  # (B, Q, V)
+            idx = self.vertex_query.view(1, 1, -1).expand(out.shape[0], 1, -1)
+            return full.gather(1, idx).squeeze(1) + self.readout_b.to(out.dtype)
         # one gather of the weights into query order, one small matmul per query, one
         # scatter back: O(V * width) memory, no per-query index_put of the whole output
         parts = []

@@ -49,6 +49,13 @@ def test_grouped_readout_equals_dense_gather(vq):
     out = torch.randn(5, vq.max() + 1, 8)
     want = (out[:, torch.as_tensor(vq)] * m.readout_w).sum(-1) + m.readout_b
     torch.testing.assert_close(m.readout(out), want)
+    m.dense_readout = True  # the GPU's all-queries-then-gather form: same function
+    torch.testing.assert_close(m.readout(out), want)
+    out.requires_grad_(True)
+    g_dense = torch.autograd.grad(m.readout(out).square().sum(), out)[0]
+    m.dense_readout = False
+    g_grouped = torch.autograd.grad(m.readout(out).square().sum(), out)[0]
+    torch.testing.assert_close(g_dense, g_grouped)
 
 
 def test_attention_goes_through_the_kernel(monkeypatch):

@@ -455,9 +455,6 @@ def write_algonauts(
 
     target = Path(root) / subject
     with atomic_dir(target, overwrite=overwrite) as tmp:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; follow the umask
         fmri = tmp / "training_split" / "training_fmri"
         fmri.mkdir(parents=True)
         betas = ds["betas"].variable

@@ -490,7 +490,6 @@ def generate(
             "n_trials_repeats": N_TRIALS, "mesh": "fsaverage5",
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; follow the umask
         first_img_dirs = None
         for s in range(subjects):
             subject = f"subj{s + 1:02d}"
@@ -577,13 +576,6 @@ def _save_ground_truth(ds: xr.Dataset, path: Path) -> None:
     ds.attrs = _netcdf_safe_attrs(dict(ds.attrs))
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
-        os.chmod(tmp, 0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _ground_truth(model, table, energy, signal, n_train, n_test, names, test_names, scale,

@@ -149,7 +149,6 @@ def build_report(run_dirs, out=None, overwrite: bool = False, *, svg: bool = Tru
     sections = draw_sections(found, svg=svg, log=log)
     html = page(sections, title=title or _title(found), roots=[str(p) for p in run_dirs])
     with atomic_dir(figs, overwrite=True) as tmp:
-        _chmod_default(tmp, 0o777)
         for sec in sections:
             for fig in sec.figures:
                 (tmp / f"{fig.name}.png").write_bytes(fig.png)
@@ -157,15 +156,7 @@ def build_report(run_dirs, out=None, overwrite: bool = False, *, svg: bool = Tru
                     (tmp / f"{fig.name}.svg").write_bytes(fig.svg)
     with atomic_path(out) as tmp:
         tmp.write_text(html, encoding="utf-8")
-        _chmod_default(tmp, 0o666)
     return out
-
-
-def _chmod_default(path: Path, mode: int) -> None:
-    """Give a temporary file/folder the permissions a plain open() would (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
 
 
 def _title(found: Discovery) -> str:

@@ -75,7 +75,11 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 class TorchEncoder:
     """Base: subclasses define ``_build(n_tokens, n_features, n_vertices)`` -> nn.Module and
     ``_param_names``. Learned: ``module_`` (the torch module holding normalisation buffers),
-    ``history_`` (list of per-epoch dicts), ``best_epoch_``, ``n_features_in_``."""
+    ``history_`` (list of per-epoch dicts), ``best_epoch_``, ``n_features_in_``.
+
+    An optional attribute ``cuda_graph`` (``None`` = auto, ``True``, ``False``; absent = auto)
+    is passed to :func:`~brainattn.encoders.training.fit_loop`: on CUDA with one process the
+    training step is replayed as a CUDA graph."""
 
     _param_names: tuple[str, ...] = ()
 
@@ -138,7 +142,8 @@ class TorchEncoder:
                          ckpt_dir=ckpt_dir, resume=resume, device=dev, amp=amp,
                          grad_clip=self.grad_clip, patience=self.patience,
                          schedule=self.schedule, warmup=getattr(self, "warmup", 0),
-                         extra_loss=self._extra_loss(), log=log, stop_after=stop_after)
+                         extra_loss=self._extra_loss(), log=log, stop_after=stop_after,
+                         cuda_graph=getattr(self, "cuda_graph", None))
         self.module_ = module
         self.history_ = state["history"]
         self.best_epoch_ = state["best_epoch"]
@@ -148,7 +153,11 @@ class TorchEncoder:
         return self
 
     def _optimizer(self, module):
-        return torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # fused AdamW on CUDA: one kernel for the whole update instead of a few per tensor
+        # (checkpoints do not depend on it: see brainattn.encoders.training._IMPL_KEYS)
+        cuda = all(p.is_cuda for p in module.parameters())
+        return torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+                                 **({"fused": True} if cuda else {}))
 
     def _check_fitted(self):
         if not hasattr(self, "module_"):

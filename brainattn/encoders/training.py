@@ -204,11 +204,12 @@ class ArrayLoader:
             yield x, y
 
 
-def autocast(device, amp: bool):
-    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere."""
+def autocast(device, amp: bool, *, cache_enabled: bool = True):
+    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere. ``cache_enabled=False`` for
+    code that is captured in a CUDA graph (the weight-cast cache must not outlive a step)."""
     dev = torch.device(device)
     if amp and dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 
@@ -219,26 +220,165 @@ def _oom_message(exc, batch_size) -> BrainAttnError:
     )
 
 
-def train_epoch(model, loader, opt, *, device="cpu", amp: bool = False,
-                grad_clip: float | None = None, extra_loss=None, desc: str = "train") -> float:
-    """One pass over ``loader`` minimising MSE (+ ``extra_loss(model)``); returns the mean loss."""
-    model.train()
+def _step(model, opt, x, y, *, device, amp: bool, grad_clip, extra_loss,
+          set_to_none: bool = True, cache_enabled: bool = True) -> torch.Tensor:
+    """One optimisation step on (x, y): MSE (+ ``extra_loss``), backward, clip, optimizer
+    step. Returns the loss (0-d, on the device, not synchronised)."""
     inner = getattr(model, "module", model)  # DDP wraps the model; extra_loss wants the module
+    with autocast(device, amp, cache_enabled=cache_enabled):
+        pred = model(x)
+        loss = torch.mean((pred.float() - y) ** 2)
+        if extra_loss is not None:
+            loss = loss + extra_loss(inner)
+    opt.zero_grad(set_to_none=set_to_none)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss
+
+
+def prepare_graph_optimizer(opt, device) -> None:
+    """Make ``opt`` (Adam/AdamW/SGD-like) replayable in a CUDA graph: ``capturable=True``,
+    each group's ``lr`` a 0-d float32 tensor on ``device`` (set it with :func:`set_lr`, in
+    place, so a captured step sees the new value), ``step`` counters on the device."""
+    device = torch.device(device)
+    for g in opt.param_groups:
+        if "capturable" in g:
+            g["capturable"] = True
+        if not torch.is_tensor(g["lr"]):
+            g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=device)
+    for st in opt.state.values():
+        step = st.get("step")
+        if torch.is_tensor(step) and step.device != device:
+            st["step"] = step.to(device=device, dtype=torch.float32)
+
+
+def set_lr(group: dict, value: float) -> None:
+    """Set a parameter group's learning rate (in place when it is a tensor)."""
+    if torch.is_tensor(group["lr"]):
+        group["lr"].fill_(float(value))
+    else:
+        group["lr"] = float(value)
+
+
+class CudaGraphStep:
+    """The whole training step (bf16 forward, loss, backward, gradient clipping, optimizer
+    step) captured once as a CUDA graph and replayed for every full-size batch.
+
+    The first ``warmup`` full batches are ordinary eager steps on a side stream (Triton kernels
+    compile and autotune, the optimizer creates its state); the next one is captured, and from
+    then on a step is two copies into static input buffers plus one graph replay: a handful of
+    launches instead of hundreds. Dropout stays random across replays (torch's graph-safe
+    philox offsets); the learning rate is read from the optimizer's ``lr`` tensors, so
+    :func:`set_lr` between epochs takes effect. Batches of another shape (the partial last
+    batch) run eagerly with the same optimizer (gradients are zeroed in place: the graph keeps
+    writing into the same ``.grad`` tensors).
+
+    ``opt`` must have gone through :func:`prepare_graph_optimizer`. ``strict``: a capture that
+    fails raises; otherwise it warns and the remaining steps run eagerly.
+    """
+
+    def __init__(self, model, opt, *, device, amp: bool, grad_clip, extra_loss,
+                 batch_size: int, warmup: int = 3, strict: bool = True):
+        self.model, self.opt = model, opt
+        self.device = torch.device(device)
+        self.kw = {"device": self.device, "amp": amp, "grad_clip": grad_clip,
+                   "extra_loss": extra_loss}
+        self.batch_size = int(batch_size)
+        self.warmup = int(warmup)
+        self.strict = strict
+        self.n_warm = 0
+        self.graph = None
+        self.disabled = False
+        self.static_x = self.static_y = self.static_loss = None
+        self._side = None
+
+    def accepts(self, x, y) -> bool:
+        """Whether (x, y) goes through the graph (full-size batch of the captured shape)."""
+        if self.disabled or y is None:
+            return False
+        if self.static_x is None:
+            return x.shape[0] == self.batch_size
+        return (x.shape == self.static_x.shape and y.shape == self.static_y.shape
+                and x.dtype == self.static_x.dtype and y.dtype == self.static_y.dtype)
+
+    def eager(self, x, y) -> torch.Tensor:
+        """One eager step with the same optimizer (after capture: gradients zeroed in place)."""
+        return _step(self.model, self.opt, x, y, set_to_none=self.graph is None, **self.kw)
+
+    def step(self, x, y) -> torch.Tensor:
+        """One training step on a full-size batch; returns the loss tensor (0-d, on the device;
+        after capture a static buffer, overwritten by the next replay)."""
+        if self.graph is not None:
+            self.static_x.copy_(x, non_blocking=True)
+            self.static_y.copy_(y, non_blocking=True)
+            self.graph.replay()
+            return self.static_loss
+        if self.n_warm < self.warmup:
+            cur = torch.cuda.current_stream(self.device)
+            if self._side is None:
+                self._side = torch.cuda.Stream(self.device)
+            self._side.wait_stream(cur)
+            with torch.cuda.stream(self._side):
+                loss = _step(self.model, self.opt, x, y, cache_enabled=False, **self.kw)
+            cur.wait_stream(self._side)
+            self.n_warm += 1
+            return loss
+        return self._capture(x, y)
+
+    def _capture(self, x, y) -> torch.Tensor:
+        import warnings
+
+        self.static_x = torch.empty_like(x)
+        self.static_y = torch.empty_like(y)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.opt.zero_grad(set_to_none=True)  # .grad is allocated from the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: a streaming loader's prefetch thread may use CUDA meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                loss = _step(self.model, self.opt, self.static_x, self.static_y,
+                             cache_enabled=False, **self.kw)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            why = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            if self.strict:
+                raise BrainAttnError(f"cuda_graph: capturing the training step failed ({why}); "
+                                     "train with cuda_graph=False") from exc
+            warnings.warn(f"CUDA-graph capture of the training step failed ({why}); training "
+                          "eagerly", stacklevel=2)
+            self.disabled = True
+            self.static_x = self.static_y = None
+            torch.cuda.synchronize(self.device)
+            return _step(self.model, self.opt, x, y, **self.kw)
+        self.graph, self.static_loss = graph, loss
+        graph.replay()  # capturing ran nothing: this is the step of this batch
+        return loss
+
+
+def train_epoch(model, loader, opt, *, device="cpu", amp: bool = False,
+                grad_clip: float | None = None, extra_loss=None, desc: str = "train",
+                graph: CudaGraphStep | None = None) -> float:
+    """One pass over ``loader`` minimising MSE (+ ``extra_loss(model)``); returns the mean loss.
+
+    ``graph``: run full-size batches through this :class:`CudaGraphStep` (same model and
+    optimizer), the others eagerly."""
+    model.train()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     n_steps = len(loader)
     bar = progress(loader, desc=desc, total=n_steps)
+    kw = {"device": device, "amp": amp, "grad_clip": grad_clip, "extra_loss": extra_loss}
     for i, (x, y) in enumerate(bar):
         try:
-            with autocast(device, amp):
-                pred = model(x)
-                loss = torch.mean((pred.float() - y) ** 2)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(inner)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
+            if graph is None:
+                loss = _step(model, opt, x, y, **kw)
+            elif graph.accepts(x, y):
+                loss = graph.step(x, y)
+            else:
+                loss = graph.eager(x, y)
         except torch.cuda.OutOfMemoryError as exc:
             raise _oom_message(exc, loader.batch_size) from exc
         # the loss stays on the device (a float() per step would stall the GPU queue); it is
@@ -300,7 +440,10 @@ def evaluate(model, loader, *, device="cpu", amp: bool = False, dist=None) -> di
 
 def _flat_optimizer(opt) -> tuple[dict, dict]:
     sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    # a tensor learning rate (CUDA-graph training) is stored as a plain number
+    groups = [{k: (float(v) if torch.is_tensor(v) and v.numel() == 1 else v)
+               for k, v in g.items()} for g in sd["param_groups"]]
+    tensors, meta = {}, {"param_groups": groups, "state": {}}
     for idx, st in sd["state"].items():
         meta["state"][str(idx)] = []
         for name, val in st.items():
@@ -310,11 +453,25 @@ def _flat_optimizer(opt) -> tuple[dict, dict]:
     return tensors, meta
 
 
+#: optimizer options that say how the update is computed, not what it is: a checkpoint keeps
+#: the loading optimizer's (a run saved on a GPU with fused/capturable AdamW resumes on a CPU)
+_IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable")
+
+
 def _load_optimizer(opt, tensors: dict, meta: dict) -> None:
     state = {}
     for idx, names in meta["state"].items():
         state[int(idx)] = {n: tensors[f"optim.{idx}.{n}"] for n in names}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = []
+    for saved, cur in zip(meta["param_groups"], opt.param_groups, strict=False):
+        groups.append({**saved, **{k: cur[k] for k in _IMPL_KEYS if k in cur}})
+    groups += meta["param_groups"][len(groups):]  # a count mismatch: load_state_dict says so
+    lrs = [g["lr"] if torch.is_tensor(g["lr"]) else None for g in opt.param_groups]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    for g, t in zip(opt.param_groups, lrs, strict=True):  # keep tensor LRs (captured graphs)
+        if t is not None:
+            t.fill_(float(g["lr"]))
+            g["lr"] = t
 
 
 def save_module(path, model) -> None:
@@ -370,7 +527,7 @@ def load_checkpoint(ckpt_dir, *, model, opt) -> dict:
     return state
 
 
-def config_diff(a: dict, b: dict, ignore=("device",)) -> list[str]:
+def config_diff(a: dict, b: dict, ignore=("device", "cuda_graph")) -> list[str]:
     """Keys whose values differ between two configs (JSON-normalised)."""
     a = json.loads(json.dumps(a, default=str))
     b = json.loads(json.dumps(b, default=str))
@@ -393,11 +550,27 @@ def lr_factor(epoch: int, *, schedule: str, epochs: int, warmup: int = 0,
     raise ConfigError(f"schedule {schedule!r}: expected 'cosine', 'step' or 'constant'")
 
 
+def _use_graph(cuda_graph: bool | None, device, dist) -> bool:
+    """Resolve ``cuda_graph`` (None = auto) for this device and world size."""
+    dev = torch.device(device)
+    if cuda_graph is None:
+        return dev.type == "cuda" and dist is None
+    if not cuda_graph:
+        return False
+    if dev.type != "cuda":
+        raise ConfigError(f"cuda_graph=True: CUDA graphs need a CUDA device, training runs on "
+                          f"{dev.type}; use cuda_graph=None (auto) or False")
+    if dist is not None:
+        raise ConfigError(f"cuda_graph=True: not supported with data parallelism (world size "
+                          f"{dist.world_size}); use cuda_graph=None (auto) or False")
+    return True
+
+
 def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
              ckpt_dir=None, resume: bool = False, device="cpu", amp: bool = False,
              grad_clip: float | None = None, patience: int | None = None,
              schedule: str = "cosine", warmup: int = 0, extra_loss=None, log=None,
-             stop_after: int | None = None, dist=None) -> dict:
+             stop_after: int | None = None, dist=None, cuda_graph: bool | None = None) -> dict:
     """Train for up to ``epochs`` epochs, keep the best model by validation mean r.
 
     Returns the final state dict (``history``: one dict per epoch with ``epoch``, ``lr``,
@@ -406,6 +579,10 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
     ``stop_after`` ends the call after that many epochs as if killed (tests of ``resume``).
     ``dist``: a :class:`~brainattn.encoders.distributed.DistContext` (default: the one torchrun
     set up, if any): data-parallel training, rank-0 checkpoints (see that module).
+    ``cuda_graph``: replay the training step as a CUDA graph (:class:`CudaGraphStep`; makes
+    ``opt`` capturable with tensor learning rates). ``None`` (auto): on for a CUDA ``device``
+    with one process; ``True`` on a CPU device or with data parallelism is refused
+    (:class:`~brainattn.errors.ConfigError`); ``False``: eager steps.
     """
     from brainattn.encoders import distributed as D
 
@@ -418,7 +595,8 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
     if dist is not None:
         train_loader.shard(dist.rank, dist.world_size)
         val_loader.shard(dist.rank, dist.world_size)
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    use_graph = _use_graph(cuda_graph, device, dist)
+    base_lrs = [float(g["lr"]) for g in opt.param_groups]
     state = {"epoch": -1, "best_epoch": -1, "best_val_mean_r": -float("inf"), "bad_epochs": 0,
              "history": [], "config": config, "done": False}
     if ckpt_dir is not None and resume:
@@ -438,6 +616,12 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
         train_model = dist.wrap(model)
         log(f"data-parallel over {dist.world_size} processes ({dist.backend}), "
             f"{train_loader.batch_size // dist.world_size} images per process and step")
+    graph = None
+    if use_graph:  # after a resume: the loaded optimizer state is what gets captured
+        prepare_graph_optimizer(opt, device)
+        graph = CudaGraphStep(model, opt, device=device, amp=amp, grad_clip=grad_clip,
+                              extra_loss=extra_loss, batch_size=train_loader.batch_size,
+                              strict=cuda_graph is True)
     best_path = None if ckpt_dir is None else Path(ckpt_dir) / "best.safetensors"
     best_mem = None
     if state["done"]:
@@ -451,13 +635,13 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
         t0 = time.perf_counter()
         f = lr_factor(epoch, schedule=schedule, epochs=epochs, warmup=warmup)
         for g, lr0 in zip(opt.param_groups, base_lrs, strict=True):
-            g["lr"] = lr0 * f
+            set_lr(g, lr0 * f)
         train_loader.set_epoch(epoch)
         where = f"{ckpt_dir}" if ckpt_dir is not None else "nowhere (no checkpoint folder)"
         try:
             loss = train_epoch(train_model, train_loader, opt, device=device, amp=amp,
                                grad_clip=grad_clip, extra_loss=extra_loss,
-                               desc=f"epoch {epoch + 1}/{epochs}")
+                               desc=f"epoch {epoch + 1}/{epochs}", graph=graph)
             if dist is not None:
                 loss = dist.all_reduce_mean(loss)
             metrics = evaluate(model, val_loader, device=device, amp=amp, dist=dist)

@@ -19,6 +19,8 @@ Parts (``--parts``, comma-separated):
 ``brainattn``  TransformerBrainEncoder's module + training loop (``rois`` queries, bf16 AMP,
                Triton attention, features held on the GPU): s/epoch, images/s, peak memory,
                validation mean r per epoch.
+``brainattn_graph`` the same with the training step replayed as a CUDA graph and fused AdamW
+               (``fit_loop(cuda_graph=None)``: on CUDA; ``brainattn`` itself trains eagerly).
 ``published``  :mod:`published_decoder` (DETR decoder on nn.MultiheadAttention, eager, AMP),
                fed as it would be: a ``torch.utils.data.DataLoader`` over the memory-mapped cache
                (8 workers, pinned memory, float32 batches); same epochs, optimiser, LR, clip.
@@ -350,7 +352,8 @@ def _gather_readout(self, out):
 
 
 def run_brainattn(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, dist=None,
-                  profile: int = 0, gather_readout: bool = False):
+                  profile: int = 0, gather_readout: bool = False,
+                  cuda_graph: bool | None = False):
     torch.manual_seed(seed)
     L = data.X.shape[1]
     m = TransformerModule(L, data.X.shape[2], len(data.hemi), vertex_query=data.vq,
@@ -361,11 +364,14 @@ def run_brainattn(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, dist=None,
     tr, va = data.loaders(cfg, dev, batch, seed)
     resident = torch.cuda.memory_allocated(dev) / 2**30 if dev.type == "cuda" else 0.0
     reset_peak(dev)
-    opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-4,
+                            **({"fused": True} if dev.type == "cuda" and cuda_graph is not False
+                               else {}))
     if gather_readout:
         m.readout = _gather_readout.__get__(m)
     st = fit_loop(m, opt, tr, va, epochs=epochs, config={}, device=dev, amp=dev.type == "cuda",
-                  grad_clip=0.1, schedule="step", patience=None, dist=dist, log=log)
+                  grad_clip=0.1, schedule="step", patience=None, dist=dist, log=log,
+                  cuda_graph=cuda_graph)
     hist = st["history"]
     prof = None
     if profile and dist is None:
@@ -375,7 +381,9 @@ def run_brainattn(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, dist=None,
                                                    amp=dev.type == "cuda", grad_clip=0.1), dev,
                              profile)
     name = "brainattn TransformerBrainEncoder (rois)" + (", gather readout" if gather_readout
-                                                          else "")
+                                                          else "") \
+        + (", CUDA graph + fused AdamW" if dev.type == "cuda" and cuda_graph is not False
+           else "")
     return {"model": name, "epochs": len(hist), "profile": prof,
             "epoch_s": [round(h["seconds"], 3) for h in hist],
             "val_r": [round(h["val_mean_r"], 4) for h in hist],
@@ -653,10 +661,11 @@ def main(argv=None) -> dict:
             part, _, pb = part_b.partition("@")  # "ddp@32": batch 32, lr * sqrt(32 / batch)
             pbatch = int(pb) if pb else batch
             plr = args.lr * math.sqrt(pbatch / batch)
-            if part in ("brainattn", "brainattn_gather", "ddp"):
+            if part in ("brainattn", "brainattn_gather", "brainattn_graph", "ddp"):
                 r = run_brainattn(cfg, data, dev, epochs=epochs, batch=pbatch, lr=plr,
                                   dist=dist, profile=args.profile if part != "ddp" else 0,
-                                  gather_readout=part == "brainattn_gather")
+                                  gather_readout=part == "brainattn_gather",
+                                  cuda_graph=None if part == "brainattn_graph" else False)
             elif part in ("published", "published_gpu"):
                 r = run_published(cfg, data, dev, epochs=epochs, batch=batch, lr=args.lr,
                                   gpu_loader=part == "published_gpu", profile=args.profile)

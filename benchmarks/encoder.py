@@ -83,6 +83,11 @@ SIZES = {
     "full": dict(n_train=8857, n_val=984, grid=(31, 31), dim=768, lh=19004, rh=20544,
                  width=768, heads=16, ffn=1024, batch=16, epochs=3, vertex_steps=20,
                  roi_scale=1.0, workers=8, synth_images=2000, synth_epochs=6),
+    # the full token grid and widths with fewer images and vertices: reproduces the full-size
+    # learning behaviour on a CPU in minutes
+    "mid": dict(n_train=1200, n_val=200, grid=(31, 31), dim=768, lh=1900, rh=2050,
+                width=768, heads=16, ffn=1024, batch=16, epochs=2, vertex_steps=3,
+                roi_scale=0.1, workers=2, synth_images=400, synth_epochs=2),
     "tiny": dict(n_train=48, n_val=16, grid=(4, 4), dim=32, lh=150, rh=170, width=32, heads=4,
                  ffn=64, batch=8, epochs=1, vertex_steps=2, roi_scale=0.005, workers=0,
                  synth_images=24, synth_epochs=1),

@@ -5,12 +5,20 @@ Architecture (DETR-style decoder, no encoder layers)::
 
     memory  = LayerNorm(Linear(z-scored tokens))                (B, L, d)
     keys    = memory + sine-2D-PE(grid)      values = memory
-    tgt     = learned queries                                   (1, Q, d), broadcast over B
-    per layer (pre-norm):  tgt += Dropout(Wo . attention(Wq LN(tgt), Wk keys, Wv values,
-                                                      + optional Gaussian pRF bias))
+    tgt     = 0;  query_pos = learned query embedding           (1, Q, d), broadcast over B
+    per layer (pre-norm):  tgt += Dropout(Wo . attention(Wq (LN(tgt) + query_pos), Wk keys,
+                                                      Wv values, + optional Gaussian pRF bias))
                            tgt += Dropout(FFN(LN(tgt)))
     out     = LN(tgt)                                           (B, Q, d)
     pred[v] = out[query(v)] . w_v + b_v                          (B, V)
+
+As in DETR, the learned query embedding only says *where to look* (it enters each layer's
+attention queries) and the residual stream starts at zero, with zero-initialised projection
+biases: so at initialisation everything the readout sees comes from the image. Starting the
+stream at the learned queries instead (an earlier version) buries the image signal -- an average
+over ~1,000 tokens is ~30x smaller than the constant part -- and at Algonauts size (961 tokens x
+768 features, width 768) that model did not learn at all (validation r 0.005 against 0.63 for
+the published decoder; benchmarks/results_scale.md).
 
 All attention goes through :func:`brainattn.kernels.attention` (Triton on CUDA); the pRF prior
 ``-||x - mu||^2 / (2 sigma^2)`` per head and query enters as its rank-4 factors
@@ -146,18 +154,21 @@ class CrossAttentionLayer(nn.Module):
         self.norm_ff = nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
         self.drop = nn.Dropout(dropout)
+        for lin in (self.wq, self.wk, self.wv, self.wo):  # as nn.MultiheadAttention
+            nn.init.zeros_(lin.bias)
         self.prf_bias = prf_bias
         if prf_bias:
             g = torch.Generator().manual_seed(seed + 11)
             self.prf_mu = nn.Parameter((torch.rand(heads, n_queries, 2, generator=g) * 2 - 1) * 0.7)
             self.prf_log_sigma = nn.Parameter(torch.full((heads, n_queries), math.log(0.5)))
 
-    def _qkv(self, tgt, keys, values):
+    def _qkv(self, tgt, keys, values, query_pos):
         B = keys.shape[0]
         L = keys.shape[1]
         Q = tgt.shape[1]
         hd = self.d // self.h
-        q = self.wq(self.norm_q(tgt)).view(tgt.shape[0], Q, self.h, hd).transpose(1, 2)
+        qin = self.norm_q(tgt) + query_pos
+        q = self.wq(qin).view(qin.shape[0], Q, self.h, hd).transpose(1, 2)
         k = self.wk(keys).view(B, L, self.h, hd).transpose(1, 2)
         v = self.wv(values).view(B, L, self.h, hd).transpose(1, 2)
         return q, k, v
@@ -170,10 +181,12 @@ class CrossAttentionLayer(nn.Module):
         sigma = self.prf_log_sigma.float().exp().clamp_min(0.03)
         return prf_bias_factors(self.prf_mu.float(), sigma, positions)
 
-    def forward(self, tgt, keys, values, positions, need_weights: bool = False):
+    def forward(self, tgt, keys, values, positions, query_pos, need_weights: bool = False):
+        """``tgt`` (1 or B, Q, d) residual stream, ``query_pos`` (1, Q, d) learned query
+        embedding, ``keys``/``values`` (B, L, d), ``positions`` (L, 2) token centres."""
         from brainattn.kernels import attention, attention_weights
 
-        q, k, v = self._qkv(tgt, keys, values)
+        q, k, v = self._qkv(tgt, keys, values, query_pos)
         q_bias, k_bias = self._bias(positions)
         if q.dtype != torch.float32 and q_bias is not None:
             q, k, v = q, k.to(q.dtype), v.to(q.dtype)
@@ -209,7 +222,8 @@ class TransformerModule(EncoderModule):
         g = torch.Generator().manual_seed(seed)
         self.input_proj = nn.Linear(n_features, width)
         self.input_norm = nn.LayerNorm(width)
-        self.queries = nn.Parameter(torch.randn(1, nq, width, generator=g) * 0.02)
+        # DETR's query embedding (nn.Embedding's N(0, 1) init); the stream itself starts at 0
+        self.query_pos = nn.Parameter(torch.randn(1, nq, width, generator=g))
         self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, ffn, dropout, nq, prf_bias, seed)
                                     for _ in range(layers))
         self.out_norm = nn.LayerNorm(width)
@@ -239,10 +253,11 @@ class TransformerModule(EncoderModule):
         (B, Q, L)]."""
         mem = self.input_norm(self.input_proj(self.normalise(x)))
         keys = mem + self.pos.to(mem.dtype)
-        tgt = self.queries
+        qpos = self.query_pos.to(mem.dtype)
+        tgt = torch.zeros_like(qpos)
         w = None
         for i, layer in enumerate(self.layers):
-            tgt, w = layer(tgt, keys, mem, self.positions,
+            tgt, w = layer(tgt, keys, mem, self.positions, qpos,
                            need_weights=need_weights and i == len(self.layers) - 1)
         if tgt.shape[0] != x.shape[0]:
             tgt = tgt.expand(x.shape[0], -1, -1)

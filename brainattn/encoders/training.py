@@ -223,7 +223,8 @@ def _oom_message(exc, batch_size) -> BrainAttnError:
 def _step(model, opt, x, y, *, device, amp: bool, grad_clip, extra_loss,
           set_to_none: bool = True, cache_enabled: bool = True) -> torch.Tensor:
     """One optimisation step on (x, y): MSE (+ ``extra_loss``), backward, clip, optimizer
-    step. Returns the loss (0-d, on the device, not synchronised)."""
+    step. Returns the loss, detached (0-d, on the device, not synchronised; holding the
+    autograd graph past the step would keep its AccumulateGrad nodes on this step's stream)."""
     inner = getattr(model, "module", model)  # DDP wraps the model; extra_loss wants the module
     with autocast(device, amp, cache_enabled=cache_enabled):
         pred = model(x)
@@ -235,7 +236,7 @@ def _step(model, opt, x, y, *, device, amp: bool, grad_clip, extra_loss,
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
-    return loss
+    return loss.detach()
 
 
 def prepare_graph_optimizer(opt, device) -> None:

@@ -179,7 +179,8 @@ class CrossAttentionLayer(nn.Module):
         from brainattn.kernels import prf_bias_factors
 
         sigma = self.prf_log_sigma.float().exp().clamp_min(0.03)
-        return prf_bias_factors(self.prf_mu.float(), sigma, positions)
+        # sigma > 0 by construction: no validation, whose GPU read-back would stop graph capture
+        return prf_bias_factors(self.prf_mu.float(), sigma, positions, validate=False)
 
     def forward(self, tgt, keys, values, positions, query_pos, need_weights: bool = False):
         """``tgt`` (1 or B, Q, d) residual stream, ``query_pos`` (1, Q, d) learned query
@@ -310,21 +311,23 @@ class TransformerBrainEncoder(TorchEncoder):
     prf_bias : learn a Gaussian pRF prior (centre, size) per head and query.
     epochs, batch_size, lr, weight_decay, grad_clip, schedule ('cosine'|'step'|'constant'),
     warmup (epochs), patience (early stopping on validation mean r; None = off),
-    val_fraction, seed, device ('auto'), amp (bf16 autocast on CUDA).
+    val_fraction, seed, device ('auto'), amp (bf16 autocast on CUDA), cuda_graph (replay the
+    training step as a CUDA graph: None = on a single CUDA device, else eager; True on a CPU or
+    under DDP is an error).
 
     Learned: ``module_``, ``history_``, ``best_epoch_``, ``query_names_``, ``vertex_query_``.
     """
 
     _param_names = ("queries", "width", "heads", "ffn", "layers", "dropout", "prf_bias",
                     "epochs", "batch_size", "lr", "weight_decay", "grad_clip", "schedule",
-                    "warmup", "patience", "val_fraction", "seed", "device", "amp")
+                    "warmup", "patience", "val_fraction", "seed", "device", "amp", "cuda_graph")
 
     def __init__(self, queries: str = "rois", width: int = 768, heads: int = 16, ffn: int = 1024,
                  layers: int = 1, dropout: float = 0.1, prf_bias: bool = False, epochs: int = 15,
                  batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-4,
                  grad_clip: float | None = 0.1, schedule: str = "cosine", warmup: int = 0,
                  patience: int | None = 5, val_fraction: float = 0.1, seed: int = 0,
-                 device: str = "auto", amp: bool = True):
+                 device: str = "auto", amp: bool = True, cuda_graph: bool | None = None):
         self.queries = queries
         self.width = width
         self.heads = heads
@@ -344,6 +347,7 @@ class TransformerBrainEncoder(TorchEncoder):
         self.seed = seed
         self.device = device
         self.amp = amp
+        self.cuda_graph = cuda_graph
 
     def _build(self, n_tokens, n_features, n_vertices, *, vertex_query=None, grid=None,
                query_names=None, **_):

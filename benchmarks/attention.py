@@ -81,6 +81,14 @@ def make_case(name, seed=0):
     return (B, H, Lq, Lk, D), q, k, v, extra
 
 
+def prf_factors(ex):
+    """The pRF factors for every implementation alike. sigma is positive by construction here
+    (as with exp/softplus in a training loop), so the check that reads sigma back from the GPU
+    (a host sync per step) is off."""
+    return prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"],
+                            validate=False)
+
+
 def peers_for(name, q, k, v, extra, dims):
     """{peer name: callable(q, k, v, leaves) -> out (B, H, Lq, D)}."""
     B, H, Lq, Lk, D = dims
@@ -103,7 +111,7 @@ def peers_for(name, q, k, v, extra, dims):
         if kind == "dense":
             s = s + ex["bias"]
         elif kind == "prf":
-            qb, kb = prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"])
+            qb, kb = prf_factors(ex)
             s = s + (qb @ kb.transpose(-1, -2)).to(s.dtype)
         return torch.matmul(torch.softmax(s.float(), -1).to(v.dtype), v)
 
@@ -116,13 +124,13 @@ def peers_for(name, q, k, v, extra, dims):
             SDPBackend.EFFICIENT_ATTENTION, lambda ex: ex["bias"].unsqueeze(0).expand(B, H, Lq, Lk))
     elif kind == "prf":
         def mat_bias(ex):
-            qb, kb = prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"])
+            qb, kb = prf_factors(ex)
             return (qb @ kb.transpose(-1, -2)).to(DT).expand(B, H, Lq, Lk)
         out["sdpa-efficient+bias"] = sdpa(SDPBackend.EFFICIENT_ATTENTION, mat_bias)
 
         def folded(backend):
             def f(q, k, v, ex):  # bias folded into wider q/k: [q, qb/scale] . [k, kb]
-                qb, kb = prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"])
+                qb, kb = prf_factors(ex)
                 pad = (-(D + 4)) % 16
                 qw = torch.cat([qx(q), (qb / scale).to(DT).expand(B, H, Lq, 4),
                                 q.new_zeros(1, 1, 1, pad).expand(B, H, Lq, pad)], -1)
@@ -161,7 +169,7 @@ def brainattn_fn(name):
         if kind == "dense":
             return attention(q, k, v, bias=ex["bias"])
         if kind == "prf":
-            qb, kb = prf_bias_factors(ex["mu"], ex["sigma"], ex["pos"], token_mask=ex["tmask"])
+            qb, kb = prf_factors(ex)
             return attention(q, k, v, q_bias=qb, k_bias=kb)
         return attention(q, k, v)
     return f
@@ -213,13 +221,13 @@ def breakdown(name, q, k, v, extra):
     bias = extra.get("bias")
     qb = kb = None
     if kind == "prf":
-        qb, kb = prf_bias_factors(extra["mu"], extra["sigma"], extra["pos"],
-                                  token_mask=extra["tmask"])
+        qb, kb = prf_factors(extra)
     scale = q.shape[-1] ** -0.5
-    out, lse = T._forward(q, k, v, bias, qb, kb, scale)
+    out, lse, _ = T._forward(q, k, v, bias, qb, kb, scale)
     dout = torch.randn_like(out)
     res = {"fwd": bench(lambda: T._forward(q, k, v, bias, qb, kb, scale))}
     lr = qb is not None
+    # "bwd dq" forms delta itself; "bwd dk/dv" alone runs the small delta pre-pass first
     masks = {"bwd dk/dv": (0, 1, 1, 0, 0, lr), "bwd dq": (1, 0, 0, 0, lr, 0)}
     if bias is not None:
         masks["bwd dbias"] = (0, 0, 0, 1, 0, 0)
@@ -238,10 +246,41 @@ def breakdown(name, q, k, v, extra):
     return res
 
 
+def profile_host(name, steps=50):
+    """cProfile of the host side of brainattn's forward+backward on one case (no syncs inside the
+    loop, so this is the Python/launch cost that the GPU waits on when the kernels are short)."""
+    import cProfile
+    import io
+    import pstats
+
+    dims, q, k, v, extra = make_case(name)
+    fn = brainattn_fn(name)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    g = torch.randn(dims[0], dims[1], dims[2], dims[4], device="cuda", dtype=DT)
+    for _ in range(5):
+        fn(*leaves, extra).backward(g)
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        for p in leaves:
+            p.grad = None
+        fn(*leaves, extra).backward(g)
+    prof.disable()
+    host = (time.perf_counter() - t0) / steps * 1e3
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(22)
+    print(f"--- host profile, {name}: {host:.3f} ms per fwd+bwd under cProfile", flush=True)
+    print("\n".join(line[:150] for line in buf.getvalue().splitlines()[6:40]), flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="rois,vertices,prf,dense")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", default="", help="cases whose host path to cProfile at the end")
     args = ap.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.cuda.get_device_name()
@@ -317,6 +356,8 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(table + "\n")
+    for name in filter(None, args.profile.split(",")):
+        profile_host(name)
     return 0
 
 

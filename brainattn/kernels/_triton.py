@@ -1,22 +1,35 @@
 """Triton kernels: fused attention with dense and low-rank additive bias, forward and backward.
 
-Layout of the work (FlashAttention-2 style, logits in base 2 inside the kernels):
+Layout of the work (FlashAttention-2 style, logits in base 2 inside the kernels). Every main grid
+puts the batch on its fastest axis, so the programs that run together share a (head, tile) and
+read the same dense-bias tile and, for broadcast queries, the same query tile from L2:
 
-- ``_fwd``: one program per (query block, b*h); streams key blocks, online softmax; writes out
-  and the natural-log lse.
-- ``_bwd_pre``: delta = rowsum(dO * O) - dlse per query (dlse: gradient of the returned lse).
-- ``_bwd_kv``: one program per (key block, b*h); loops over query blocks; dk, dv and the key
-  factor's gradient dk_bias = dS^T q_bias.
-- ``_bwd_q``: one program per (query block, h, batch split); loops over the split's batches and
-  over key blocks. Queries shared by the batch (q of batch 1) are loaded once and their gradient
-  is summed over the batch in registers, so no atomics and no per-batch copy of dq; when there
-  are few query blocks the batch is split and the splits' fp32 partials are summed afterwards.
+- ``_fwd``: one program per (batch, query block, head); streams key blocks, online softmax;
+  writes out and the natural-log lse.
+- ``_bwd_q``: one program per (batch split, query block, head); loops over the split's batches
+  and over key blocks. It first forms delta = rowsum(dO * O) - dlse for its rows (no separate
+  pre-pass) and stores it for ``_bwd_kv``. Queries shared by the batch (q of batch 1) are loaded
+  once and their gradient is summed over the batch in registers, so no atomics and no per-batch
+  copy of dq; when there are few query blocks the batch is split and the splits' fp32 partials
+  are summed afterwards.
+- ``_bwd_kv``: one program per (batch, key block, head); loops over query blocks in the
+  transposed form of the Triton tutorial (S^T = K Q^T, so P^T and dS^T feed the next dots from
+  registers with no layout shuffle); dk, dv and the key factor's gradient dk_bias = dS^T q_bias.
+- ``_bwd_pre``: the delta pre-pass, used only when dq is not needed.
 - ``_bwd_bias``: dense-bias gradient, one program per (query block, key block, h) looping over
   the batch, so the batch sum needs no atomics and nothing of size B*H*Lq*Lk is ever formed.
 
-The low-rank term q_bias k_bias^T enters the logits as R exact fp32 outer products (R is small;
-a tensor-core dot in tf32 would lose ~1e-3 of a logit of size ~50). Head dims 48 and 96 are
-padded to 64 and 128 with masked loads. Strides of broadcast dims are passed as 0.
+Low-rank term q_bias k_bias^T: for float16/bfloat16 inputs the logits take it as one fp16
+tensor-core dot of split factors (hi/lo, error ~2^-21 of |q_bias||k_bias|) and its gradients as
+two bf16 dots of dS split into hi + lo against the bf16 hi/lo split factors (relative error
+~2^-16); for float32 inputs the logits use R exact fp32 outer products and the gradients fp32
+dots. Head dims 48 and 96 are padded to 64 and 128 with masked loads. Strides of broadcast dims
+are passed as 0; the last dim of q, k, v, dO and of the biases is contiguous (the wrapper makes
+it so), and out, lse, delta and the gradient buffers are allocated contiguous.
+
+Host path: the wrapper validates nothing (``brainattn.kernels.api`` did), caches the tuned
+config per shape key and launches the jitted kernel directly (skipping the autotuner's per-call
+key building), and keeps the split factors from the forward for the backward.
 """
 
 from __future__ import annotations
@@ -65,9 +78,10 @@ _FWD_CONFIGS = _cfgs(
      (128, 32, 4, 3), (64, 32, 4, 2)],
     (128, 64, 4, 3),
 )
+# (queries per step, keys per program): the tutorial's dk/dv shape (32, 128) first
 _KV_CONFIGS = _cfgs(
-    [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 4, 2),
-     (16, 64, 4, 3), (128, 128, 8, 2)],
+    [(32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 4, 5), (64, 128, 4, 3), (64, 64, 4, 3),
+     (32, 64, 4, 4), (128, 128, 8, 2), (16, 64, 4, 3)],
     (64, 64, 4, 3),
 )
 _Q_CONFIGS = _cfgs(
@@ -81,10 +95,10 @@ _BIAS_CONFIGS = _cfgs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3), (32, 64
 
 @triton.jit
 def _logits2(q, kT, qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_n,
-             mask_m, mask_n, s_bm, s_bn, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+             mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
              HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
-             LR_DOT: tl.constexpr, KAUG: tl.constexpr, MASK_N: tl.constexpr = True):
-    """Base-2 logits (BLOCK_M, BLOCK_N) in fp32; key columns past Lk are -inf.
+             LR_DOT: tl.constexpr, KAUG: tl.constexpr, MASK_N: tl.constexpr):
+    """Base-2 logits (BLOCK_M, BLOCK_N) in fp32; with MASK_N, key columns past Lk are -inf.
 
     Low-rank term: with LR_DOT, one fp16 tensor-core dot of the split factors
     qa = [q_hi, q_hi, q_lo] and ka = [k_hi, k_lo, k_hi] (error ~2^-21 of |q_bias||k_bias|);
@@ -93,7 +107,7 @@ def _logits2(q, kT, qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs
     if HAS_BIAS or RANK > 0:
         s = s * scale
         if HAS_BIAS:
-            bt = tl.load(Bias + bias_off + offs_m[:, None] * s_bm + offs_n[None, :] * s_bn,
+            bt = tl.load(Bias + bias_off + offs_m[:, None] * s_bm + offs_n[None, :],
                          mask=mask_m[:, None] & mask_n[None, :], other=0.0)
             s += bt.to(tl.float32)
         if RANK > 0:
@@ -128,18 +142,18 @@ def _load_qa(QA, qa_off, offs_m, mask_m, LR_DOT: tl.constexpr, KAUG: tl.constexp
 
 @triton.jit
 def _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off, QB, qb_off, KB,
-              kb_off, KA, ka_off, offs_m, offs_d, mask_m, mask_d, s_kn, s_kd, s_vn, s_vd, s_bm,
-              s_bn, s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale,
+              kb_off, KA, ka_off, offs_m, offs_d, mask_m, mask_d, s_kn, s_vn, s_bm,
+              s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale,
               HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
               LR_DOT: tl.constexpr, KAUG: tl.constexpr, MASK_N: tl.constexpr,
               BLOCK_N: tl.constexpr):
     """One key block of the online softmax."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Lk
-    kT = tl.load(k_base + offs_n[None, :] * s_kn + offs_d[:, None] * s_kd,
+    kT = tl.load(k_base + offs_n[None, :] * s_kn + offs_d[:, None],
                  mask=mask_n[None, :] & mask_d[:, None], other=0.0)
     s = _logits2(q, kT, qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_n,
-                 mask_m, mask_n, s_bm, s_bn, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+                 mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
                  HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # rows whose logits so far are all -inf: keep exp2 arguments finite
@@ -147,7 +161,7 @@ def _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off, QB,
     alpha = tl.exp2(m_i - m_use)
     p = tl.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd,
+    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :],
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
@@ -158,23 +172,21 @@ def _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off, QB,
                  key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT"])
 @triton.jit
 def _fwd(Q, K, V, Bias, QB, KB, QA, KA, O, LSE,
-         s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-         s_bh, s_bm, s_bn, s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr,
-         s_qab, s_qah, s_kab, s_kah,
-         s_ob, s_oh, s_om, s_od,
-         H, Lq, Lk, D, scale,
-         HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
+         s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+         s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
+         H, Lq, Lk, scale,
+         HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
          LR_DOT: tl.constexpr, KAUG: tl.constexpr,
          BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    b = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1)
+    h = tl.program_id(2).to(tl.int64)
+    bh = b * H + h
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < Lq
-    mask_d = offs_d < D
-    q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
+    mask_d = offs_d < HEAD_D
+    q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :],
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
@@ -191,198 +203,277 @@ def _fwd(Q, K, V, Bias, QB, KB, QA, KA, O, LSE,
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off,
                                   QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_d, mask_m,
-                                  mask_d, s_kn, s_kd, s_vn, s_vd, s_bm, s_bn, s_qbm, s_qbr,
-                                  s_kbn, s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG,
-                                  False, BLOCK_N)
+                                  mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk,
+                                  scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG, False, BLOCK_N)
     if n_full < Lk:
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, qa, n_full, k_base, v_base, Bias, bias_off,
                                   QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_d, mask_m,
-                                  mask_d, s_kn, s_kd, s_vn, s_vd, s_bm, s_bn, s_qbm, s_qbr,
-                                  s_kbn, s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG,
-                                  True, BLOCK_N)
+                                  mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk,
+                                  scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG, True, BLOCK_N)
     out = acc / l_i[:, None]
-    tl.store(O + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :] * s_od,
+    tl.store(O + (bh * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
-    tl.store(LSE + pid_bh.to(tl.int64) * Lq + offs_m, lse, mask=mask_m)
+    tl.store(LSE + bh * Lq + offs_m, lse, mask=mask_m)
 
 
 @triton.jit
-def _bwd_pre(O, DO, DLSE, DELTA,
-             s_ob, s_oh, s_om, s_od, s_db, s_dh, s_dm, s_dd,
-             H, Lq, D,
-             HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _bwd_pre(O, DO, DLSE, DELTA, s_db, s_dh, s_dm, H, Lq,
+             HEAD_D: tl.constexpr, HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_D: tl.constexpr):
+    """delta = rowsum(dO * O) - dlse, for a backward that does not run the dq pass."""
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m < Lq)[:, None] & (offs_d < D)[None, :]
-    o = tl.load(O + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :] * s_od,
+    mask = (offs_m < Lq)[:, None] & (offs_d < HEAD_D)[None, :]
+    o = tl.load(O + (bh * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
                 mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :] * s_dd,
+    do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :],
                  mask=mask, other=0.0).to(tl.float32)
     delta = tl.sum(o * do, 1)
-    row = pid_bh.to(tl.int64) * Lq + offs_m
+    row = bh * Lq + offs_m
     if HAS_DLSE:
         delta -= tl.load(DLSE + row, mask=offs_m < Lq, other=0.0)
     tl.store(DELTA + row, delta, mask=offs_m < Lq)
 
 
-@triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE,
-                 key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "R_PAD", "LR_DOT"])
 @triton.jit
-def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB,
-            s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-            s_bh, s_bm, s_bn, s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr,
-         s_qab, s_qah, s_kab, s_kah,
-            s_db, s_dh, s_dm, s_dd,
-            H, Lq, Lk, D, scale,
-            HAS_BIAS: tl.constexpr, RANK: tl.constexpr, R_PAD: tl.constexpr,
-            PREC: tl.constexpr, BPREC: tl.constexpr,
-            LR_DOT: tl.constexpr, KAUG: tl.constexpr,
-            BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+def _lr_grad(acc, ds, G, g_off, F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr,
+             BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr):
+    """acc += ds @ factor for a low-rank gradient; ds (X, Y) fp32, factor rows offs_r (Y).
+
+    With LR_DOT the factor is G, the bf16 split [f_hi, 0, f_lo, 0] (halves of KAUG/2 columns),
+    and ds is split too: acc += ds_hi @ [f_hi, f_lo] + ds_lo @ [f_hi, 0]; the host adds the two
+    column halves (error ~2^-16 relative, vs bf16 inputs' 2^-8). Otherwise one fp32 dot with
+    F, the (Y, R) fp32 factor with row/column strides s_r, s_c."""
+    offs_c = tl.arange(0, KAUG)
+    if LR_DOT:
+        ptr = G + g_off + offs_r[:, None] * KAUG + offs_c[None, :]
+        g = tl.load(ptr, mask=mask_r[:, None], other=0.0)
+        g_hi = tl.load(ptr, mask=mask_r[:, None] & (offs_c < KAUG // 2)[None, :], other=0.0)
+        ds_hi = ds.to(G.dtype.element_ty)
+        ds_lo = (ds - ds_hi.to(tl.float32)).to(G.dtype.element_ty)
+        acc = tl.dot(ds_hi, g, acc)
+        acc = tl.dot(ds_lo, g_hi, acc)
+    else:
+        f = tl.load(F + f_off + offs_r[:, None] * s_r + offs_c[None, :] * s_c,
+                    mask=mask_r[:, None] & (offs_c < RANK)[None, :], other=0.0)
+        acc = tl.dot(ds, f.to(tl.float32), acc, input_precision=BPREC)
+    return acc
+
+
+@triton.jit
+def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bias_off, QB,
+             qb_off, KB, kb_off, KA, ka_off, KG, kg_off, offs_m, offs_d, mask_m, mask_d, s_kn,
+             s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale,
+             HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
+             BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+             LR_GRAD: tl.constexpr, MASK_N: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block of the dq pass: dq += dS K, dq_bias += dS k_bias."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Lk
-    mask_d = offs_d < D
     mask_nd = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd,
-                mask=mask_nd, other=0.0)
-    v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd,
-                mask=mask_nd, other=0.0)
-    kT = tl.trans(k)
-    vT = tl.trans(v)
-    q_base = Q + b * s_qb + h * s_qh
-    do_base = DO + b * s_db + h * s_dh
-    row_base = pid_bh.to(tl.int64) * Lq
-    bias_off = h * s_bh
-    qb_off = b * s_qbb + h * s_qbh
-    kb_off = b * s_kbb + h * s_kbh
-    qa_off = b * s_qab + h * s_qah
-    ka_off = b * s_kab + h * s_kah
-    offs_r = tl.arange(0, R_PAD)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dkb = tl.zeros([BLOCK_N, R_PAD], tl.float32)
-    for start_m in range(0, Lq, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < Lq
-        mask_md = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(q_base + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
-                    mask=mask_md, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * s_dm + offs_d[None, :] * s_dd,
-                     mask=mask_md, other=0.0)
-        lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
-        delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
-        qa = _load_qa(QA, qa_off, offs_m, mask_m, LR_DOT, KAUG)
-        s = _logits2(q, kT, qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m,
-                     offs_n, mask_m, mask_n, s_bm, s_bn, s_qbm, s_qbr, s_kbn, s_kbr, scale,
-                     HAS_BIAS, RANK, PREC, LR_DOT, KAUG)
-        p = tl.where(mask_m[:, None], tl.exp2(s - lse2[:, None]), 0.0)
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC)
-        dp = tl.dot(do, vT, input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PREC)
-        if RANK > 0:
-            qb = tl.load(QB + qb_off + offs_m[:, None] * s_qbm + offs_r[None, :] * s_qbr,
-                         mask=mask_m[:, None] & (offs_r < RANK)[None, :], other=0.0)
-            dkb = tl.dot(tl.trans(ds), qb.to(tl.float32), dkb, input_precision=BPREC)
-    dk = dk * scale
-    out_off = pid_bh.to(tl.int64) * Lk * D
-    nd = offs_n[:, None] * D + offs_d[None, :]
-    tl.store(DK + out_off + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)
-    tl.store(DV + out_off + nd, dv.to(DV.dtype.element_ty), mask=mask_nd)
-    if RANK > 0:
-        tl.store(DKB + pid_bh.to(tl.int64) * Lk * RANK + offs_n[:, None] * RANK
-                 + offs_r[None, :], dkb, mask=mask_n[:, None] & (offs_r < RANK)[None, :])
+    k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=mask_nd, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=mask_nd, other=0.0)
+    s = _logits2(q, tl.trans(k), qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m,
+                 offs_n, mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+                 HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
+    p = tl.exp2(s - lse2[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+    if LR_GRAD:
+        dqb = _lr_grad(dqb, ds, KG, kg_off, KB, kb_off, offs_n, mask_n, s_kbn, s_kbr, RANK,
+                       BPREC, LR_DOT, KAUG)
+    return dq, dqb
 
 
 @triton.autotune(configs=_Q_CONFIGS, prune_configs_by=_PRUNE,
-                 key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "R_PAD", "LR_DOT"])
+                 key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
 @triton.jit
-def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DQP, DQBP,
-           s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-           s_bh, s_bm, s_bn, s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr,
-         s_qab, s_qah, s_kab, s_kah,
-           s_db, s_dh, s_dm, s_dd,
-           B, H, Lq, Lk, D, scale, batch_per_split,
-           HAS_BIAS: tl.constexpr, RANK: tl.constexpr, R_PAD: tl.constexpr,
-           PREC: tl.constexpr, BPREC: tl.constexpr,
-            LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP,
+           s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+           s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
+           s_db, s_dh, s_dm,
+           B, H, Lq, Lk, scale, batch_per_split,
+           HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
+           PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+           LR_GRAD: tl.constexpr, FUSE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr,
+           RSTORE: tl.constexpr,
            BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    h = tl.program_id(1).to(tl.int64)
-    split = tl.program_id(2)
+    split = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    h = tl.program_id(2).to(tl.int64)
     b_lo = split * batch_per_split
     b_hi = tl.minimum(b_lo + batch_per_split, B)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_r = tl.arange(0, R_PAD)
     mask_m = offs_m < Lq
-    mask_d = offs_d < D
+    mask_d = offs_d < HEAD_D
     mask_md = mask_m[:, None] & mask_d[None, :]
     # q (and q_bias) are the same for every batch of the split: broadcast, or one batch per split
     q = tl.load(Q + b_lo.to(tl.int64) * s_qb + h * s_qh + offs_m[:, None] * s_qm
-                + offs_d[None, :] * s_qd, mask=mask_md, other=0.0)
+                + offs_d[None, :], mask=mask_md, other=0.0)
     qa = _load_qa(QA, b_lo.to(tl.int64) * s_qab + h * s_qah, offs_m, mask_m, LR_DOT, KAUG)
     bias_off = h * s_bh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dqb = tl.zeros([BLOCK_M, R_PAD], tl.float32)
+    dqb = tl.zeros([BLOCK_M, KAUG], tl.float32)
+    n_full = (Lk // BLOCK_N) * BLOCK_N
     for bi in range(0, b_hi - b_lo):
         b = b_lo.to(tl.int64) + bi
-        do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :] * s_dd,
+        do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :],
                      mask=mask_md, other=0.0)
         row = (b * H + h) * Lq + offs_m
+        if FUSE_DELTA:
+            o = tl.load(O + row[:, None] * HEAD_D + offs_d[None, :], mask=mask_md, other=0.0)
+            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+            if HAS_DLSE:
+                delta -= tl.load(DLSE + row, mask=mask_m, other=0.0)
+            tl.store(DELTA + row, delta, mask=mask_m)
+        else:
+            delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
         lse2 = tl.load(LSE + row, mask=mask_m, other=0.0) * 1.4426950408889634
-        delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
         k_base = K + b * s_kb + h * s_kh
         v_base = V + b * s_vb + h * s_vh
         qb_off = b * s_qbb + h * s_qbh
         kb_off = b * s_kbb + h * s_kbh
         ka_off = b * s_kab + h * s_kah
-        for start_n in range(0, Lk, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < Lk
-            mask_nd = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd,
-                        mask=mask_nd, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd,
-                        mask=mask_nd, other=0.0)
-            s = _logits2(q, tl.trans(k), qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off,
-                         offs_m, offs_n, mask_m, mask_n, s_bm, s_bn, s_qbm, s_qbr, s_kbn, s_kbr,
-                         scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG)
-            p = tl.exp2(s - lse2[:, None])
-            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-            ds = p * (dp - delta[:, None])
-            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
-            if RANK > 0:
-                kb = tl.load(KB + kb_off + offs_n[:, None] * s_kbn + offs_r[None, :] * s_kbr,
-                             mask=mask_n[:, None] & (offs_r < RANK)[None, :], other=0.0)
-                dqb = tl.dot(ds, kb.to(tl.float32), dqb, input_precision=BPREC)
+        for start_n in range(0, n_full, BLOCK_N):
+            dq, dqb = _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias,
+                               bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, ka_off, offs_m,
+                               offs_d, mask_m, mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn,
+                               s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
+                               LR_GRAD, False, BLOCK_N)
+        if n_full < Lk:
+            dq, dqb = _dq_step(dq, dqb, q, qa, do, lse2, delta, n_full, k_base, v_base, Bias,
+                               bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, ka_off, offs_m,
+                               offs_d, mask_m, mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn,
+                               s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
+                               LR_GRAD, True, BLOCK_N)
     dq = dq * scale
     part = split.to(tl.int64) * H + h
-    tl.store(DQP + (part * Lq + offs_m[:, None]) * D + offs_d[None, :], dq, mask=mask_md)
-    if RANK > 0:
-        tl.store(DQBP + (part * Lq + offs_m[:, None]) * RANK + offs_r[None, :], dqb,
-                 mask=mask_m[:, None] & (offs_r < RANK)[None, :])
+    tl.store(DQP + (part * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
+             dq.to(DQP.dtype.element_ty), mask=mask_md)
+    if LR_GRAD:
+        offs_g = tl.arange(0, KAUG)
+        tl.store(DQBP + (part * Lq + offs_m[:, None]) * RSTORE + offs_g[None, :], dqb,
+                 mask=mask_m[:, None] & (offs_g < RSTORE)[None, :])
+
+
+@triton.jit
+def _logits2T(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, offs_m, offs_n,
+              mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+              HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
+              LR_DOT: tl.constexpr, KAUG: tl.constexpr):
+    """Transposed base-2 logits (BLOCK_N, BLOCK_M), no key masking (the dk/dv pass stores only
+    valid keys' rows, and a row depends only on its own key)."""
+    s = tl.dot(k, qT, input_precision=PREC)
+    if HAS_BIAS or RANK > 0:
+        s = s * scale
+        if HAS_BIAS:
+            bt = tl.load(Bias + bias_off + offs_m[None, :] * s_bm + offs_n[:, None],
+                         mask=mask_m[None, :] & mask_n[:, None], other=0.0)
+            s += bt.to(tl.float32)
+        if RANK > 0:
+            if LR_DOT:
+                offs_a = tl.arange(0, KAUG)
+                qaT = tl.load(QA + qa_off + offs_m[None, :] * KAUG + offs_a[:, None],
+                              mask=mask_m[None, :], other=0.0)
+                s = tl.dot(ka, qaT, s)
+            else:
+                for r in tl.static_range(RANK):
+                    qc = tl.load(QB + qb_off + offs_m * s_qbm + r * s_qbr, mask=mask_m, other=0.0)
+                    kc = tl.load(KB + kb_off + offs_n * s_kbn + r * s_kbr, mask=mask_n, other=0.0)
+                    s += kc.to(tl.float32)[:, None] * qc.to(tl.float32)[None, :]
+        s = s * 1.4426950408889634
+    else:
+        s = s * (scale * 1.4426950408889634)
+    return s
+
+
+@triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE,
+                 key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
+@triton.jit
+def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
+            s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+            s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
+            s_db, s_dh, s_dm,
+            H, Lq, Lk, scale,
+            HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
+            PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+            LR_GRAD: tl.constexpr, RSTORE: tl.constexpr,
+            BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+    h = tl.program_id(2).to(tl.int64)
+    bh = b * H + h
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < Lk
+    mask_d = offs_d < HEAD_D
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :],
+                mask=mask_nd, other=0.0)
+    v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :],
+                mask=mask_nd, other=0.0)
+    q_base = Q + b * s_qb + h * s_qh
+    do_base = DO + b * s_db + h * s_dh
+    row_base = bh * Lq
+    bias_off = h * s_bh
+    qb_off = b * s_qbb + h * s_qbh
+    kb_off = b * s_kbb + h * s_kbh
+    qa_off = b * s_qab + h * s_qah
+    ka = tl.zeros([BLOCK_N, KAUG], tl.float16)
+    if LR_DOT:  # the key-side split factor is the same for every query block
+        ka = tl.load(KA + b * s_kab + h * s_kah + offs_n[:, None] * KAUG
+                     + tl.arange(0, KAUG)[None, :], mask=mask_n[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dkb = tl.zeros([BLOCK_N, KAUG], tl.float32)
+    for start_m in range(0, Lq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < Lq
+        qT = tl.load(q_base + offs_m[None, :] * s_qm + offs_d[:, None],
+                     mask=mask_m[None, :] & mask_d[:, None], other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * s_dm + offs_d[None, :],
+                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        # past-the-end queries: lse = +inf gives them p = 0 with no extra select
+        lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=float("inf"))
+        lse2 = lse2 * 1.4426950408889634
+        delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
+        sT = _logits2T(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, offs_m,
+                       offs_n, mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+                       HAS_BIAS, RANK, PREC, LR_DOT, KAUG)
+        pT = tl.exp2(sT - lse2[None, :])
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
+        if LR_GRAD:
+            dkb = _lr_grad(dkb, dsT, QG, qa_off, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK,
+                           BPREC, LR_DOT, KAUG)
+    dk = dk * scale
+    nd = (bh * Lk + offs_n[:, None]) * HEAD_D + offs_d[None, :]
+    tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)
+    tl.store(DV + nd, dv.to(DV.dtype.element_ty), mask=mask_nd)
+    if LR_GRAD:
+        offs_g = tl.arange(0, KAUG)
+        tl.store(DKB + (bh * Lk + offs_n[:, None]) * RSTORE + offs_g[None, :], dkb,
+                 mask=mask_n[:, None] & (offs_g < RSTORE)[None, :])
 
 
 @triton.autotune(configs=_BIAS_CONFIGS, prune_configs_by=_PRUNE,
                  key=["Lq", "Lk", "BLOCK_D", "RANK", "PREC", "LR_DOT"])
 @triton.jit
 def _bwd_bias(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DBP,
-              s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-              s_bh, s_bm, s_bn, s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr,
-         s_qab, s_qah, s_kab, s_kah,
-              s_db, s_dh, s_dm, s_dd,
-              B, H, Lq, Lk, D, scale,
-              RANK: tl.constexpr, PREC: tl.constexpr,
+              s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+              s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
+              s_db, s_dh, s_dm,
+              B, H, Lq, Lk, scale,
+              HEAD_D: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
               LR_DOT: tl.constexpr, KAUG: tl.constexpr,
               BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -393,20 +484,20 @@ def _bwd_bias(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DBP,
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < Lq
     mask_n = offs_n < Lk
-    mask_d = offs_d < D
+    mask_d = offs_d < HEAD_D
     mask_md = mask_m[:, None] & mask_d[None, :]
     mask_nd = mask_n[:, None] & mask_d[None, :]
     bias_off = h * s_bh
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for bi in range(0, B):
         b = h * 0 + bi  # int64 tensor in compiled and interpreted mode alike
-        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
+        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :],
                     mask=mask_md, other=0.0)
-        do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :] * s_dd,
+        do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :],
                      mask=mask_md, other=0.0)
-        k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd,
+        k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :],
                     mask=mask_nd, other=0.0)
-        v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd,
+        v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :],
                     mask=mask_nd, other=0.0)
         row = (b * H + h) * Lq + offs_m
         lse2 = tl.load(LSE + row, mask=mask_m, other=0.0) * 1.4426950408889634
@@ -414,55 +505,66 @@ def _bwd_bias(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DBP,
         qa = _load_qa(QA, b * s_qab + h * s_qah, offs_m, mask_m, LR_DOT, KAUG)
         s = _logits2(q, tl.trans(k), qa, Bias, bias_off, QB, b * s_qbb + h * s_qbh, KB,
                      b * s_kbb + h * s_kbh, KA, b * s_kab + h * s_kah, offs_m, offs_n, mask_m,
-                     mask_n, s_bm, s_bn, s_qbm, s_qbr, s_kbn, s_kbr, scale, True, RANK, PREC,
-                     LR_DOT, KAUG)
+                     mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale, True, RANK, PREC,
+                     LR_DOT, KAUG, True)
         p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         acc += p * (dp - delta[:, None])
-    tl.store(DBP + (h * Lq + offs_m[:, None]) * Lk + offs_n[None, :], acc,
-             mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(DBP + (h * Lq + offs_m[:, None]) * Lk + offs_n[None, :],
+             acc.to(DBP.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
-# launch geometry
+# host side: launch geometry, cached per shape
 
 
-def _s(t: torch.Tensor | None, n: int) -> list[int]:
-    """Strides of ``t`` with broadcast (size-1) dims as 0; n zeros when ``t`` is None."""
+# bf16 keeps fp32's range (dS and dO can be tiny); the interpreter's bf16 dot is broken, so the
+# CPU tests run the same split in fp16
+_GRAD_DT = torch.float16 if _INTERPRET else torch.bfloat16
+_TUNED: dict = {}  # launch key -> the tuned config's launch kwargs (num_warps, BLOCK_M, ...)
+_DUMMY: dict = {}  # device -> a small fp32 tensor standing in for absent pointers
+_SMS: dict = {}  # device -> number of SMs
+
+
+def _launch(kernel, grid, key, args, consts):
+    """Launch an autotuned kernel; after the first call of a shape key, skip the autotuner and
+    run the jitted function with the cached config (the autotuner rebuilds its key from every
+    argument on each call)."""
+    cfg = _TUNED.get(key)
+    if cfg is None:
+        kernel[grid](*args, **consts)
+        _TUNED[key] = kernel.best_config.all_kwargs()
+    else:
+        kernel.fn.run(*args, grid=grid, warmup=False, **consts, **cfg)
+
+
+def _dummy(dev) -> torch.Tensor:
+    t = _DUMMY.get(dev)
     if t is None:
-        return [0] * n
-    return [0 if t.shape[i] == 1 else t.stride(i) for i in range(t.ndim)]
+        t = _DUMMY[dev] = torch.empty(16, device=dev, dtype=torch.float32)
+    return t
 
 
-def _prec(dtype: torch.dtype) -> tuple[str, str]:
-    """Dot precision for the main products and for the fp32 low-rank-gradient products."""
-    if dtype == torch.float32:
-        p = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-        return p, p
-    return "tf32", "tf32"  # half inputs: the precision flag only matters for the fp32 dots
+def _n_sms(dev: torch.device) -> int:
+    n = _SMS.get(dev)
+    if n is None:
+        n = 4
+        if dev.type == "cuda":
+            n = torch.cuda.get_device_properties(dev).multi_processor_count
+        _SMS[dev] = n
+    return n
+
+
+def _s(t: torch.Tensor | None, n: int) -> tuple[int, ...]:
+    """Strides of ``t``'s first n dims with broadcast (size-1) dims as 0; zeros when None."""
+    if t is None:
+        return (0,) * n
+    shape, stride = t.shape, t.stride()
+    return tuple(0 if shape[i] == 1 else stride[i] for i in range(n))
 
 
 def _last_contig(t):
     return t if t is None or t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
-
-
-def _bias_args(bias, q_bias, k_bias, dtype, dev):
-    """Kernel pointers for the biases plus, for half-precision inputs, the split fp16 factors
-    qa = [q_hi, q_hi, q_lo], ka = [k_hi, k_lo, k_hi] (KAUG columns, zero padded) and their
-    batch/head strides. Returns (args, strides, LR_DOT, KAUG)."""
-    dummy = torch.empty(1, device=dev, dtype=torch.float32)
-    lr_dot = q_bias is not None and dtype != torch.float32
-    kaug = 16
-    qa = ka = dummy
-    strides = [0, 0, 0, 0]
-    if lr_dot:
-        R = q_bias.shape[3]
-        kaug = max(16, triton.next_power_of_2(3 * R))
-        qa, ka = _split_pair(q_bias, k_bias, kaug)
-        strides = _s(qa, 4)[:2] + _s(ka, 4)[:2]
-    args = (bias if bias is not None else dummy, q_bias if q_bias is not None else dummy,
-            k_bias if k_bias is not None else dummy, qa, ka)
-    return args, strides, lr_dot, kaug
 
 
 def _split_pair(q_bias: torch.Tensor, k_bias: torch.Tensor, kaug: int):
@@ -488,91 +590,78 @@ def _split_pair(q_bias: torch.Tensor, k_bias: torch.Tensor, kaug: int):
     return out
 
 
-def _n_sms(dev: torch.device) -> int:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_properties(dev).multi_processor_count
-    return 4
+def _grad_factor(f: torch.Tensor, kaug: int) -> torch.Tensor:
+    """bf16 (fp16 interpreted) split [f_hi, 0, f_lo, 0] of a low-rank factor (..., R) into kaug columns, the halves
+    kaug/2 wide: the right operand of the low-rank gradient dots."""
+    x = f.detach().float()
+    hi = x.to(_GRAD_DT)
+    lo = (x - hi.float()).to(_GRAD_DT)
+    out = x.new_zeros(*x.shape[:-1], kaug, dtype=_GRAD_DT)
+    R, half = x.shape[-1], kaug // 2
+    out[..., :R] = hi
+    out[..., half:half + R] = lo
+    return out
 
 
-def _forward(q, k, v, bias, q_bias, k_bias, scale):
-    B, H, Lk, D = k.shape
-    Lq = q.shape[2]
-    R = 0 if q_bias is None else q_bias.shape[3]
+class _Plan:
+    """Everything about one call that the forward computes and the backward reuses: sizes,
+    precisions, strides, the split factors and the pointer stand-ins."""
+
+    __slots__ = ("B", "H", "Lq", "Lk", "D", "R", "BLOCK_D", "prec", "bprec", "lr_dot", "kaug",
+                 "ptrs", "strides", "dev", "key", "q_bias", "k_bias")
+
+    def __init__(self, q, k, v, bias, q_bias, k_bias):
+        B, H, Lk, D = k.shape
+        self.B, self.H, self.Lk, self.D = B, H, Lk, D
+        self.Lq = q.shape[2]
+        self.R = R = 0 if q_bias is None else q_bias.shape[3]
+        self.dev = dev = q.device
+        self.BLOCK_D = max(16, triton.next_power_of_2(D))
+        if q.dtype == torch.float32:
+            self.prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        else:  # half inputs: the precision flag only matters for the fp32 dots
+            self.prec = "tf32"
+        self.bprec = self.prec
+        self.lr_dot = R > 0 and q.dtype != torch.float32
+        self.kaug = max(16, triton.next_power_of_2(3 * max(R, 1)))
+        self.q_bias, self.k_bias = q_bias, k_bias
+        dummy = _dummy(dev)
+        qa = ka = dummy
+        lr = (0, 0, 0, 0)
+        if self.lr_dot:
+            qa, ka = _split_pair(q_bias, k_bias, self.kaug)
+            lr = _s(qa, 2) + _s(ka, 2)
+        self.ptrs = (bias if bias is not None else dummy,
+                     q_bias if q_bias is not None else dummy,
+                     k_bias if k_bias is not None else dummy, qa, ka)
+        bs = (0, 0) if bias is None else _s(bias, 2)
+        self.strides = (*_s(q, 3), *_s(k, 3), *_s(v, 3), *bs, *_s(q_bias, 4), *_s(k_bias, 4),
+                        *lr)
+        self.key = (self.Lq, self.Lk, D, bias is not None, R, self.prec, self.lr_dot, q.dtype,
+                    None if bias is None else bias.dtype,
+                    None if q_bias is None else (q_bias.dtype, k_bias.dtype))
+
+    def grad_factors(self):
+        """The bf16 split factors of the low-rank gradients (dummies off the LR_DOT path)."""
+        if not self.lr_dot:
+            d = _dummy(self.dev)
+            return d, d
+        return _grad_factor(self.q_bias, self.kaug), _grad_factor(self.k_bias, self.kaug)
+
+
+def _forward(q, k, v, bias, q_bias, k_bias, scale, plan=None):
+    """Returns (out (B, H, Lq, D) in q's dtype, lse (B, H, Lq) fp32, plan)."""
+    if plan is None:
+        plan = _Plan(q, k, v, bias, q_bias, k_bias)
+    B, H, Lq, D = plan.B, plan.H, plan.Lq, plan.D
     out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
-    prec, _ = _prec(q.dtype)
-    bargs, lr_strides, lr_dot, kaug = _bias_args(bias, q_bias, k_bias, q.dtype, q.device)
-    grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _fwd[grid](q, k, v, *bargs, out, lse,
-               *_s(q, 4), *_s(k, 4), *_s(v, 4), *_s(bias, 3), *_s(q_bias, 4), *_s(k_bias, 4),
-               *lr_strides, *out.stride(), H, Lq, Lk, D, scale,
-               HAS_BIAS=bias is not None, RANK=R, PREC=prec, LR_DOT=lr_dot, KAUG=kaug,
-               BLOCK_D=max(16, triton.next_power_of_2(D)))
-    return out, lse
-
-
-def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs):
-    B, H, Lk, D = k.shape
-    Lq = q.shape[2]
-    dev = q.device
-    R = 0 if q_bias is None else q_bias.shape[3]
-    R_PAD = max(16, triton.next_power_of_2(max(R, 1)))
-    BLOCK_D = max(16, triton.next_power_of_2(D))
-    prec, bprec = _prec(q.dtype)
-    bargs, lr_strides, lr_dot, kaug = _bias_args(bias, q_bias, k_bias, q.dtype, dev)
-    delta = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
-    _bwd_pre[(triton.cdiv(Lq, 64), B * H)](
-        out, dout, dlse if dlse is not None else delta, delta,
-        *out.stride(), *_s(dout, 4), H, Lq, D,
-        HAS_DLSE=dlse is not None, BLOCK_M=64, BLOCK_D=BLOCK_D)
-    common = (*_s(q, 4), *_s(k, 4), *_s(v, 4), *_s(bias, 3), *_s(q_bias, 4), *_s(k_bias, 4),
-              *lr_strides, *_s(dout, 4))
-    nq, nk, nv, nb, nqb, nkb = needs
-    dq = dk = dv = dbias = dqb = dkb = None
-    if nk or nv or nkb:
-        dk = torch.empty((B, H, Lk, D), device=dev, dtype=k.dtype)
-        dv = torch.empty((B, H, Lk, D), device=dev, dtype=v.dtype)
-        dkb_p = torch.empty((B, H, Lk, R) if R else (1,), device=dev, dtype=torch.float32)
-        grid = lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]), B * H)  # noqa: E731
-        _bwd_kv[grid](q, k, v, *bargs, dout, lse, delta, dk, dv, dkb_p, *common,
-                      H, Lq, Lk, D, scale, HAS_BIAS=bias is not None, RANK=R, R_PAD=R_PAD,
-                      PREC=prec, BPREC=bprec, LR_DOT=lr_dot, KAUG=kaug,
-                      BLOCK_D=BLOCK_D)
-        if R and nkb:
-            dkb = _reduce_to(dkb_p, k_bias.shape)
-    if nq or nqb:
-        per_batch = q.shape[0] != 1 or (q_bias is not None and q_bias.shape[0] != 1)
-        if per_batch:
-            bps = 1
-        else:  # split the batch only as far as needed to fill the card
-            programs = triton.cdiv(Lq, 64) * H
-            n_split = max(1, min(B, (4 * _n_sms(dev)) // max(programs, 1)))
-            bps = triton.cdiv(B, n_split)
-        n_split = triton.cdiv(B, bps)
-        dq_p = torch.empty((n_split, H, Lq, D), device=dev, dtype=torch.float32)
-        dqb_p = torch.empty((n_split, H, Lq, R) if R else (1,), device=dev, dtype=torch.float32)
-        grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), H, n_split)  # noqa: E731
-        _bwd_q[grid](q, k, v, *bargs, dout, lse, delta, dq_p, dqb_p, *common,
-                     B, H, Lq, Lk, D, scale, bps, HAS_BIAS=bias is not None, RANK=R,
-                     R_PAD=R_PAD, PREC=prec, BPREC=bprec, LR_DOT=lr_dot, KAUG=kaug,
-                      BLOCK_D=BLOCK_D)
-        if nq:
-            dq = _reduce_to(dq_p, q.shape).to(q.dtype)
-        if R and nqb:
-            dqb = _reduce_to(dqb_p, q_bias.shape)
-    if bias is not None and nb:
-        db_p = torch.empty((H, Lq, Lk), device=dev, dtype=torch.float32)
-        grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]),  # noqa: E731
-                             triton.cdiv(Lk, meta["BLOCK_N"]), H)
-        _bwd_bias[grid](q, k, v, *bargs, dout, lse, delta, db_p, *common,
-                        B, H, Lq, Lk, D, scale, RANK=R, PREC=prec, LR_DOT=lr_dot,
-                        KAUG=kaug, BLOCK_D=BLOCK_D)
-        dbias = _reduce_to(db_p, bias.shape).to(bias.dtype)
-    if dqb is not None:
-        dqb = dqb.to(q_bias.dtype)
-    if dkb is not None:
-        dkb = dkb.to(k_bias.dtype)
-    return dq, dk, dv, dbias, dqb, dkb
+    grid = lambda meta: (B, triton.cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
+    _launch(_fwd, grid, ("fwd",) + plan.key,
+            (q, k, v, *plan.ptrs, out, lse, *plan.strides, H, Lq, plan.Lk, scale),
+            dict(HEAD_D=D, HAS_BIAS=plan.key[3], RANK=plan.R, PREC=plan.prec,
+                 LR_DOT=plan.lr_dot, KAUG=plan.kaug, BLOCK_D=plan.BLOCK_D))
+    return out, lse, plan
 
 
 def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
@@ -581,15 +670,103 @@ def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
     return t.sum(dim=dims, keepdim=True) if dims else t
 
 
+def _reduce_lr(t: torch.Tensor, shape, lr_dot: bool) -> torch.Tensor:
+    """Low-rank gradient partials (n, H, L, width) -> ``shape`` (B or 1, H or 1, L, R): sums the
+    broadcast dims and, for the split (LR_DOT) layout, the two column halves, in one reduction."""
+    R = shape[3]
+    dims = [i for i in range(2) if shape[i] == 1 and t.shape[i] != 1]
+    if lr_dot:
+        t = t.unflatten(-1, (2, t.shape[-1] // 2))[..., :R]
+        dims.append(3)
+        return t.sum(dim=dims).reshape(shape) if len(dims) else t
+    return t.sum(dim=dims, keepdim=True) if dims else t
+
+
+def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, plan=None):
+    if plan is None:
+        plan = _Plan(q, k, v, bias, q_bias, k_bias)
+    B, H, Lq, Lk, D, R = plan.B, plan.H, plan.Lq, plan.Lk, plan.D, plan.R
+    dev = q.device
+    nq, nk, nv, nb, nqb, nkb = needs
+    nqb = nqb and R > 0
+    nkb = nkb and R > 0
+    has_bias = bias is not None
+    lr_dot = plan.lr_dot
+    rstore = plan.kaug if lr_dot else R
+    qg, kg = plan.grad_factors() if (nqb or nkb) else (plan.ptrs[3], plan.ptrs[4])
+    dstr = _s(dout, 3)
+    common = (*plan.strides, *dstr)
+    consts = dict(HEAD_D=D, HAS_BIAS=has_bias, RANK=R, PREC=plan.prec, LR_DOT=lr_dot,
+                  KAUG=plan.kaug, BLOCK_D=plan.BLOCK_D)
+    delta = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
+    dq = dk = dv = dbias = dqb = dkb = None
+    if nq or nqb:  # the dq pass also forms delta for the passes after it
+        per_batch = q.shape[0] != 1 or (q_bias is not None and q_bias.shape[0] != 1)
+        if per_batch:
+            bps = 1
+        else:  # split the batch only as far as needed to fill the card
+            programs = triton.cdiv(Lq, 64) * H
+            n_split = max(1, min(B, (4 * _n_sms(dev)) // max(programs, 1)))
+            bps = triton.cdiv(B, n_split)
+        n_split = triton.cdiv(B, bps)
+        direct = n_split == q.shape[0]  # each partial is a final dq: store it in q's dtype
+        dq_p = torch.empty((n_split, H, Lq, D), device=dev,
+                           dtype=q.dtype if direct else torch.float32)
+        dqb_p = (torch.empty((n_split, H, Lq, rstore), device=dev, dtype=torch.float32)
+                 if nqb else plan.ptrs[1])
+        grid = lambda meta: (n_split, triton.cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
+        _launch(_bwd_q, grid, ("q", n_split, dlse is not None, nqb) + plan.key,
+                (q, k, v, *plan.ptrs, kg, dout, out, dlse if dlse is not None else delta, lse,
+                 delta, dq_p, dqb_p, *common, B, H, Lq, Lk, scale, bps),
+                dict(consts, LR_GRAD=nqb, BPREC=plan.bprec, FUSE_DELTA=True,
+                     HAS_DLSE=dlse is not None, RSTORE=rstore))
+        if nq:
+            dq = dq_p if direct else _reduce_to(dq_p, q.shape).to(q.dtype)
+        if nqb:
+            dqb = _reduce_lr(dqb_p, q_bias.shape, lr_dot).to(q_bias.dtype)
+    else:
+        _bwd_pre[(triton.cdiv(Lq, 64), B * H)](
+            out, dout, dlse if dlse is not None else delta, delta, *dstr, H, Lq,
+            HEAD_D=D, HAS_DLSE=dlse is not None, BLOCK_M=64, BLOCK_D=plan.BLOCK_D)
+    if nk or nv or nkb:
+        dk = torch.empty((B, H, Lk, D), device=dev, dtype=k.dtype)
+        dv = torch.empty((B, H, Lk, D), device=dev, dtype=v.dtype)
+        dkb_p = (torch.empty((B, H, Lk, rstore), device=dev, dtype=torch.float32)
+                 if nkb else plan.ptrs[2])
+        grid = lambda meta: (B, triton.cdiv(Lk, meta["BLOCK_N"]), H)  # noqa: E731
+        _launch(_bwd_kv, grid, ("kv", nkb) + plan.key,
+                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, *common,
+                 H, Lq, Lk, scale),
+                dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, RSTORE=rstore))
+        if nkb:
+            dkb = _reduce_lr(dkb_p, k_bias.shape, lr_dot).to(k_bias.dtype)
+        if not nk:
+            dk = None
+        if not nv:
+            dv = None
+    if has_bias and nb:
+        direct = bias.shape[0] == H
+        db = torch.empty((H, Lq, Lk), device=dev, dtype=bias.dtype if direct else torch.float32)
+        grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]),  # noqa: E731
+                             triton.cdiv(Lk, meta["BLOCK_N"]), H)
+        _launch(_bwd_bias, grid, ("bias",) + plan.key,
+                (q, k, v, *plan.ptrs, dout, lse, delta, db, *common, B, H, Lq, Lk, scale),
+                dict(HEAD_D=D, RANK=R, PREC=plan.prec, LR_DOT=lr_dot, KAUG=plan.kaug,
+                     BLOCK_D=plan.BLOCK_D))
+        dbias = db if direct else _reduce_to(db, bias.shape).to(bias.dtype)
+    return dq, dk, dv, dbias, dqb, dkb
+
+
 class _Attention(torch.autograd.Function):
     """Owns launch geometry: forward saves (out, lse); backward recomputes the probabilities."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, q_bias, k_bias, scale):
         q, k, v, bias, q_bias, k_bias = (_last_contig(t) for t in (q, k, v, bias, q_bias, k_bias))
-        out, lse = _forward(q, k, v, bias, q_bias, k_bias, scale)
+        out, lse, plan = _forward(q, k, v, bias, q_bias, k_bias, scale)
         ctx.save_for_backward(q, k, v, bias, q_bias, k_bias, out, lse)
         ctx.scale = scale
+        ctx.plan = plan
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -598,11 +775,13 @@ class _Attention(torch.autograd.Function):
         q, k, v, bias, q_bias, k_bias, out, lse = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
-        dout = _last_contig(dout)
+        elif dout.stride(-1) != 1:
+            dout = dout.contiguous()
         if dlse is not None:
             dlse = dlse.float().contiguous()
-        needs = ctx.needs_input_grad[:6]
-        grads = _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, ctx.scale, needs)
+        grads = _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, ctx.scale,
+                          ctx.needs_input_grad[:6], ctx.plan)
+        ctx.plan = None
         return (*grads, None)
 
 

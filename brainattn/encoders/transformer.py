@@ -228,7 +228,11 @@ class TransformerModule(EncoderModule):
         self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, ffn, dropout, nq, prf_bias, seed)
                                     for _ in range(layers))
         self.out_norm = nn.LayerNorm(width)
-        self.readout_w = nn.Parameter(torch.randn(n_vertices, width, generator=g) * width**-0.5 * 0.1)
+        # nn.Linear's default init, U(-1/sqrt(width), 1/sqrt(width)), as the published readout:
+        # 10x smaller weights (an earlier version) did not learn at all at Algonauts size with
+        # AdamW at lr 5e-4 (ablation on an H200, benchmarks/results_scale.md)
+        self.readout_w = nn.Parameter((torch.rand(n_vertices, width, generator=g) * 2 - 1)
+                                      * width**-0.5)
         self.readout_b = nn.Parameter(torch.zeros(n_vertices))
         self.register_buffer("pos", sine_position_encoding(grid, width), persistent=False)
         self.register_buffer("positions", token_positions(grid), persistent=False)

@@ -41,7 +41,7 @@ def fitted(tmp_path_factory):
         "factorized": SpatialFeatureEncoder(device="cpu").fit(X, Y, train_idx=tr, val_idx=va,
                                                               grid=cache.grid),
         "transformer": TransformerBrainEncoder(
-            width=64, heads=4, ffn=128, prf_bias=True, epochs=20, batch_size=16, lr=2e-3,
+            width=64, heads=4, ffn=128, prf_bias=True, epochs=30, batch_size=16, lr=2e-3,
             patience=None, device="cpu", seed=0,
         ).fit(X, Y, train_idx=tr, val_idx=va, vertex_query=vq, query_names=names,
               grid=cache.grid),
@@ -62,7 +62,7 @@ def test_transformer_wins_in_category_rois(fitted):
     g = {m: roi_group_medians(s) for m, s in scores.items()}
     print(g)
     # the targets, in points of noise-normalised accuracy (0.10 = 10 points); measured
-    # here: transformer 72.8 vs factorized 3.5 / ridge 9.9 (category), EV 55.7 vs 56.2
+    # here: transformer 65.5 vs factorized 3.5 / ridge 9.9 (category), EV 54.3 vs 56.2
     assert g["transformer"]["category"] >= g["factorized"]["category"] + 10, g
     assert g["transformer"]["category"] >= g["ridge"]["category"] + 10, g
     assert abs(g["transformer"]["early_visual"] - g["factorized"]["early_visual"]) <= 5, g

@@ -92,7 +92,7 @@ class RidgeEncoder:
         Y = check_targets(Y, X.shape[0])
         idx = np.sort(np.arange(X.shape[0]) if train_idx is None else np.asarray(train_idx))
         Z = reduce_features(X[idx], self.pool)
-        Ytr = np.asarray(Y[idx], np.float64)
+        Ytr = np.asarray(Y[idx], np.float32)  # the torch backends work in float32
         if self.pool == "pca":
             k = min(int(self.n_components), Z.shape[0] - 1, Z.shape[1])
             if k < 1:
@@ -112,7 +112,7 @@ class RidgeEncoder:
             Z = (Z - self.pca_mean_) @ self.pca_components_.T
         self.x_mean_ = Z.mean(0).astype(np.float32)
         self.x_std_ = (Z.std(0) + 1e-6).astype(np.float32)
-        Z = ((Z - self.x_mean_) / self.x_std_).astype(np.float64)
+        Z = ((Z - self.x_mean_) / self.x_std_).astype(np.float32)
         dev = resolve_device(self.device)
         old = get_backend()
         backend = set_backend("torch_cuda" if dev.type == "cuda" else "torch", on_error="warn")
@@ -122,8 +122,6 @@ class RidgeEncoder:
             if cv < 2:
                 raise ShapeError("ridge cross-validation needs at least 2 training images")
             model = RidgeCV(alphas=self._alphas(), cv=cv, fit_intercept=True, solver_params=params)
-            Z = Z.astype(np.float32)  # the torch backends work in float32
-            Ytr = Ytr.astype(np.float32)
             model.fit(Z, Ytr)
             self.coef_ = np.asarray(backend.to_numpy(model.coef_), np.float32)
             self.intercept_ = np.asarray(backend.to_numpy(model.intercept_), np.float32)

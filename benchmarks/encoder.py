@@ -31,7 +31,9 @@ Parts (``--parts``, comma-separated):
 ``ridge``      brainattn RidgeEncoder (15 alphas, per-vertex CV, torch_cuda) against himalaya's
                RidgeCV with its own defaults (alphas [0.1, 1], no intercept, cv 5), same pooled
                features (mean over tokens), same backend; time and validation r.
-``ddp``        (under torchrun) the brainattn part, data-parallel over the ranks.
+``ddp``        (under torchrun) the brainattn part, data-parallel over the ranks, with the
+               training step (DDP's all-reduce included) replayed as a CUDA graph and fused
+               AdamW (``fit_loop(cuda_graph=None)``); ``ddp_eager``: the same, eager steps.
 
 ``--size tiny`` shrinks everything so the whole script runs on a CPU in seconds (the test
 ``tests/encoders/test_encoders_benchmark.py`` runs it; no timing is asserted there).
@@ -385,11 +387,11 @@ def run_brainattn(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, dist=None,
         prof = profile_steps(lambda k: train_epoch(m, _Take(tr, k), opt, device=dev,
                                                    amp=dev.type == "cuda", grad_clip=0.1), dev,
                              profile)
+    graph = st.get("cuda_graph", "off")
     name = "brainattn TransformerBrainEncoder (rois)" + (", gather readout" if gather_readout
                                                           else "") \
-        + (", CUDA graph + fused AdamW" if dev.type == "cuda" and cuda_graph is not False
-           else "")
-    return {"model": name, "epochs": len(hist), "profile": prof,
+        + (", CUDA graph + fused AdamW" if graph == "captured" else "")
+    return {"model": name, "epochs": len(hist), "profile": prof, "cuda_graph": graph,
             "epoch_s": [round(h["seconds"], 3) for h in hist],
             "val_r": [round(h["val_mean_r"], 4) for h in hist],
             "images_per_s": round(len(data.tr) / hist[-1]["seconds"],
@@ -602,7 +604,7 @@ def markdown(res: dict) -> str:
              "", "```", json.dumps(res["env"]), "```", ""]
     rows = [r for k, r in res["parts"].items()
             if k.partition("@")[0] in ("brainattn", "brainattn_gather", "published",
-                                       "published_gpu", "ddp")]
+                                       "published_gpu", "ddp", "ddp_eager")]
     if rows:
         lines += ["| model | batch | s/epoch (last) | images/s | peak GiB | val r per epoch |",
                   "|---|---|---|---|---|---|"]
@@ -676,11 +678,12 @@ def main(argv=None) -> dict:
             part, _, pb = part_b.partition("@")  # "ddp@32": batch 32, lr * sqrt(32 / batch)
             pbatch = int(pb) if pb else batch
             plr = args.lr * math.sqrt(pbatch / batch)
-            if part in ("brainattn", "brainattn_gather", "brainattn_graph", "ddp"):
+            if part in ("brainattn", "brainattn_gather", "brainattn_graph", "ddp", "ddp_eager"):
                 r = run_brainattn(cfg, data, dev, epochs=epochs, batch=pbatch, lr=plr,
-                                  dist=dist, profile=args.profile if part != "ddp" else 0,
+                                  dist=dist, profile=args.profile if dist is None else 0,
                                   gather_readout=part == "brainattn_gather",
-                                  cuda_graph=None if part == "brainattn_graph" else False)
+                                  cuda_graph=None if part in ("brainattn_graph", "ddp")
+                                  else False)
             elif part in ("published", "published_gpu"):
                 r = run_published(cfg, data, dev, epochs=epochs, batch=batch, lr=args.lr,
                                   gpu_loader=part == "published_gpu", profile=args.profile)

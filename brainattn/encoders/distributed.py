@@ -16,10 +16,25 @@ warning) and binds the process to GPU ``LOCAL_RANK``. From then on
   ``--resume`` works with any number of processes: the checkpoint holds no trace of the world
   size and the global batch order depends only on the seed and the epoch.
 
-Failures: a rank that dies makes the collectives of the others fail (gloo: at once; NCCL: after
-``BRAINATTN_DIST_TIMEOUT`` seconds, default 900) or torchrun ends them with SIGTERM; either way
-they stop with :class:`PeerFailure`, whose message says the last checkpoint is intact and how to
-continue. At most ``world_size - 1`` images of the last (partial) training batch of each epoch
+CUDA graphs (``fit_loop(cuda_graph=None)``, on for CUDA devices) replay the whole training step
+of every rank -- forward, backward with DDP's gradient all-reduce, clipping, optimizer step --
+as one graph (PyTorch's recipe for DistributedDataParallel, NCCL >= 2.9.6): NCCL's asynchronous
+error handling is switched off before the process group starts
+(``TORCH_NCCL_ASYNC_ERROR_HANDLING=0``, :func:`init_distributed`), DDP is built on the side
+stream that also runs the eager warm-up steps and the capture (:meth:`DistContext.wrap`), and
+11 DDP steps run eagerly before the capture. Every rank captures the same step and the ranks
+agree (:meth:`DistContext.all_true`) before any graph is replayed, so a capture that fails on one
+rank sends all of them back to eager steps.
+
+Failures: a rank that dies makes the collectives of the others fail (gloo: at once; NCCL with
+error handling on: after ``BRAINATTN_DIST_TIMEOUT`` seconds, default 900) or torchrun ends them
+with SIGTERM; either way they stop with :class:`PeerFailure`, whose message says the last
+checkpoint is intact and how to continue. With CUDA graphs (NCCL error handling off) a survivor
+waits inside NCCL until torchrun's SIGTERM, and when that finds it blocked in a GPU wait,
+torchrun's SIGKILL 30 s later, ends it: the exit is not clean, but checkpoints are written
+atomically by rank 0 after an epoch, so the last one is intact and ``--resume`` continues (use
+``cuda_graph=False`` with ``init_distributed(cuda_graph=False)`` to keep NCCL's own error
+handling). At most ``world_size - 1`` images of the last (partial) training batch of each epoch
 are left out so that shards stay equal (one process leaves none out).
 
 Several fits in one call (``brainattn fit --subject subj01,subj02 ...``) are scheduled by
@@ -30,6 +45,7 @@ one after another, each data-parallel over all GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -44,6 +60,12 @@ from brainattn.errors import BrainAttnError, ConfigError
 #: torchrun's environment variables
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
+#: NCCL's asynchronous error handling (old and new names); off for CUDA-graph capture
+ASYNC_ERROR_KEYS = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING")
+
+#: the first NCCL that allows collectives inside a CUDA graph
+NCCL_GRAPH_MIN = (2, 9, 6)
+
 _CURRENT: DistContext | None = None
 
 
@@ -56,7 +78,9 @@ class DistContext:
     """This process's place in the process group.
 
     Attributes: ``rank``, ``world_size``, ``local_rank`` (GPU index on this machine),
-    ``backend`` (``nccl`` | ``gloo``), ``device`` (torch.device of this rank).
+    ``backend`` (``nccl`` | ``gloo``), ``device`` (torch.device of this rank), ``graphs``
+    (whether the training step may be captured as a CUDA graph: NCCL >= 2.9.6 and its
+    asynchronous error handling off when the group started; see :func:`init_distributed`).
     """
 
     rank: int
@@ -64,6 +88,7 @@ class DistContext:
     local_rank: int
     backend: str
     device: torch.device
+    graphs: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -78,6 +103,13 @@ class DistContext:
 
     def _comm_device(self) -> torch.device:
         return self.device if self.backend == "nccl" else torch.device("cpu")
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on every rank (every rank gets the same answer)."""
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._comm_device())
+        with collective_errors(self, "all_reduce"):
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return bool(t.item())
 
     def all_reduce_mean(self, value: float) -> float:
         """Mean of a Python float over ranks (every rank gets it)."""
@@ -102,8 +134,16 @@ class DistContext:
             torch.distributed.all_gather(out, pad)
         return [o[:s].cpu() for o, s in zip(out, sizes, strict=True)]
 
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """``module`` inside DistributedDataParallel (buffers are constant: not re-broadcast)."""
+    def wrap(self, module: torch.nn.Module, *, stream=None) -> torch.nn.Module:
+        """``module`` inside DistributedDataParallel (buffers are constant: not re-broadcast;
+        gradients are views of DDP's all-reduce buckets, so their addresses never change).
+
+        ``stream``: a CUDA side stream to build DDP on -- the stream that later runs the eager
+        warm-up steps and the CUDA-graph capture. DDP keeps the parameters' gradient
+        accumulators alive, and each one stays bound to the stream it was made on; built on the
+        default stream, the backward of a capture on a side stream would wait on the default
+        stream, which a capture cannot do.
+        """
         import inspect
 
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -113,8 +153,15 @@ class DistContext:
         # newer torch renamed the knob; buffers are identical on every rank from the start
         kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else \
             {"broadcast_buffers": False}
-        with collective_errors(self, "DDP setup"):
-            return DDP(module, device_ids=ids, gradient_as_bucket_view=True, **kw)
+        ctx = contextlib.nullcontext()
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            ctx = torch.cuda.stream(stream)
+        with collective_errors(self, "DDP setup"), ctx:
+            ddp = DDP(module, device_ids=ids, gradient_as_bucket_view=True, **kw)
+        if stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+        return ddp
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,11 +211,25 @@ def timeout_seconds() -> float:
     return val
 
 
-def init_distributed(device: str = "auto", *, backend: str | None = None) -> DistContext | None:
+def nccl_version() -> tuple[int, ...]:
+    """NCCL's version as a tuple (``()`` when torch has no NCCL)."""
+    try:
+        v = torch.cuda.nccl.version()
+    except Exception:  # a build without NCCL
+        return ()
+    return tuple(v) if isinstance(v, tuple) else (v // 1000, v // 100 % 10, v % 100)
+
+
+def init_distributed(device: str = "auto", *, backend: str | None = None,
+                     cuda_graph: bool | None = None) -> DistContext | None:
     """Join torchrun's process group when ``WORLD_SIZE > 1``; None for a single process.
 
     ``device``: ``auto``/``cuda`` bind rank to ``cuda:LOCAL_RANK`` when CUDA is present, ``cpu``
-    trains on the CPU with gloo. Idempotent: a second call returns the same context.
+    trains on the CPU with gloo. ``cuda_graph``: unless False, an NCCL group (>= 2.9.6) starts
+    with NCCL's asynchronous error handling off (``TORCH_NCCL_ASYNC_ERROR_HANDLING=0``, which
+    torchrun sets to 1), as CUDA-graph capture of DDP's all-reduce requires; a dead peer is then
+    noticed through torchrun's SIGTERM (module docstring). Idempotent: a second call returns
+    the same context.
     """
     global _CURRENT
     if _CURRENT is not None:
@@ -191,6 +252,10 @@ def init_distributed(device: str = "auto", *, backend: str | None = None) -> Dis
         dev = torch.device("cpu")
     be = choose_backend(dev.type, backend)
     kw = {"device_id": dev} if be == "nccl" else {}
+    graphs = be == "nccl" and cuda_graph is not False and nccl_version() >= NCCL_GRAPH_MIN
+    if graphs:  # read when the NCCL process group is created
+        for key in ASYNC_ERROR_KEYS:
+            os.environ[key] = "0"
     try:
         torch.distributed.init_process_group(
             be, rank=rank, world_size=world_size,
@@ -199,7 +264,7 @@ def init_distributed(device: str = "auto", *, backend: str | None = None) -> Dis
         raise PeerFailure(f"rank {rank}: could not join the process group ({be}) at "
                           f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
                           f": {str(exc).splitlines()[0][:160]}") from exc
-    _CURRENT = DistContext(rank, world_size, local, be, dev)
+    _CURRENT = DistContext(rank, world_size, local, be, dev, graphs)
     _install_sigterm(rank)
     return _CURRENT
 

@@ -263,6 +263,11 @@ def set_lr(group: dict, value: float) -> None:
         group["lr"] = float(value)
 
 
+#: DDP-enabled eager steps before a capture (PyTorch's CUDA-graph notes: DDP samples runtime
+#: statistics, with host synchronisations, during its first 10 iterations)
+DDP_WARMUP = 11
+
+
 class CudaGraphStep:
     """The whole training step (bf16 forward, loss, backward, gradient clipping, optimizer
     step) captured once as a CUDA graph and replayed for every full-size batch.
@@ -276,24 +281,37 @@ class CudaGraphStep:
     batch) run eagerly with the same optimizer (gradients are zeroed in place: the graph keeps
     writing into the same ``.grad`` tensors).
 
+    Data parallelism (``dist``, a :class:`~brainattn.encoders.distributed.DistContext` whose
+    ``graphs`` is true; ``model`` the DDP-wrapped module, built on ``stream`` by
+    :meth:`~brainattn.encoders.distributed.DistContext.wrap`): the graph holds DDP's gradient
+    all-reduce too, warm-up is at least :data:`DDP_WARMUP` steps, and after the capture the
+    ranks agree before replaying: if any rank failed to capture, all of them train eagerly
+    (auto mode) or raise (``strict``). ``batch_size`` is this rank's shard of a batch.
+
     ``opt`` must have gone through :func:`prepare_graph_optimizer`. ``strict``: a capture that
-    fails raises; otherwise it warns and the remaining steps run eagerly.
+    fails raises; otherwise it warns and the remaining steps run eagerly. ``stream``: the side
+    stream of the eager steps and the capture (default: a new one). ``status`` says what
+    happened: ``"warm-up"``, ``"captured"`` or ``"eager (capture failed...)"``.
     """
 
     def __init__(self, model, opt, *, device, amp: bool, grad_clip, extra_loss,
-                 batch_size: int, warmup: int = 3, strict: bool = True):
+                 batch_size: int, warmup: int = 3, strict: bool = True, dist=None,
+                 stream=None, log=None):
         self.model, self.opt = model, opt
         self.device = torch.device(device)
         self.kw = {"device": self.device, "amp": amp, "grad_clip": grad_clip,
                    "extra_loss": extra_loss}
         self.batch_size = int(batch_size)
-        self.warmup = int(warmup)
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        self.warmup = int(warmup) if self.dist is None else max(int(warmup), DDP_WARMUP)
         self.strict = strict
         self.n_warm = 0
         self.graph = None
         self.disabled = False
+        self.status = "warm-up"
         self.static_x = self.static_y = self.static_loss = None
-        self._side = None
+        self._side = stream
+        self._log = log or (lambda msg: None)
 
     def accepts(self, x, y) -> bool:
         """Whether (x, y) goes through the graph (full-size batch of the captured shape)."""
@@ -304,9 +322,21 @@ class CudaGraphStep:
         return (x.shape == self.static_x.shape and y.shape == self.static_y.shape
                 and x.dtype == self.static_x.dtype and y.dtype == self.static_y.dtype)
 
+    def _on_side(self, x, y, **kw) -> torch.Tensor:
+        """One eager step on the side stream (ordered after, and before, the current stream's
+        work): the stream DDP's gradient accumulators are bound to."""
+        cur = torch.cuda.current_stream(self.device)
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        self._side.wait_stream(cur)
+        with torch.cuda.stream(self._side):
+            loss = _step(self.model, self.opt, x, y, **kw, **self.kw)
+        cur.wait_stream(self._side)
+        return loss
+
     def eager(self, x, y) -> torch.Tensor:
         """One eager step with the same optimizer (after capture: gradients zeroed in place)."""
-        return _step(self.model, self.opt, x, y, set_to_none=self.graph is None, **self.kw)
+        return self._on_side(x, y, set_to_none=self.graph is None)
 
     def step(self, x, y) -> torch.Tensor:
         """One training step on a full-size batch; returns the loss tensor (0-d, on the device;
@@ -317,13 +347,7 @@ class CudaGraphStep:
             self.graph.replay()
             return self.static_loss
         if self.n_warm < self.warmup:
-            cur = torch.cuda.current_stream(self.device)
-            if self._side is None:
-                self._side = torch.cuda.Stream(self.device)
-            self._side.wait_stream(cur)
-            with torch.cuda.stream(self._side):
-                loss = _step(self.model, self.opt, x, y, cache_enabled=False, **self.kw)
-            cur.wait_stream(self._side)
+            loss = self._on_side(x, y, cache_enabled=False)
             self.n_warm += 1
             return loss
         return self._capture(x, y)
@@ -336,26 +360,44 @@ class CudaGraphStep:
         self.static_x.copy_(x)
         self.static_y.copy_(y)
         self.opt.zero_grad(set_to_none=True)  # .grad is allocated from the graph's pool
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
         graph = torch.cuda.CUDAGraph()
+        why = None
         try:
-            # thread_local: a streaming loader's prefetch thread may use CUDA meanwhile
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            # thread_local: a streaming loader's prefetch thread (and NCCL's watchdog) may use
+            # CUDA meanwhile; the capture runs on the stream of the warm-up steps (and of DDP)
+            with torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
                 loss = _step(self.model, self.opt, self.static_x, self.static_y,
                              cache_enabled=False, **self.kw)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:
             why = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-            if self.strict:
+            torch.cuda.synchronize(self.device)
+            if self.strict and self.dist is None:
                 raise BrainAttnError(f"cuda_graph: capturing the training step failed ({why}); "
                                      "train with cuda_graph=False") from exc
+        if self.dist is not None and not self.dist.all_true(why is None):
+            # a graph holding an all-reduce may only be replayed by all ranks together
+            why = why or "it failed on another rank"
+            if self.strict:
+                raise BrainAttnError(f"cuda_graph: capturing the training step failed on rank "
+                                     f"{self.dist.rank} or another ({why}); train with "
+                                     "cuda_graph=False")
+        if why is not None:
             warnings.warn(f"CUDA-graph capture of the training step failed ({why}); training "
                           "eagerly", stacklevel=2)
             self.disabled = True
+            self.status = f"eager (capture failed: {why})"
             self.static_x = self.static_y = None
-            torch.cuda.synchronize(self.device)
-            return _step(self.model, self.opt, x, y, **self.kw)
+            del graph
+            return self._on_side(x, y)
         self.graph, self.static_loss = graph, loss
+        self.status = "captured"
+        self._log(f"training step captured as a CUDA graph after {self.n_warm} eager steps"
+                  + (f" (with DDP's all-reduce, {self.dist.world_size} ranks)"
+                     if self.dist is not None else ""))
         graph.replay()  # capturing ran nothing: this is the step of this batch
         return loss
 
@@ -552,18 +594,29 @@ def lr_factor(epoch: int, *, schedule: str, epochs: int, warmup: int = 0,
 
 
 def _use_graph(cuda_graph: bool | None, device, dist) -> bool:
-    """Resolve ``cuda_graph`` (None = auto) for this device and world size."""
+    """Resolve ``cuda_graph`` (None = auto) for this device and process group: auto is on for
+    a CUDA device, with one process or data-parallel over NCCL started graph-ready
+    (``dist.graphs``, see :func:`brainattn.encoders.distributed.init_distributed`)."""
     dev = torch.device(device)
+    dist_ok = dist is None or bool(getattr(dist, "graphs", False))
     if cuda_graph is None:
-        return dev.type == "cuda" and dist is None
+        return dev.type == "cuda" and dist_ok
     if not cuda_graph:
         return False
     if dev.type != "cuda":
         raise ConfigError(f"cuda_graph=True: CUDA graphs need a CUDA device, training runs on "
                           f"{dev.type}; use cuda_graph=None (auto) or False")
-    if dist is not None:
-        raise ConfigError(f"cuda_graph=True: not supported with data parallelism (world size "
-                          f"{dist.world_size}); use cuda_graph=None (auto) or False")
+    if not dist_ok:
+        from brainattn.encoders.distributed import NCCL_GRAPH_MIN, nccl_version
+
+        why = (f"the {dist.backend} backend" if dist.backend != "nccl" else
+               f"NCCL {'.'.join(map(str, nccl_version()))} (needs >= "
+               f"{'.'.join(map(str, NCCL_GRAPH_MIN))})" if nccl_version() < NCCL_GRAPH_MIN else
+               "a process group started with NCCL's async error handling on "
+               "(init_distributed(cuda_graph=False))")
+        raise ConfigError(f"cuda_graph=True: data-parallel training (world size "
+                          f"{dist.world_size}) cannot capture its all-reduce with {why}; use "
+                          "cuda_graph=None (auto) or False")
     return True
 
 
@@ -581,9 +634,12 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
     ``dist``: a :class:`~brainattn.encoders.distributed.DistContext` (default: the one torchrun
     set up, if any): data-parallel training, rank-0 checkpoints (see that module).
     ``cuda_graph``: replay the training step as a CUDA graph (:class:`CudaGraphStep`; makes
-    ``opt`` capturable with tensor learning rates). ``None`` (auto): on for a CUDA ``device``
-    with one process; ``True`` on a CPU device or with data parallelism is refused
-    (:class:`~brainattn.errors.ConfigError`); ``False``: eager steps.
+    ``opt`` capturable with tensor learning rates; with data parallelism the graph holds DDP's
+    all-reduce). ``None`` (auto): on for a CUDA ``device`` (with any number of NCCL processes),
+    eager if the capture fails (a warning; every rank falls back together); ``True``: a failed
+    capture raises, and a CPU device or a process group that cannot capture is refused
+    (:class:`~brainattn.errors.ConfigError`); ``False``: eager steps. The returned state's
+    ``cuda_graph`` says what happened (``off``, ``captured``, ``eager (capture failed...)``).
     """
     from brainattn.encoders import distributed as D
 
@@ -613,16 +669,19 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
             )
         state = load_checkpoint(ckpt_dir, model=model, opt=opt)
         log(f"resumed after epoch {state['epoch']} (best val mean r {state['best_val_mean_r']:.4f})")
+    # the eager steps, the capture and (for DDP) the DDP constructor share one side stream
+    side = torch.cuda.Stream(torch.device(device)) if use_graph else None
     if dist is not None:  # after a resume: DDP starts from the loaded weights
-        train_model = dist.wrap(model)
+        train_model = dist.wrap(model, stream=side)
         log(f"data-parallel over {dist.world_size} processes ({dist.backend}), "
             f"{train_loader.batch_size // dist.world_size} images per process and step")
     graph = None
     if use_graph:  # after a resume: the loaded optimizer state is what gets captured
         prepare_graph_optimizer(opt, device)
-        graph = CudaGraphStep(model, opt, device=device, amp=amp, grad_clip=grad_clip,
-                              extra_loss=extra_loss, batch_size=train_loader.batch_size,
-                              strict=cuda_graph is True)
+        world = 1 if dist is None else dist.world_size
+        graph = CudaGraphStep(train_model, opt, device=device, amp=amp, grad_clip=grad_clip,
+                              extra_loss=extra_loss, batch_size=train_loader.batch_size // world,
+                              strict=cuda_graph is True, dist=dist, stream=side, log=log)
     best_path = None if ckpt_dir is None else Path(ckpt_dir) / "best.safetensors"
     best_mem = None
     if state["done"]:
@@ -688,4 +747,5 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
         load_module(best_path, model)
     elif best_mem is not None:
         model.load_state_dict(best_mem)
+    state["cuda_graph"] = "off" if graph is None else graph.status
     return state

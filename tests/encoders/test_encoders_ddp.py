@@ -335,3 +335,192 @@ def test_cli_rejects_a_bad_layer_list(tmp_path, capsys):
 
     assert main(["fit", str(tmp_path), "--layer", "8,x", "--out", str(tmp_path / "o")]) == 2
     assert "--layer '8,x': expected integers" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# two GPUs: DDP with the training step (and its all-reduce) replayed as a CUDA graph
+
+GPU_WORKER = textwrap.dedent('''
+    import json, os, sys, time, warnings
+    import numpy as np, torch
+    from brainattn.encoders import distributed as D
+    from brainattn.encoders import training as T
+    from brainattn.encoders.transformer import TransformerModule
+    from brainattn.errors import BrainAttnError
+    from safetensors.torch import save_file
+
+    mode, out = sys.argv[1], sys.argv[2]
+    ctx = D.init_distributed("cuda")
+    assert ctx is not None and ctx.backend == "nccl" and ctx.world_size == 2, ctx
+    L, C, V = 64, 64, 200
+
+    def data(n):
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((n, L, C)).astype(np.float32)
+        W = rng.standard_normal((C, V)) / np.sqrt(C)
+        Y = X.mean(1) @ W * 8 + 0.5 * rng.standard_normal((n, V))
+        return X, ((Y - Y.mean(0)) / Y.std(0)).astype(np.float32)
+
+    def fit(cuda_graph, *, extra_loss=None, epochs=4, ckpt=None, resume=False):
+        """100 training rows, global batch 16: 6 full steps (8 rows a rank) and a partial one
+        (2 rows a rank) per epoch; the capture is the 12th full step."""
+        X, Y = data(116)
+        torch.manual_seed(0)
+        m = TransformerModule(L, C, V, vertex_query=np.arange(V) % 5, grid=(8, 8), width=64,
+                              heads=4, ffn=128, dropout=0.0, seed=0).to(ctx.device)
+        opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=1e-4, fused=True)
+        tr = T.ArrayLoader(X, Y, np.arange(100), batch_size=16, shuffle=True, seed=0,
+                           device=ctx.device)
+        va = T.ArrayLoader(X, Y, np.arange(100, 116), batch_size=16, device=ctx.device)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            st = T.fit_loop(m, opt, tr, va, epochs=epochs, config={}, device=ctx.device,
+                            amp=True, grad_clip=1.0, schedule="cosine", patience=None,
+                            cuda_graph=cuda_graph, extra_loss=extra_loss, ckpt_dir=ckpt,
+                            resume=resume)
+        st["warnings"] = [str(x.message) for x in w if "CUDA-graph" in str(x.message)]
+        return m, st
+
+    def save(name, m, st):
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in m.state_dict().items()},
+                  os.path.join(out, f"{name}-r{ctx.rank}.safetensors"))
+        with open(os.path.join(out, f"{name}-r{ctx.rank}.json"), "w") as f:
+            json.dump({k: st[k] for k in ("history", "cuda_graph", "warnings")}, f)
+
+    def syncs(mod):  # reads a value back on rank 1 only: that rank cannot capture
+        if ctx.rank == 1:
+            return 0.0 * float(mod.readout_b.detach().sum())
+        return 0.0 * mod.readout_b.sum()
+
+    try:
+        if mode == "equal":
+            env = {k: os.environ.get(k) for k in D.ASYNC_ERROR_KEYS}
+            assert ctx.graphs and set(env.values()) == {"0"}, env
+            t0 = time.perf_counter()
+            save("graph", *fit(None))
+            save("eager", *fit(False))
+            save("fallback", *fit(None, extra_loss=syncs))
+            if ctx.is_main:
+                print(f"three fits in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        elif mode == "die":
+            if ctx.rank == 1:  # die in epoch 3, after the capture (epoch 2)
+                orig = T.ArrayLoader.__iter__
+                def dying(self):
+                    for i, b in enumerate(orig(self)):
+                        if self.shuffle and self.epoch == 2 and i == 2:
+                            os._exit(3)
+                        yield b
+                T.ArrayLoader.__iter__ = dying
+            fit(None, ckpt=os.path.join(out, "ckpt"))
+    except BrainAttnError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    D.shutdown()
+''')
+
+two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                              reason="needs 2 CUDA devices (runs on the GPU machine)")
+
+
+@pytest.fixture(scope="module")
+def gpu_work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddp_gpu")
+    (d / "worker.py").write_text(GPU_WORKER)
+    os.environ.setdefault("TRITON_CACHE_DIR", str(d / "triton"))  # shared by the launches
+    return d
+
+
+def _torchrun_gpu(d, mode, timeout):
+    """torchrun on 2 GPUs; on a timeout torchrun gets SIGTERM, so that it stops its workers
+    (they run in sessions of their own: killing torchrun alone would leave them in NCCL)."""
+    env = {k: v for k, v in os.environ.items() if k not in D.ENV_KEYS}
+    env.update(BRAINATTN_PROGRESS="0", PYTHONPATH=os.pathsep.join([str(d),
+                                                                   env.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "--max_restarts=0", "--monitor_interval=0.5", str(d / "worker.py"), mode, str(d)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        err = f"{err}\n(timed out after {timeout} s)"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _load(d, name, rank):
+    from safetensors.torch import load_file
+
+    p = load_file(str(d / f"{name}-r{rank}.safetensors"))
+    return (torch.cat([v.flatten() for _, v in sorted(p.items())]),
+            json.loads((d / f"{name}-r{rank}.json").read_text()))
+
+
+@two_gpus
+@pytest.mark.gpu
+def test_two_gpus_ddp_graph_equals_ddp_eager_and_capture_failure_is_collective(gpu_work):
+    res = _torchrun_gpu(gpu_work, "equal", timeout=200)
+    print(res.stderr[-2500:])
+    assert (gpu_work / "eager-r1.json").is_file(), res.stderr[-4000:]
+    g0, sg = _load(gpu_work, "graph", 0)
+    g1, _ = _load(gpu_work, "graph", 1)
+    e0, se = _load(gpu_work, "eager", 0)
+    e1, _ = _load(gpu_work, "eager", 1)
+    assert sg["cuda_graph"] == "captured" and not sg["warnings"], sg
+    assert se["cuda_graph"] == "off"
+    # DDP keeps the ranks identical, replayed or not (same all-reduced update on each)
+    assert torch.equal(g0, g1) and torch.equal(e0, e1)
+    torch.manual_seed(0)
+    from brainattn.encoders.transformer import TransformerModule
+
+    init = TransformerModule(64, 64, 200, vertex_query=np.arange(200) % 5, grid=(8, 8),
+                             width=64, heads=4, ffn=128, dropout=0.0, seed=0)
+    p0 = torch.cat([v.float().flatten() for _, v in sorted(init.state_dict().items())])
+    moved = (e0 - p0).norm()
+    assert moved > 0
+    # 24 full steps (11 eager warm-up, 1 capture, 12 replays) + 4 eager partial ones, dropout
+    # 0, bf16 autocast both ways: the replayed all-reduced steps are the eager ones
+    assert (g0 - e0).norm() / moved < 0.02
+    np.testing.assert_allclose([h["train_loss"] for h in sg["history"]],
+                               [h["train_loss"] for h in se["history"]], rtol=0.02)
+    np.testing.assert_allclose([h["val_mean_r"] for h in sg["history"]],
+                               [h["val_mean_r"] for h in se["history"]], atol=0.01)
+    # rank 1 cannot capture: both ranks train eagerly (rank 0 drops the graph it captured)
+    assert res.returncode == 0, res.stderr[-4000:]
+    f0, sf0 = _load(gpu_work, "fallback", 0)
+    f1, sf1 = _load(gpu_work, "fallback", 1)
+    assert sf0["cuda_graph"].startswith("eager (capture failed: it failed on another rank")
+    assert sf1["cuda_graph"].startswith("eager (capture failed") and sf1["warnings"]
+    assert torch.equal(f0, f1)
+    assert (f0 - e0).norm() / moved < 0.02
+
+
+@two_gpus
+@pytest.mark.gpu
+def test_two_gpus_dead_rank_under_graphs_ends_the_run_and_leaves_the_checkpoint(gpu_work):
+    import time
+
+    from brainattn.encoders.training import load_checkpoint
+
+    die = gpu_work / "die"
+    die.mkdir()
+    (die / "worker.py").write_text(GPU_WORKER)
+    t0 = time.perf_counter()
+    res = _torchrun_gpu(die, "die", timeout=200)
+    took = time.perf_counter() - t0
+    print(f"dead peer under graphs: exit {res.returncode} after {took:.0f} s;",
+          res.stderr[-1500:])
+    assert res.returncode != 0
+    state = json.loads((die / "ckpt" / "state.json").read_text())
+    assert state["epoch"] == 1 and not state["done"]  # epochs 1-2 done, epoch 3 died
+    from brainattn.encoders.transformer import TransformerModule
+
+    m = TransformerModule(64, 64, 200, vertex_query=np.arange(200) % 5, grid=(8, 8), width=64,
+                          heads=4, ffn=128, dropout=0.0, seed=1)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    assert load_checkpoint(die / "ckpt", model=m, opt=opt)["epoch"] == 1  # intact, loadable

@@ -118,9 +118,10 @@ class DistContext:
             torch.distributed.all_reduce(t)
         return float(t.item()) / self.world_size
 
-    def gather_rows(self, t: torch.Tensor) -> list[torch.Tensor]:
+    def gather_rows(self, t: torch.Tensor, *, keep_device: bool = False) -> list[torch.Tensor]:
         """Every rank's ``t`` (rows may differ in number; trailing dims equal), in rank order,
-        on the CPU. Rows are padded to the longest for the all-gather and trimmed after."""
+        on the CPU (``keep_device``: where the collective ran, the GPU for NCCL). Rows are
+        padded to the longest for the all-gather and trimmed after."""
         dev = self._comm_device()
         n = torch.tensor([t.shape[0]], dtype=torch.int64, device=dev)
         sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
@@ -132,7 +133,7 @@ class DistContext:
             pad[: t.shape[0]] = t.to(dev)
             out = [torch.empty_like(pad) for _ in range(self.world_size)]
             torch.distributed.all_gather(out, pad)
-        return [o[:s].cpu() for o, s in zip(out, sizes, strict=True)]
+        return [o[:s] if keep_device else o[:s].cpu() for o, s in zip(out, sizes, strict=True)]
 
     def wrap(self, module: torch.nn.Module, *, stream=None) -> torch.nn.Module:
         """``module`` inside DistributedDataParallel (buffers are constant: not re-broadcast;

@@ -393,6 +393,7 @@ def run_brainattn(cfg, data: Data, dev, *, epochs, batch, lr, seed=0, dist=None,
         + (", CUDA graph + fused AdamW" if graph == "captured" else "")
     return {"model": name, "epochs": len(hist), "profile": prof, "cuda_graph": graph,
             "epoch_s": [round(h["seconds"], 3) for h in hist],
+            "train_s": [round(t, 3) for t in st.get("train_seconds", [])],
             "val_r": [round(h["val_mean_r"], 4) for h in hist],
             "images_per_s": round(len(data.tr) / hist[-1]["seconds"],
                                   1),

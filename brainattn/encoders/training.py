@@ -637,6 +637,7 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
 
     Returns the final state dict (``history``: one dict per epoch with ``epoch``, ``lr``,
     ``train_loss``, ``val_loss``, ``val_mean_r``, ``val_median_r``, ``seconds``;
+    ``train_seconds``: per epoch, the part spent training, without validation;
     ``best_epoch``, ``best_val_mean_r``); the model holds the best weights on return.
     ``stop_after`` ends the call after that many epochs as if killed (tests of ``resume``).
     ``dist``: a :class:`~brainattn.encoders.distributed.DistContext` (default: the one torchrun
@@ -712,6 +713,7 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
                                desc=f"epoch {epoch + 1}/{epochs}", graph=graph)
             if dist is not None:
                 loss = dist.all_reduce_mean(loss)
+            t_train = time.perf_counter() - t0  # train_epoch ends with a host read: synced
             metrics = evaluate(model, val_loader, device=device, amp=amp, dist=dist)
         except KeyboardInterrupt:
             print(f"interrupted in epoch {epoch + 1}; the checkpoint of epoch {epoch} is in "
@@ -726,6 +728,8 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
         row = {"epoch": epoch, "lr": base_lrs[0] * f, "train_loss": loss, **metrics,
                "seconds": time.perf_counter() - t0}
         state["history"].append(row)
+        # outside the history (its CSV keeps its columns across a resume): training seconds
+        state.setdefault("train_seconds", []).append(round(t_train, 4))
         state["epoch"] = epoch
         log(f"epoch {epoch + 1}/{epochs} loss {loss:.4f} val r {metrics['val_mean_r']:.4f} "
             f"({row['seconds']:.1f} s)")

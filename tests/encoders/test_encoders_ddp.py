@@ -400,8 +400,18 @@ GPU_WORKER = textwrap.dedent('''
             save("graph", *fit(None))
             save("eager", *fit(False))
             save("fallback", *fit(None, extra_loss=syncs))
+            # for the record: the all-reduce of an Algonauts-size gradient (33 M float32)
+            g = torch.ones(33_000_000, device=ctx.device)
+            for _ in range(3):
+                torch.distributed.all_reduce(g)
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            for _ in range(20):
+                torch.distributed.all_reduce(g)
+            torch.cuda.synchronize()
             if ctx.is_main:
-                print(f"three fits in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+                print(f"three fits in {t1 - t0:.1f} s; all-reduce of 33 M float32: "
+                      f"{(time.perf_counter() - t1) / 20 * 1e3:.2f} ms", file=sys.stderr)
         elif mode == "die":
             if ctx.rank == 1:  # die in epoch 3, after the capture (epoch 2)
                 orig = T.ArrayLoader.__iter__

@@ -474,7 +474,7 @@ def _load(d, name, rank):
 @two_gpus
 @pytest.mark.gpu
 def test_two_gpus_ddp_graph_equals_ddp_eager_and_capture_failure_is_collective(gpu_work):
-    res = _torchrun_gpu(gpu_work, "equal", timeout=200)
+    res = _torchrun_gpu(gpu_work, "equal", timeout=120)
     print(res.stderr[-2500:])
     assert (gpu_work / "eager-r1.json").is_file(), res.stderr[-4000:]
     g0, sg = _load(gpu_work, "graph", 0)
@@ -521,7 +521,7 @@ def test_two_gpus_dead_rank_under_graphs_ends_the_run_and_leaves_the_checkpoint(
     die.mkdir()
     (die / "worker.py").write_text(GPU_WORKER)
     t0 = time.perf_counter()
-    res = _torchrun_gpu(die, "die", timeout=200)
+    res = _torchrun_gpu(die, "die", timeout=120)
     took = time.perf_counter() - t0
     print(f"dead peer under graphs: exit {res.returncode} after {took:.0f} s;",
           res.stderr[-1500:])

@@ -361,6 +361,9 @@ def main(argv=None):
             print(f"{name}: breakdown failed: {exc}", flush=True)
         del q, k, v, extra
         torch.cuda.empty_cache()
+        if args.out:  # after each case, so a run cut short keeps the finished cases
+            with open(args.out, "w") as fh:
+                fh.write("\n".join(lines + ["", "Per-kernel times (median):", *notes]) + "\n")
     table = "\n".join(lines + ["", "Per-kernel times (median):", *notes])
     print("\n" + table)
     if args.out:

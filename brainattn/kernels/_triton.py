@@ -73,24 +73,23 @@ def _prune(configs, named_args, **kwargs):
 
 
 _PRUNE = {"early_config_prune": _prune}
+# Lists trimmed to the winners of an H200 run (2026-11-27) and their neighbours, to keep the
+# tuning time of a fresh process short: fwd (128, 64, 8, 3) on vertices, (64, 64, 4, 3) on rois;
+# dq (64, 64, 4, 3) everywhere; dk/dv (32, 128, 4, 3|5) on vertices, (16, 64, 4, 3) on rois.
 _FWD_CONFIGS = _cfgs(
-    [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3),
-     (128, 32, 4, 3), (64, 32, 4, 2)],
+    [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 32, 4, 2)],
     (128, 64, 4, 3),
 )
 # (queries per step, keys per program): the tutorial's dk/dv shape (32, 128) first
 _KV_CONFIGS = _cfgs(
-    [(32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 4, 5), (64, 128, 4, 3), (64, 64, 4, 3),
-     (32, 64, 4, 4), (128, 128, 8, 2), (16, 64, 4, 3)],
+    [(32, 128, 4, 3), (32, 128, 4, 5), (64, 128, 8, 3), (16, 64, 4, 3), (32, 64, 4, 4)],
     (64, 64, 4, 3),
 )
 _Q_CONFIGS = _cfgs(
-    [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 4, 2),
-     (32, 64, 4, 3), (128, 128, 8, 2)],
+    [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 32, 4, 3)],
     (64, 64, 4, 3),
 )
-_BIAS_CONFIGS = _cfgs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3)],
-                      (64, 64, 4, 3))
+_BIAS_CONFIGS = _cfgs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3)], (64, 64, 4, 3))
 
 
 @triton.jit
@@ -242,21 +241,23 @@ def _bwd_pre(O, DO, DLSE, DELTA, s_db, s_dh, s_dm, H, Lq,
 
 @triton.jit
 def _lr_grad(acc, ds, G, g_off, F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr,
-             BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr):
-    """acc += ds @ factor for a low-rank gradient; ds (X, Y) fp32, factor rows offs_r (Y).
+             BPREC: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr):
+    """acc (X, GW) += ds @ factor for a low-rank gradient; ds (X, Y) fp32, factor rows offs_r.
 
-    With LR_DOT the factor is G, the bf16 split [f_hi, 0, f_lo, 0] (halves of KAUG/2 columns),
-    and ds is split too: acc += ds_hi @ [f_hi, f_lo] + ds_lo @ [f_hi, 0]; the host adds the two
-    column halves (error ~2^-16 relative, vs bf16 inputs' 2^-8). Otherwise one fp32 dot with
-    F, the (Y, R) fp32 factor with row/column strides s_r, s_c."""
-    offs_c = tl.arange(0, KAUG)
-    if LR_DOT:
-        ptr = G + g_off + offs_r[:, None] * KAUG + offs_c[None, :]
-        g = tl.load(ptr, mask=mask_r[:, None], other=0.0)
-        g_hi = tl.load(ptr, mask=mask_r[:, None] & (offs_c < KAUG // 2)[None, :], other=0.0)
+    With LR_GDOT the factor is G, rows [f_hi | f_lo] in bf16 (GW columns each, zero padded),
+    and ds is split the same way: acc += ds_hi f_hi + ds_hi f_lo + ds_lo f_hi, three bf16
+    tensor-core dots (relative error ~2^-16, vs 2^-8 for the bf16 inputs themselves).
+    Otherwise one fp32 (tf32 for half inputs) dot with F, the (Y, R) factor with strides
+    s_r, s_c."""
+    offs_c = tl.arange(0, GW)
+    if LR_GDOT:
+        ptr = G + g_off + offs_r[:, None] * (2 * GW) + offs_c[None, :]
+        g_hi = tl.load(ptr, mask=mask_r[:, None], other=0.0)
+        g_lo = tl.load(ptr + GW, mask=mask_r[:, None], other=0.0)
         ds_hi = ds.to(G.dtype.element_ty)
         ds_lo = (ds - ds_hi.to(tl.float32)).to(G.dtype.element_ty)
-        acc = tl.dot(ds_hi, g, acc)
+        acc = tl.dot(ds_hi, g_hi, acc)
+        acc = tl.dot(ds_hi, g_lo, acc)
         acc = tl.dot(ds_lo, g_hi, acc)
     else:
         f = tl.load(F + f_off + offs_r[:, None] * s_r + offs_c[None, :] * s_c,
@@ -271,7 +272,8 @@ def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bia
              s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale,
              HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
              BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
-             LR_GRAD: tl.constexpr, MASK_N: tl.constexpr, BLOCK_N: tl.constexpr):
+             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
+             MASK_N: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of the dq pass: dq += dS K, dq_bias += dS k_bias."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Lk
@@ -287,7 +289,7 @@ def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bia
     dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
     if LR_GRAD:
         dqb = _lr_grad(dqb, ds, KG, kg_off, KB, kb_off, offs_n, mask_n, s_kbn, s_kbr, RANK,
-                       BPREC, LR_DOT, KAUG)
+                       BPREC, LR_GDOT, GW)
     return dq, dqb
 
 
@@ -297,12 +299,12 @@ def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bia
 def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP,
            s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
            s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
-           s_db, s_dh, s_dm,
+           s_db, s_dh, s_dm, s_gb, s_gh,
            B, H, Lq, Lk, scale, batch_per_split,
            HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
            PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
-           LR_GRAD: tl.constexpr, FUSE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr,
-           RSTORE: tl.constexpr,
+           LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
+           FUSE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr,
            BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     split = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -320,7 +322,7 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
     qa = _load_qa(QA, b_lo.to(tl.int64) * s_qab + h * s_qah, offs_m, mask_m, LR_DOT, KAUG)
     bias_off = h * s_bh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dqb = tl.zeros([BLOCK_M, KAUG], tl.float32)
+    dqb = tl.zeros([BLOCK_M, GW], tl.float32)
     n_full = (Lk // BLOCK_N) * BLOCK_N
     for bi in range(0, b_hi - b_lo):
         b = b_lo.to(tl.int64) + bi
@@ -341,26 +343,27 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
         qb_off = b * s_qbb + h * s_qbh
         kb_off = b * s_kbb + h * s_kbh
         ka_off = b * s_kab + h * s_kah
+        kg_off = b * s_gb + h * s_gh
         for start_n in range(0, n_full, BLOCK_N):
             dq, dqb = _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias,
-                               bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, ka_off, offs_m,
+                               bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, kg_off, offs_m,
                                offs_d, mask_m, mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn,
                                s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
-                               LR_GRAD, False, BLOCK_N)
+                               LR_GRAD, LR_GDOT, GW, False, BLOCK_N)
         if n_full < Lk:
             dq, dqb = _dq_step(dq, dqb, q, qa, do, lse2, delta, n_full, k_base, v_base, Bias,
-                               bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, ka_off, offs_m,
+                               bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, kg_off, offs_m,
                                offs_d, mask_m, mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn,
                                s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
-                               LR_GRAD, True, BLOCK_N)
+                               LR_GRAD, LR_GDOT, GW, True, BLOCK_N)
     dq = dq * scale
     part = split.to(tl.int64) * H + h
     tl.store(DQP + (part * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
              dq.to(DQP.dtype.element_ty), mask=mask_md)
     if LR_GRAD:
-        offs_g = tl.arange(0, KAUG)
-        tl.store(DQBP + (part * Lq + offs_m[:, None]) * RSTORE + offs_g[None, :], dqb,
-                 mask=mask_m[:, None] & (offs_g < RSTORE)[None, :])
+        offs_g = tl.arange(0, GW)
+        tl.store(DQBP + (part * Lq + offs_m[:, None]) * RANK + offs_g[None, :], dqb,
+                 mask=mask_m[:, None] & (offs_g < RANK)[None, :])
 
 
 @triton.jit
@@ -400,11 +403,11 @@ def _logits2T(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, off
 def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
             s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
             s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
-            s_db, s_dh, s_dm,
+            s_db, s_dh, s_dm, s_gb, s_gh,
             H, Lq, Lk, scale,
             HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
             PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
-            LR_GRAD: tl.constexpr, RSTORE: tl.constexpr,
+            LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
@@ -432,7 +435,8 @@ def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
                      + tl.arange(0, KAUG)[None, :], mask=mask_n[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dkb = tl.zeros([BLOCK_N, KAUG], tl.float32)
+    dkb = tl.zeros([BLOCK_N, GW], tl.float32)
+    qg_off = b * s_gb + h * s_gh
     for start_m in range(0, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < Lq
@@ -453,16 +457,16 @@ def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
         dsT = pT * (dpT - delta[None, :])
         dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
         if LR_GRAD:
-            dkb = _lr_grad(dkb, dsT, QG, qa_off, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK,
-                           BPREC, LR_DOT, KAUG)
+            dkb = _lr_grad(dkb, dsT, QG, qg_off, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK,
+                           BPREC, LR_GDOT, GW)
     dk = dk * scale
     nd = (bh * Lk + offs_n[:, None]) * HEAD_D + offs_d[None, :]
     tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)
     tl.store(DV + nd, dv.to(DV.dtype.element_ty), mask=mask_nd)
     if LR_GRAD:
-        offs_g = tl.arange(0, KAUG)
-        tl.store(DKB + (bh * Lk + offs_n[:, None]) * RSTORE + offs_g[None, :], dkb,
-                 mask=mask_n[:, None] & (offs_g < RSTORE)[None, :])
+        offs_g = tl.arange(0, GW)
+        tl.store(DKB + (bh * Lk + offs_n[:, None]) * RANK + offs_g[None, :], dkb,
+                 mask=mask_n[:, None] & (offs_g < RANK)[None, :])
 
 
 @triton.autotune(configs=_BIAS_CONFIGS, prune_configs_by=_PRUNE,
@@ -521,6 +525,8 @@ def _bwd_bias(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DBP,
 # bf16 keeps fp32's range (dS and dO can be tiny); the interpreter's bf16 dot is broken, so the
 # CPU tests run the same split in fp16
 _GRAD_DT = torch.float16 if _INTERPRET else torch.bfloat16
+# BRAINATTN_LR_GRAD_SPLIT=0: low-rank gradients of half inputs as tf32 dots on fp32 dS instead
+_LR_SPLIT = os.environ.get("BRAINATTN_LR_GRAD_SPLIT", "1") != "0"
 _TUNED: dict = {}  # launch key -> the tuned config's launch kwargs (num_warps, BLOCK_M, ...)
 _DUMMY: dict = {}  # device -> a small fp32 tensor standing in for absent pointers
 _SMS: dict = {}  # device -> number of SMs
@@ -590,16 +596,16 @@ def _split_pair(q_bias: torch.Tensor, k_bias: torch.Tensor, kaug: int):
     return out
 
 
-def _grad_factor(f: torch.Tensor, kaug: int) -> torch.Tensor:
-    """bf16 (fp16 interpreted) split [f_hi, 0, f_lo, 0] of a low-rank factor (..., R) into kaug columns, the halves
-    kaug/2 wide: the right operand of the low-rank gradient dots."""
+def _grad_factor(f: torch.Tensor, gw: int) -> torch.Tensor:
+    """bf16 (fp16 when interpreted) split of a low-rank factor (..., R) into rows
+    [f_hi, 0 | f_lo, 0] of 2 * gw columns: the right operand of the low-rank gradient dots."""
     x = f.detach().float()
     hi = x.to(_GRAD_DT)
     lo = (x - hi.float()).to(_GRAD_DT)
-    out = x.new_zeros(*x.shape[:-1], kaug, dtype=_GRAD_DT)
-    R, half = x.shape[-1], kaug // 2
+    out = x.new_zeros(*x.shape[:-1], 2 * gw, dtype=_GRAD_DT)
+    R = x.shape[-1]
     out[..., :R] = hi
-    out[..., half:half + R] = lo
+    out[..., gw:gw + R] = lo
     return out
 
 
@@ -608,7 +614,7 @@ class _Plan:
     precisions, strides, the split factors and the pointer stand-ins."""
 
     __slots__ = ("B", "H", "Lq", "Lk", "D", "R", "BLOCK_D", "prec", "bprec", "lr_dot", "kaug",
-                 "ptrs", "strides", "dev", "key", "q_bias", "k_bias")
+                 "lr_gdot", "gw", "ptrs", "strides", "dev", "key", "q_bias", "k_bias")
 
     def __init__(self, q, k, v, bias, q_bias, k_bias):
         B, H, Lk, D = k.shape
@@ -624,6 +630,8 @@ class _Plan:
         self.bprec = self.prec
         self.lr_dot = R > 0 and q.dtype != torch.float32
         self.kaug = max(16, triton.next_power_of_2(3 * max(R, 1)))
+        self.lr_gdot = self.lr_dot and _LR_SPLIT
+        self.gw = max(16, triton.next_power_of_2(max(R, 1)))
         self.q_bias, self.k_bias = q_bias, k_bias
         dummy = _dummy(dev)
         qa = ka = dummy
@@ -641,12 +649,13 @@ class _Plan:
                     None if bias is None else bias.dtype,
                     None if q_bias is None else (q_bias.dtype, k_bias.dtype))
 
-    def grad_factors(self):
-        """The bf16 split factors of the low-rank gradients (dummies off the LR_DOT path)."""
-        if not self.lr_dot:
-            d = _dummy(self.dev)
-            return d, d
-        return _grad_factor(self.q_bias, self.kaug), _grad_factor(self.k_bias, self.kaug)
+    def grad_factors(self, need_qg: bool, need_kg: bool):
+        """The bf16 split factors of the low-rank gradients and their (batch, head) strides;
+        dummies for those not needed and off the LR_GDOT path. dk_bias needs qg, dq_bias kg."""
+        d = _dummy(self.dev)
+        qg = _grad_factor(self.q_bias, self.gw) if self.lr_gdot and need_qg else d
+        kg = _grad_factor(self.k_bias, self.gw) if self.lr_gdot and need_kg else d
+        return qg, kg, _s(qg, 2) if qg is not d else (0, 0), _s(kg, 2) if kg is not d else (0, 0)
 
 
 def _forward(q, k, v, bias, q_bias, k_bias, scale, plan=None):
@@ -670,18 +679,6 @@ def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
     return t.sum(dim=dims, keepdim=True) if dims else t
 
 
-def _reduce_lr(t: torch.Tensor, shape, lr_dot: bool) -> torch.Tensor:
-    """Low-rank gradient partials (n, H, L, width) -> ``shape`` (B or 1, H or 1, L, R): sums the
-    broadcast dims and, for the split (LR_DOT) layout, the two column halves, in one reduction."""
-    R = shape[3]
-    dims = [i for i in range(2) if shape[i] == 1 and t.shape[i] != 1]
-    if lr_dot:
-        t = t.unflatten(-1, (2, t.shape[-1] // 2))[..., :R]
-        dims.append(3)
-        return t.sum(dim=dims).reshape(shape) if len(dims) else t
-    return t.sum(dim=dims, keepdim=True) if dims else t
-
-
 def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, plan=None):
     if plan is None:
         plan = _Plan(q, k, v, bias, q_bias, k_bias)
@@ -691,13 +688,11 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
     nqb = nqb and R > 0
     nkb = nkb and R > 0
     has_bias = bias is not None
-    lr_dot = plan.lr_dot
-    rstore = plan.kaug if lr_dot else R
-    qg, kg = plan.grad_factors() if (nqb or nkb) else (plan.ptrs[3], plan.ptrs[4])
+    qg, kg, qg_s, kg_s = plan.grad_factors(nkb, nqb)
     dstr = _s(dout, 3)
     common = (*plan.strides, *dstr)
-    consts = dict(HEAD_D=D, HAS_BIAS=has_bias, RANK=R, PREC=plan.prec, LR_DOT=lr_dot,
-                  KAUG=plan.kaug, BLOCK_D=plan.BLOCK_D)
+    consts = dict(HEAD_D=D, HAS_BIAS=has_bias, RANK=R, PREC=plan.prec, LR_DOT=plan.lr_dot,
+                  KAUG=plan.kaug, LR_GDOT=plan.lr_gdot, GW=plan.gw, BLOCK_D=plan.BLOCK_D)
     delta = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
     dq = dk = dv = dbias = dqb = dkb = None
     if nq or nqb:  # the dq pass also forms delta for the passes after it
@@ -712,18 +707,18 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         direct = n_split == q.shape[0]  # each partial is a final dq: store it in q's dtype
         dq_p = torch.empty((n_split, H, Lq, D), device=dev,
                            dtype=q.dtype if direct else torch.float32)
-        dqb_p = (torch.empty((n_split, H, Lq, rstore), device=dev, dtype=torch.float32)
+        dqb_p = (torch.empty((n_split, H, Lq, R), device=dev, dtype=torch.float32)
                  if nqb else plan.ptrs[1])
         grid = lambda meta: (n_split, triton.cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
         _launch(_bwd_q, grid, ("q", n_split, dlse is not None, nqb) + plan.key,
                 (q, k, v, *plan.ptrs, kg, dout, out, dlse if dlse is not None else delta, lse,
-                 delta, dq_p, dqb_p, *common, B, H, Lq, Lk, scale, bps),
+                 delta, dq_p, dqb_p, *common, *kg_s, B, H, Lq, Lk, scale, bps),
                 dict(consts, LR_GRAD=nqb, BPREC=plan.bprec, FUSE_DELTA=True,
-                     HAS_DLSE=dlse is not None, RSTORE=rstore))
+                     HAS_DLSE=dlse is not None))
         if nq:
             dq = dq_p if direct else _reduce_to(dq_p, q.shape).to(q.dtype)
         if nqb:
-            dqb = _reduce_lr(dqb_p, q_bias.shape, lr_dot).to(q_bias.dtype)
+            dqb = _reduce_to(dqb_p, q_bias.shape).to(q_bias.dtype)
     else:
         _bwd_pre[(triton.cdiv(Lq, 64), B * H)](
             out, dout, dlse if dlse is not None else delta, delta, *dstr, H, Lq,
@@ -731,15 +726,15 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
     if nk or nv or nkb:
         dk = torch.empty((B, H, Lk, D), device=dev, dtype=k.dtype)
         dv = torch.empty((B, H, Lk, D), device=dev, dtype=v.dtype)
-        dkb_p = (torch.empty((B, H, Lk, rstore), device=dev, dtype=torch.float32)
+        dkb_p = (torch.empty((B, H, Lk, R), device=dev, dtype=torch.float32)
                  if nkb else plan.ptrs[2])
         grid = lambda meta: (B, triton.cdiv(Lk, meta["BLOCK_N"]), H)  # noqa: E731
         _launch(_bwd_kv, grid, ("kv", nkb) + plan.key,
-                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, *common,
+                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, *common, *qg_s,
                  H, Lq, Lk, scale),
-                dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, RSTORE=rstore))
+                dict(consts, LR_GRAD=nkb, BPREC=plan.bprec))
         if nkb:
-            dkb = _reduce_lr(dkb_p, k_bias.shape, lr_dot).to(k_bias.dtype)
+            dkb = _reduce_to(dkb_p, k_bias.shape).to(k_bias.dtype)
         if not nk:
             dk = None
         if not nv:
@@ -751,7 +746,7 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
                              triton.cdiv(Lk, meta["BLOCK_N"]), H)
         _launch(_bwd_bias, grid, ("bias",) + plan.key,
                 (q, k, v, *plan.ptrs, dout, lse, delta, db, *common, B, H, Lq, Lk, scale),
-                dict(HEAD_D=D, RANK=R, PREC=plan.prec, LR_DOT=lr_dot, KAUG=plan.kaug,
+                dict(HEAD_D=D, RANK=R, PREC=plan.prec, LR_DOT=plan.lr_dot, KAUG=plan.kaug,
                      BLOCK_D=plan.BLOCK_D))
         dbias = db if direct else _reduce_to(db, bias.shape).to(bias.dtype)
     return dq, dk, dv, dbias, dqb, dkb
@@ -762,7 +757,14 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, q_bias, k_bias, scale):
-        q, k, v, bias, q_bias, k_bias = (_last_contig(t) for t in (q, k, v, bias, q_bias, k_bias))
+        if q.stride(-1) != 1:
+            q = q.contiguous()
+        if k.stride(-1) != 1:
+            k = k.contiguous()
+        if v.stride(-1) != 1:
+            v = v.contiguous()
+        if bias is not None or q_bias is not None:
+            bias, q_bias, k_bias = (_last_contig(t) for t in (bias, q_bias, k_bias))
         out, lse, plan = _forward(q, k, v, bias, q_bias, k_bias, scale)
         ctx.save_for_backward(q, k, v, bias, q_bias, k_bias, out, lse)
         ctx.scale = scale

@@ -24,6 +24,18 @@ def triton_available() -> bool:
     return True
 
 
+_TRITON_FN = []
+
+
+def _triton_fn():
+    """The Triton path's entry point, imported once (importing triton costs ~1 s)."""
+    if not _TRITON_FN:
+        from brainattn.kernels._triton import attention_triton
+
+        _TRITON_FN.append(attention_triton)
+    return _TRITON_FN[0]
+
+
 def _backend(q: torch.Tensor, D: int) -> str:
     """``"triton"`` or ``"torch"`` for this call; ``BRAINATTN_ATTENTION`` forces one."""
     forced = os.environ.get("BRAINATTN_ATTENTION", "auto").strip().lower() or "auto"
@@ -92,9 +104,7 @@ def attention(
     """
     dims, scale = check_inputs(q, k, v, bias, q_bias, k_bias, scale)
     if _backend(q, dims.D) == "triton":
-        from brainattn.kernels._triton import attention_triton
-
-        out, lse = attention_triton(q, k, v, bias, q_bias, k_bias, scale)
+        out, lse = _triton_fn()(q, k, v, bias, q_bias, k_bias, scale)
     else:
         out, lse = attention_torch(q, k, v, bias, q_bias, k_bias, scale)
     return (out, lse) if return_lse else out

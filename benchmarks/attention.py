@@ -212,6 +212,27 @@ def measure(fn, q, k, v, extra, dims, flops_fwd):
     return t_f, t_fb, peak, out
 
 
+def graphed(fn, q, k, v, extra):
+    """fwd+bwd ms with the step captured in a CUDA graph (host launch cost removed): the GPU
+    time of a step, for the launch-bound small cases."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    g = torch.randn_like(fn(q, k, v, extra))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            for p in leaves:
+                p.grad = None
+            fn(*leaves, extra).backward(g)
+    torch.cuda.current_stream().wait_stream(side)
+    for p in leaves:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(*leaves, extra).backward(g)
+    return bench(graph.replay)
+
+
 def breakdown(name, q, k, v, extra):
     """Milliseconds of each brainattn kernel on this case: fwd, bwd dk/dv side, bwd dq side,
     bwd dense-bias side (each backward pass includes the small delta pre-pass)."""
@@ -305,7 +326,7 @@ def main(argv=None):
              "(no recomputation counted). Peak: extra GiB allocated by one forward+backward. "
              "Ratio: best peer's fwd+bwd time / this row's (>1: faster than the best peer).", "",
              "| case | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak GiB "
-             "| ratio | max rel err |",
+             "| ratio | rel. diff of output vs brainattn |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in filter(None, args.profile.split(",")):
         profile_host(name)
@@ -364,6 +385,19 @@ def main(argv=None):
         if args.out:  # after each case, so a run cut short keeps the finished cases
             with open(args.out, "w") as fh:
                 fh.write("\n".join(lines + ["", "Per-kernel times (median):", *notes]) + "\n")
+    # launch-bound cases: also the step captured as one CUDA graph (no host launch cost), at the
+    # end so that a failed capture cannot disturb the other cases
+    for name in [n for n in names if n.startswith("rois")]:
+        dims, q, k, v, extra = make_case(name)
+        impls = {"brainattn": brainattn_fn(name), **peers_for(name, q, k, v, extra, dims)}
+        for impl in ("brainattn", "sdpa-cudnn", "sdpa-flash", "sdpa-efficient+bias"):
+            if impl in impls:
+                try:
+                    tg = graphed(impls[impl], q, k, v, extra)
+                    notes.append(f"- {name}: {impl} fwd+bwd as one CUDA graph {tg:.3f} ms")
+                    print(f"{name:14s} {impl:22s} graphed fwd+bwd {tg:8.3f} ms", flush=True)
+                except Exception as exc:
+                    print(f"{name} {impl}: graph capture failed: {exc}", flush=True)
     table = "\n".join(lines + ["", "Per-kernel times (median):", *notes])
     print("\n" + table)
     if args.out:

@@ -254,9 +254,10 @@ def init_distributed(device: str = "auto", *, backend: str | None = None,
     be = choose_backend(dev.type, backend)
     kw = {"device_id": dev} if be == "nccl" else {}
     graphs = be == "nccl" and cuda_graph is not False and nccl_version() >= NCCL_GRAPH_MIN
-    if graphs:  # read when the NCCL process group is created
-        for key in ASYNC_ERROR_KEYS:
-            os.environ[key] = "0"
+    if graphs:  # read when the NCCL process group is created; the old name only where set
+        for key in ASYNC_ERROR_KEYS:  # (torch warns that it is deprecated)
+            if key == ASYNC_ERROR_KEYS[0] or key in os.environ:
+                os.environ[key] = "0"
     try:
         torch.distributed.init_process_group(
             be, rank=rank, world_size=world_size,

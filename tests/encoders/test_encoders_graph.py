@@ -180,3 +180,22 @@ def test_checkpoint_with_tensor_lr_and_gpu_flags_resumes_on_a_cpu(tmp_path):
     opt3.param_groups[0]["lr"] = lr_t
     load_checkpoint(tmp_path, model=m3, opt=opt3)
     assert opt3.param_groups[0]["lr"] is lr_t and float(lr_t) == pytest.approx(3e-4)
+
+
+def test_graph_decision_with_data_parallelism():
+    from brainattn.encoders.distributed import DistContext
+    from brainattn.encoders.training import _use_graph
+
+    cuda0 = torch.device("cuda", 0)
+    ready = DistContext(0, 2, 0, "nccl", cuda0, graphs=True)
+    off = DistContext(0, 2, 0, "nccl", cuda0, graphs=False)
+    gloo = DistContext(0, 2, 0, "gloo", torch.device("cpu"))
+    # auto: on for CUDA, with one process or an NCCL group started graph-ready; else eager
+    assert _use_graph(None, "cuda", None) and _use_graph(None, "cuda", ready)
+    assert not _use_graph(None, "cuda", off) and not _use_graph(None, "cpu", gloo)
+    assert not _use_graph(False, "cuda", ready)
+    assert _use_graph(True, "cuda", ready)
+    with pytest.raises(ConfigError, match=r"cannot capture its all-reduce with the gloo backend"):
+        _use_graph(True, "cuda", gloo)
+    with pytest.raises(ConfigError, match=r"async error handling on|NCCL .* needs >="):
+        _use_graph(True, "cuda", off)

@@ -20,10 +20,10 @@ read the same dense-bias tile and, for broadcast queries, the same query tile fr
   the batch, so the batch sum needs no atomics and nothing of size B*H*Lq*Lk is ever formed.
 
 Low-rank term q_bias k_bias^T: for float16/bfloat16 inputs the logits take it as one fp16
-tensor-core dot of split factors (hi/lo, error ~2^-21 of |q_bias||k_bias|) and its gradients as
-two bf16 dots of dS split into hi + lo against the bf16 hi/lo split factors (relative error
-~2^-16); for float32 inputs the logits use R exact fp32 outer products and the gradients fp32
-dots. Head dims 48 and 96 are padded to 64 and 128 with masked loads. Strides of broadcast dims
+tensor-core dot of split factors (hi/lo, error ~2^-21 of |q_bias||k_bias|); for float32 inputs R
+exact fp32 outer products. Its gradients dS k_bias and dS^T q_bias are fp32 (tf32 for half
+inputs) dots on the fp32 dS; an opt-in bf16 hi/lo split of dS (``BRAINATTN_LR_GRAD_SPLIT=1``)
+is correct under the interpreter but failed on the GPU (see ``_LR_SPLIT``). Head dims 48 and 96 are padded to 64 and 128 with masked loads. Strides of broadcast dims
 are passed as 0; the last dim of q, k, v, dO and of the biases is contiguous (the wrapper makes
 it so), and out, lse, delta and the gradient buffers are allocated contiguous.
 
@@ -525,8 +525,10 @@ def _bwd_bias(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DBP,
 # bf16 keeps fp32's range (dS and dO can be tiny); the interpreter's bf16 dot is broken, so the
 # CPU tests run the same split in fp16
 _GRAD_DT = torch.float16 if _INTERPRET else torch.bfloat16
-# BRAINATTN_LR_GRAD_SPLIT=0: low-rank gradients of half inputs as tf32 dots on fp32 dS instead
-_LR_SPLIT = os.environ.get("BRAINATTN_LR_GRAD_SPLIT", "1") != "0"
+# BRAINATTN_LR_GRAD_SPLIT=1 (opt-in, experimental): low-rank gradients of half inputs as bf16
+# dots on split dS instead of tf32 dots on fp32 dS. Correct under the interpreter, but on an
+# H200 with triton 3.6 it gave wrong dq_bias and illegal addresses (2026-11-27), so it is off.
+_LR_SPLIT = os.environ.get("BRAINATTN_LR_GRAD_SPLIT", "0") == "1"
 _TUNED: dict = {}  # launch key -> the tuned config's launch kwargs (num_warps, BLOCK_M, ...)
 _DUMMY: dict = {}  # device -> a small fp32 tensor standing in for absent pointers
 _SMS: dict = {}  # device -> number of SMs

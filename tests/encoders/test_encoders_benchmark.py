@@ -29,11 +29,12 @@ def test_tiny_benchmark_runs_every_part(bench, tmp_path):
     res = bench.main(["--tiny", "--workdir", str(tmp_path / "w"), "--out", str(out),
                       "--json", str(tmp_path / "r.json"), "--device", "cpu"])
     parts = res["parts"]
-    assert set(parts) == {"brainattn", "published", "published_gpu", "vertices", "ridge",
-                          "synth"}
+    assert set(parts) == {"brainattn_graph", "brainattn", "published", "published_gpu",
+                          "vertices", "ridge", "synth"}
+    assert parts["brainattn_graph"]["cuda_graph"] == "off"  # auto on a CPU: eager steps
     assert parts["synth"]["data"]["n_queries"] >= 20  # ROI queries of the synthetic cortex
     assert np.isfinite(parts["synth"]["brainattn"]["val_r"]).all()
-    for k in ("brainattn", "published", "published_gpu"):
+    for k in ("brainattn_graph", "brainattn", "published", "published_gpu"):
         assert len(parts[k]["epoch_s"]) == 1 and np.isfinite(parts[k]["val_r"]).all()
     assert parts["vertices"]["n_queries"] == 320 and parts["vertices"]["ms_per_step"] > 0
     # the planted signal is linear in the pooled tokens: ridge must find some of it

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["attention", "encoders", "scale", "mlds", "theory"]
+ORDER = ["kernels", "encoders", "scale", "mlds", "theory"]
 
 HEADER = """# Benchmark results
 

@@ -47,6 +47,13 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 
+def _tail(L: int, block: int) -> int:
+    """Width of the step over the last ``L % block`` keys: the smallest power of two >= 16
+    holding them (``block`` when L is a multiple of it)."""
+    r = L % block
+    return block if r == 0 else min(block, max(16, 1 << (r - 1).bit_length()))
+
+
 def _cfgs(gpu: list[tuple[int, int, int, int]], one: tuple[int, int, int, int]):
     """Autotune configs (BLOCK_M, BLOCK_N, num_warps, num_stages). Without tuning: the default
     and a small fallback, of which ``_prune`` keeps the first that fits in shared memory."""
@@ -169,6 +176,7 @@ def _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off, QB,
 
 @triton.autotune(configs=_FWD_CONFIGS, prune_configs_by=_PRUNE,
                  key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT"])
+@triton.heuristics({"TAIL_N": lambda a: _tail(a["Lk"], a["BLOCK_N"])})
 @triton.jit
 def _fwd(Q, K, V, Bias, QB, KB, QA, KA, O, LSE,
          s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
@@ -176,7 +184,8 @@ def _fwd(Q, K, V, Bias, QB, KB, QA, KA, O, LSE,
          H, Lq, Lk, scale,
          HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
          LR_DOT: tl.constexpr, KAUG: tl.constexpr,
-         BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+         BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+         TAIL_N: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     pid_m = tl.program_id(1)
     h = tl.program_id(2).to(tl.int64)
@@ -197,7 +206,9 @@ def _fwd(Q, K, V, Bias, QB, KB, QA, KA, O, LSE,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # full key blocks skip the -inf masking of the logits; the ragged last block applies it
+    # full key blocks skip the -inf masking of the logits; the ragged rest (TAIL_N wide, the
+    # smallest power of two >= 16 holding it: a ViT's 1 + 31^2 = 962 tokens leave 2 keys, which
+    # a BLOCK_N-wide step would pad to 64) applies it
     n_full = (Lk // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off,
@@ -208,7 +219,7 @@ def _fwd(Q, K, V, Bias, QB, KB, QA, KA, O, LSE,
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, qa, n_full, k_base, v_base, Bias, bias_off,
                                   QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_d, mask_m,
                                   mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk,
-                                  scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG, True, BLOCK_N)
+                                  scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG, True, TAIL_N)
     out = acc / l_i[:, None]
     tl.store(O + (bh * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
@@ -295,6 +306,7 @@ def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bia
 
 @triton.autotune(configs=_Q_CONFIGS, prune_configs_by=_PRUNE,
                  key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
+@triton.heuristics({"TAIL_N": lambda a: _tail(a["Lk"], a["BLOCK_N"])})
 @triton.jit
 def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP,
            s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
@@ -305,7 +317,8 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
            PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
            LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
            FUSE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr,
-           BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+           BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+           TAIL_N: tl.constexpr):
     split = tl.program_id(0)
     pid_m = tl.program_id(1)
     h = tl.program_id(2).to(tl.int64)
@@ -355,7 +368,7 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
                                bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, kg_off, offs_m,
                                offs_d, mask_m, mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn,
                                s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
-                               LR_GRAD, LR_GDOT, GW, True, BLOCK_N)
+                               LR_GRAD, LR_GDOT, GW, True, TAIL_N)
     dq = dq * scale
     part = split.to(tl.int64) * H + h
     tl.store(DQP + (part * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
@@ -397,23 +410,20 @@ def _logits2T(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, off
     return s
 
 
-@triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE,
-                 key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
 @triton.jit
-def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
-            s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
-            s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
-            s_db, s_dh, s_dm, s_gb, s_gh,
-            H, Lq, Lk, scale,
-            HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
-            PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
-            LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
-            BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1)
-    h = tl.program_id(2).to(tl.int64)
+def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
+              s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+              s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
+              s_db, s_dh, s_dm, s_gb, s_gh,
+              b, h, start_n, H, Lq, Lk, scale,
+              HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
+              PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr,
+              KAUG: tl.constexpr, LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr,
+              GW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """dk, dv (and dk_bias) of the BLOCK_N keys from start_n of one (batch, head)."""
     bh = b * H + h
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_n = offs_n < Lk
     mask_d = offs_d < HEAD_D
@@ -467,6 +477,47 @@ def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
         offs_g = tl.arange(0, GW)
         tl.store(DKB + (bh * Lk + offs_n[:, None]) * RANK + offs_g[None, :], dkb,
                  mask=mask_n[:, None] & (offs_g < RANK)[None, :])
+
+
+@triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE,
+                 key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
+@triton.heuristics({"TAIL_N": lambda a: _tail(a["Lk"], a["BLOCK_N"])})
+@triton.jit
+def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
+            s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+            s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
+            s_db, s_dh, s_dm, s_gb, s_gh,
+            H, Lq, Lk, scale,
+            HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
+            PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+            LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
+            BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            TAIL_N: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    start_n = tl.program_id(1) * BLOCK_N
+    h = tl.program_id(2).to(tl.int64)
+    if TAIL_N == BLOCK_N:
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
+                  s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+                  s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah,
+                  s_kab, s_kah, s_db, s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale,
+                  HEAD_D, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW,
+                  BLOCK_D, BLOCK_M, BLOCK_N)
+    else:
+        if start_n + BLOCK_N <= Lk:
+            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
+                      s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+                      s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah,
+                      s_kab, s_kah, s_db, s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale,
+                      HEAD_D, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW,
+                      BLOCK_D, BLOCK_M, BLOCK_N)
+        else:  # the last program's few keys: a TAIL_N-wide tile, not a mostly empty one
+            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
+                      s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
+                      s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah,
+                      s_kab, s_kah, s_db, s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale,
+                      HEAD_D, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW,
+                      BLOCK_D, BLOCK_M, TAIL_N)
 
 
 @triton.autotune(configs=_BIAS_CONFIGS, prune_configs_by=_PRUNE,
@@ -534,16 +585,112 @@ _DUMMY: dict = {}  # device -> a small fp32 tensor standing in for absent pointe
 _SMS: dict = {}  # device -> number of SMs
 
 
-def _launch(kernel, grid, key, args, consts):
-    """Launch an autotuned kernel; after the first call of a shape key, skip the autotuner and
-    run the jitted function with the cached config (the autotuner rebuilds its key from every
-    argument on each call)."""
+def _launch(kernel, grid, key, tensors, scalars, consts):
+    """Launch an autotuned kernel. The first call of a shape key runs the autotuner; the next
+    one launches the tuned config through the jitted function while recording what it passes
+    to the compiled kernel's launcher (``_capture``); later calls with the same specialisation
+    go straight to that launcher (``_FAST``), skipping Triton's per-call binding, specialisation
+    and cache-key work (~50 us a launch, which is what small cases like ``rois`` wait on).
+
+    ``tensors`` are the kernel's pointer arguments and ``scalars`` the rest (every kernel takes
+    them in that order); ``grid`` maps the config's kwargs (BLOCK_M, ...) to the launch grid.
+    The direct launch's key holds what Triton specialises a launch on, conservatively: every
+    scalar's value and every pointer's 16-byte alignment (dtypes follow from ``key``)."""
+    args = (*tensors, *scalars)
+    fkey = None
+    if _FAST_ON and (_DRV or _init_driver()):
+        fkey = (key, scalars, tuple([t.data_ptr() & 15 for t in tensors]), _DRV[0]())
+        ent = _FAST.get(fkey)
+        if ent is not None and _hooks_off():
+            launcher, function, meta, tail, cfg = ent
+            g = grid(cfg)
+            launcher(g[0], g[1], g[2], _DRV[1](fkey[3]), function, meta, None, None, None,
+                     *args, *tail)
+            return
     cfg = _TUNED.get(key)
     if cfg is None:
         kernel[grid](*args, **consts)
         _TUNED[key] = kernel.best_config.all_kwargs()
-    else:
-        kernel.fn.run(*args, grid=grid, warmup=False, **consts, **cfg)
+        return
+    if fkey is not None and fkey not in _FAST and _hooks_off():
+        _FAST[fkey] = _capture(kernel.fn, grid, args, consts, cfg)  # launches it once
+        return
+    kernel.fn.run(*args, grid=grid, warmup=False, **consts, **cfg)
+
+
+def _hooks_off() -> bool:
+    """No launch hooks (profilers such as proton install them): the direct launch passes none.
+    Triton 3.4+ keeps them as a ``HookChain`` that is empty unless a hook was added."""
+    rt = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if rt is None:
+        return True
+    for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return False
+    return True
+
+
+def _capture(fn, grid, args, consts, cfg):
+    """Launch through ``fn.run`` once (always exactly once), recording the arguments it hands the compiled kernel's
+    launcher; return (compiled kernel, the trailing constexpr arguments, cfg) for direct
+    launches, or None where this Triton lays the call out differently (then the launch
+    simply always goes through ``fn.run``)."""
+    compiled = fn.run(*args, grid=grid, warmup=True, **consts, **cfg)
+    prop = getattr(type(compiled), "run", None)
+    if not isinstance(prop, property) or not hasattr(compiled, "_run"):
+        return None
+    real = compiled.run  # initialises the launcher
+    seen = []
+
+    def record(*a):
+        seen.append(a)
+        return real(*a)
+
+    compiled._run = record
+    try:
+        again = fn.run(*args, grid=grid, warmup=False, **consts, **cfg)
+    finally:
+        compiled._run = real
+    n = len(args)
+    if again is not compiled or len(seen) != 1:
+        return None
+    a = seen[0]
+    # (grid x3, stream, function, packed metadata, launch metadata, enter hook, exit hook,
+    # the kernel's arguments in signature order, constexprs included)
+    ok = (len(a) >= 9 + n and a[4] is compiled.function and a[5] is compiled.packed_metadata
+          and all(x is y for x, y in zip(a[9:9 + n], args, strict=True)))
+    if not ok:
+        return None
+    return (real, compiled.function, compiled.packed_metadata, tuple(a[9 + n:]), cfg)
+
+
+def _init_driver() -> bool:
+    """Fill ``_DRV`` with Triton's own current-device and current-stream getters (what
+    ``JITFunction.run`` uses); on failure turn the direct launch off."""
+    global _FAST_ON
+    try:
+        from triton.runtime import driver
+
+        _DRV[:] = [driver.active.get_current_device, driver.active.get_current_stream]
+    except Exception:  # noqa: BLE001 -- any failure only disables the direct launch
+        _FAST_ON = False
+    return _FAST_ON
+
+
+# direct launches on by default; BRAINATTN_DIRECT_LAUNCH=0 sends every launch through Triton
+_FAST_ON = not _INTERPRET and os.environ.get("BRAINATTN_DIRECT_LAUNCH", "1") != "0"
+_DRV: list = []
+_FAST: dict = {}  # (launch key, specialisation, device) -> (launcher, function, meta, tail, cfg)
+
+
+def _cdiv(a: int, b: int) -> int:
+    """Ceiling division on host ints (``triton.cdiv`` is a constexpr function, ~5 us a call)."""
+    return -(-a // b)
+
+
+def _p2(n: int) -> int:
+    """The smallest power of two >= n (host ints)."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def _dummy(dev) -> torch.Tensor:
@@ -624,16 +771,16 @@ class _Plan:
         self.Lq = q.shape[2]
         self.R = R = 0 if q_bias is None else q_bias.shape[3]
         self.dev = dev = q.device
-        self.BLOCK_D = max(16, triton.next_power_of_2(D))
+        self.BLOCK_D = max(16, _p2(D))
         if q.dtype == torch.float32:
             self.prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
         else:  # half inputs: the precision flag only matters for the fp32 dots
             self.prec = "tf32"
         self.bprec = self.prec
         self.lr_dot = R > 0 and q.dtype != torch.float32
-        self.kaug = max(16, triton.next_power_of_2(3 * max(R, 1)))
+        self.kaug = max(16, _p2(3 * max(R, 1)))
         self.lr_gdot = self.lr_dot and _LR_SPLIT
-        self.gw = max(16, triton.next_power_of_2(max(R, 1)))
+        self.gw = max(16, _p2(max(R, 1)))
         self.q_bias, self.k_bias = q_bias, k_bias
         dummy = _dummy(dev)
         qa = ka = dummy
@@ -667,9 +814,9 @@ def _forward(q, k, v, bias, q_bias, k_bias, scale, plan=None):
     B, H, Lq, D = plan.B, plan.H, plan.Lq, plan.D
     out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
-    grid = lambda meta: (B, triton.cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
+    grid = lambda meta: (B, _cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
     _launch(_fwd, grid, ("fwd",) + plan.key,
-            (q, k, v, *plan.ptrs, out, lse, *plan.strides, H, Lq, plan.Lk, scale),
+            (q, k, v, *plan.ptrs, out, lse), (*plan.strides, H, Lq, plan.Lk, scale),
             dict(HEAD_D=D, HAS_BIAS=plan.key[3], RANK=plan.R, PREC=plan.prec,
                  LR_DOT=plan.lr_dot, KAUG=plan.kaug, BLOCK_D=plan.BLOCK_D))
     return out, lse, plan
@@ -702,19 +849,19 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         if per_batch:
             bps = 1
         else:  # split the batch only as far as needed to fill the card
-            programs = triton.cdiv(Lq, 64) * H
+            programs = _cdiv(Lq, 64) * H
             n_split = max(1, min(B, (4 * _n_sms(dev)) // max(programs, 1)))
-            bps = triton.cdiv(B, n_split)
-        n_split = triton.cdiv(B, bps)
+            bps = _cdiv(B, n_split)
+        n_split = _cdiv(B, bps)
         direct = n_split == q.shape[0]  # each partial is a final dq: store it in q's dtype
         dq_p = torch.empty((n_split, H, Lq, D), device=dev,
                            dtype=q.dtype if direct else torch.float32)
         dqb_p = (torch.empty((n_split, H, Lq, R), device=dev, dtype=torch.float32)
                  if nqb else plan.ptrs[1])
-        grid = lambda meta: (n_split, triton.cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
+        grid = lambda meta: (n_split, _cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
         _launch(_bwd_q, grid, ("q", n_split, dlse is not None, nqb) + plan.key,
                 (q, k, v, *plan.ptrs, kg, dout, out, dlse if dlse is not None else delta, lse,
-                 delta, dq_p, dqb_p, *common, *kg_s, B, H, Lq, Lk, scale, bps),
+                 delta, dq_p, dqb_p), (*common, *kg_s, B, H, Lq, Lk, scale, bps),
                 dict(consts, LR_GRAD=nqb, BPREC=plan.bprec, FUSE_DELTA=True,
                      HAS_DLSE=dlse is not None))
         if nq:
@@ -722,7 +869,7 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         if nqb:
             dqb = _reduce_to(dqb_p, q_bias.shape).to(q_bias.dtype)
     else:
-        _bwd_pre[(triton.cdiv(Lq, 64), B * H)](
+        _bwd_pre[(_cdiv(Lq, 64), B * H)](
             out, dout, dlse if dlse is not None else delta, delta, *dstr, H, Lq,
             HEAD_D=D, HAS_DLSE=dlse is not None, BLOCK_M=64, BLOCK_D=plan.BLOCK_D)
     if nk or nv or nkb:
@@ -730,10 +877,10 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         dv = torch.empty((B, H, Lk, D), device=dev, dtype=v.dtype)
         dkb_p = (torch.empty((B, H, Lk, R), device=dev, dtype=torch.float32)
                  if nkb else plan.ptrs[2])
-        grid = lambda meta: (B, triton.cdiv(Lk, meta["BLOCK_N"]), H)  # noqa: E731
+        grid = lambda meta: (B, _cdiv(Lk, meta["BLOCK_N"]), H)  # noqa: E731
         _launch(_bwd_kv, grid, ("kv", nkb) + plan.key,
-                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, *common, *qg_s,
-                 H, Lq, Lk, scale),
+                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p),
+                (*common, *qg_s, H, Lq, Lk, scale),
                 dict(consts, LR_GRAD=nkb, BPREC=plan.bprec))
         if nkb:
             dkb = _reduce_to(dkb_p, k_bias.shape).to(k_bias.dtype)
@@ -744,10 +891,10 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
     if has_bias and nb:
         direct = bias.shape[0] == H
         db = torch.empty((H, Lq, Lk), device=dev, dtype=bias.dtype if direct else torch.float32)
-        grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]),  # noqa: E731
-                             triton.cdiv(Lk, meta["BLOCK_N"]), H)
+        grid = lambda meta: (_cdiv(Lq, meta["BLOCK_M"]),  # noqa: E731
+                             _cdiv(Lk, meta["BLOCK_N"]), H)
         _launch(_bwd_bias, grid, ("bias",) + plan.key,
-                (q, k, v, *plan.ptrs, dout, lse, delta, db, *common, B, H, Lq, Lk, scale),
+                (q, k, v, *plan.ptrs, dout, lse, delta, db), (*common, B, H, Lq, Lk, scale),
                 dict(HEAD_D=D, RANK=R, PREC=plan.prec, LR_DOT=plan.lr_dot, KAUG=plan.kaug,
                      BLOCK_D=plan.BLOCK_D))
         dbias = db if direct else _reduce_to(db, bias.shape).to(bias.dtype)

@@ -54,12 +54,34 @@ def _tail(L: int, block: int) -> int:
     return block if r == 0 else min(block, max(16, 1 << (r - 1).bit_length()))
 
 
-def _cfgs(gpu: list[tuple[int, int, int, int]], one: tuple[int, int, int, int]):
+def _tails(L: int, block: int) -> tuple[int, int]:
+    """The dk/dv pass's programs for the last ``L % block`` keys: one tile of ``_tail`` width,
+    or two narrower ones when they cover less (66 keys of 128: 64 + 16 instead of 128; each
+    program's work grows with its width, since it streams every query). (width, 0) for one."""
+    one = _tail(L, block)
+    r = L % block
+    if r == 0:
+        return one, 0
+    t1 = max(16, 1 << (r.bit_length() - 1))
+    if t1 >= r:
+        return one, 0
+    t2 = max(16, 1 << (r - t1 - 1).bit_length())
+    return (t1, t2) if t1 + t2 < one else (one, 0)
+
+
+def _kv_programs(L: int, block: int) -> int:
+    """Programs along the keys in the dk/dv pass: full blocks, then one or two tail tiles."""
+    t1, t2 = _tails(L, block)
+    return L // block + (L % block > 0) + (t2 > 0)
+
+
+def _cfgs(gpu: list[tuple[int, int, int, int]], one: tuple[int, int, int, int],
+          interp: tuple[int, int, int, int] = (32, 32, 4, 1)):
     """Autotune configs (BLOCK_M, BLOCK_N, num_warps, num_stages). Without tuning: the default
     and a small fallback, of which ``_prune`` keeps the first that fits in shared memory."""
     chosen = gpu if _AUTOTUNE else [one, (64, 32, 4, 2), (32, 32, 4, 1)]
     if _INTERPRET:
-        chosen = [(32, 32, 4, 1)]
+        chosen = [interp]
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
         for m, n, w, s in chosen
@@ -89,8 +111,10 @@ _FWD_CONFIGS = _cfgs(
 )
 # (queries per step, keys per program): the tutorial's dk/dv shape (32, 128) first
 _KV_CONFIGS = _cfgs(
-    [(32, 128, 4, 3), (32, 128, 4, 5), (64, 128, 8, 3), (16, 64, 4, 3), (32, 64, 4, 4)],
+    [(32, 128, 4, 3), (32, 128, 4, 5), (64, 128, 8, 3), (16, 64, 4, 3), (32, 64, 4, 3),
+     (32, 64, 4, 4)],
     (64, 64, 4, 3),
+    (16, 64, 4, 1),  # interpreted: 64-key programs, so the two-tile tail runs in the tests
 )
 _Q_CONFIGS = _cfgs(
     [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 32, 4, 3)],
@@ -481,7 +505,8 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
 
 @triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE,
                  key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
-@triton.heuristics({"TAIL_N": lambda a: _tail(a["Lk"], a["BLOCK_N"])})
+@triton.heuristics({"TAIL_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[0],
+                    "TAIL2_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[1]})
 @triton.jit
 def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
             s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
@@ -492,32 +517,51 @@ def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
             PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            TAIL_N: tl.constexpr):
+            TAIL_N: tl.constexpr, TAIL2_N: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    start_n = tl.program_id(1) * BLOCK_N
+    pid_n = tl.program_id(1)
     h = tl.program_id(2).to(tl.int64)
+    start_n = pid_n * BLOCK_N
+    n_full = Lk // BLOCK_N
     if TAIL_N == BLOCK_N:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
-                  s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
-                  s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah,
-                  s_kab, s_kah, s_db, s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale,
-                  HEAD_D, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW,
-                  BLOCK_D, BLOCK_M, BLOCK_N)
-    else:
-        if start_n + BLOCK_N <= Lk:
-            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
-                      s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
-                      s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah,
-                      s_kab, s_kah, s_db, s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale,
-                      HEAD_D, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW,
-                      BLOCK_D, BLOCK_M, BLOCK_N)
-        else:  # the last program's few keys: a TAIL_N-wide tile, not a mostly empty one
-            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
-                      s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
-                      s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah,
-                      s_kab, s_kah, s_db, s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale,
-                      HEAD_D, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW,
-                      BLOCK_D, BLOCK_M, TAIL_N)
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh, s_qm,
+                  s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm, s_qbr, s_kbb,
+                  s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh, s_dm, s_gb, s_gh, b,
+                  h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
+                  LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, BLOCK_N)
+    elif TAIL2_N == 0:  # the last keys in one TAIL_N-wide tile, not a mostly empty one
+        if pid_n < n_full:
+            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
+                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
+                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
+                      s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
+                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, BLOCK_N)
+        else:
+            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
+                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
+                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
+                      s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
+                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL_N)
+    else:  # the last keys in a TAIL_N-wide tile and a TAIL2_N-wide one
+        start_2 = n_full * BLOCK_N + TAIL_N
+        if pid_n < n_full:
+            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
+                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
+                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
+                      s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
+                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, BLOCK_N)
+        elif pid_n == n_full:
+            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
+                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
+                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
+                      s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
+                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL_N)
+        else:
+            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
+                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
+                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
+                      s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
+                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL2_N)
 
 
 @triton.autotune(configs=_BIAS_CONFIGS, prune_configs_by=_PRUNE,
@@ -877,7 +921,7 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         dv = torch.empty((B, H, Lk, D), device=dev, dtype=v.dtype)
         dkb_p = (torch.empty((B, H, Lk, R), device=dev, dtype=torch.float32)
                  if nkb else plan.ptrs[2])
-        grid = lambda meta: (B, _cdiv(Lk, meta["BLOCK_N"]), H)  # noqa: E731
+        grid = lambda meta: (B, _kv_programs(Lk, meta["BLOCK_N"]), H)  # noqa: E731
         _launch(_bwd_kv, grid, ("kv", nkb) + plan.key,
                 (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p),
                 (*common, *qg_s, H, Lq, Lk, scale),

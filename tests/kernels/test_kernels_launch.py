@@ -138,5 +138,18 @@ def test_tail_width_and_host_helpers():
     assert T._tail(962, 128) == 128  # 66 left: the full width
     assert T._tail(960, 64) == 64
     assert T._tail(37, 32) == 16 and T._tail(20, 32) == 32 and T._tail(50, 32) == 32
+    # the dk/dv pass: 962 keys in 128-key programs = 7 full + a 64- and a 16-wide tile
+    assert T._tails(962, 128) == (64, 16) and T._kv_programs(962, 128) == 9
+    assert T._tails(962, 64) == (16, 0) and T._kv_programs(962, 64) == 16
+    assert T._tails(100, 128) == (128, 0) and T._tails(960, 64) == (64, 0)
+    assert T._tails(20, 64) == (32, 0) and T._kv_programs(20, 64) == 1
+    for L in range(1, 400):  # the tiles cover every key, and a second tile is never empty
+        for block in (16, 32, 64, 128):
+            t1, t2 = T._tails(L, block)
+            rem = L % block
+            assert 16 <= t1 <= block and (t2 == 0 or 16 <= t2 < t1), (L, block)
+            assert (t1 if rem else 0) + t2 >= rem, (L, block)
+            assert t2 == 0 or t1 < rem, (L, block)
+            assert T._kv_programs(L, block) == -(-L // block) + (t2 > 0)
     assert all(T._p2(n) == triton.next_power_of_2(n) for n in range(1, 600))
     assert all(T._cdiv(a, b) == triton.cdiv(a, b) for a in range(0, 200) for b in range(1, 70))

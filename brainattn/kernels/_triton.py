@@ -332,7 +332,7 @@ def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bia
                  key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
 @triton.heuristics({"TAIL_N": lambda a: _tail(a["Lk"], a["BLOCK_N"])})
 @triton.jit
-def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP,
+def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP, DQ, CNT,
            s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
            s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
            s_db, s_dh, s_dm, s_gb, s_gh,
@@ -340,7 +340,7 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
            HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
            PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
            LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
-           FUSE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr,
+           FUSE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr, REDUCE: tl.constexpr,
            BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
            TAIL_N: tl.constexpr):
     split = tl.program_id(0)
@@ -397,6 +397,23 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
     part = split.to(tl.int64) * H + h
     tl.store(DQP + (part * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
              dq.to(DQP.dtype.element_ty), mask=mask_md)
+    if REDUCE:
+        # the last of the batch splits to finish this (head, query block) sums the fp32
+        # partials in split order (deterministic) and stores dq in q's dtype; then it resets
+        # the counter for the next call. The barrier and the acq_rel atomic publish this
+        # program's partial before it is counted.
+        n_split = tl.num_programs(0)
+        cnt = CNT + h * tl.num_programs(1) + pid_m
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt, 1, sem="acq_rel")
+        if done == n_split - 1:
+            tot = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            for sp in range(0, n_split):
+                tot += tl.load(DQP + ((sp * H + h) * Lq + offs_m[:, None]) * HEAD_D
+                               + offs_d[None, :], mask=mask_md, other=0.0, cache_modifier=".cg")
+            tl.store(DQ + (h * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
+                     tot.to(DQ.dtype.element_ty), mask=mask_md)
+            tl.atomic_xchg(cnt, 0, sem="relaxed")
     if LR_GRAD:
         offs_g = tl.arange(0, GW)
         tl.store(DQBP + (part * Lq + offs_m[:, None]) * RANK + offs_g[None, :], dqb,
@@ -626,6 +643,7 @@ _GRAD_DT = torch.float16 if _INTERPRET else torch.bfloat16
 _LR_SPLIT = os.environ.get("BRAINATTN_LR_GRAD_SPLIT", "0") == "1"
 _TUNED: dict = {}  # launch key -> the tuned config's launch kwargs (num_warps, BLOCK_M, ...)
 _DUMMY: dict = {}  # device -> a small fp32 tensor standing in for absent pointers
+_CNT: dict = {}  # (device, stream) -> int32 counters of the dq pass, zero between launches
 _SMS: dict = {}  # device -> number of SMs
 
 
@@ -735,6 +753,20 @@ def _cdiv(a: int, b: int) -> int:
 def _p2(n: int) -> int:
     """The smallest power of two >= n (host ints)."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+def _counters(dev: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters (at least n) for the dq pass's last-split reduction, one buffer
+    per (device, stream): the kernel leaves them zero, so they are allocated once, and calls on
+    other streams (which may run at the same time) get their own."""
+    if dev.type == "cuda":
+        stream = torch.cuda.current_stream(dev).cuda_stream
+    else:
+        stream = 0
+    t = _CNT.get((dev, stream))
+    if t is None or t.numel() < n:
+        t = _CNT[(dev, stream)] = torch.zeros(max(n, 4096), device=dev, dtype=torch.int32)
+    return t
 
 
 def _dummy(dev) -> torch.Tensor:
@@ -902,14 +934,20 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
                            dtype=q.dtype if direct else torch.float32)
         dqb_p = (torch.empty((n_split, H, Lq, R), device=dev, dtype=torch.float32)
                  if nqb else plan.ptrs[1])
+        # broadcast queries over several splits: the kernel's last split per tile reduces
+        reduce = nq and not direct
+        dq_red, cnt = dq_p, dq_p
+        if reduce:
+            dq_red = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
+            cnt = _counters(dev, H * _cdiv(Lq, 16))
         grid = lambda meta: (n_split, _cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
-        _launch(_bwd_q, grid, ("q", n_split, dlse is not None, nqb) + plan.key,
+        _launch(_bwd_q, grid, ("q", n_split, dlse is not None, nqb, reduce) + plan.key,
                 (q, k, v, *plan.ptrs, kg, dout, out, dlse if dlse is not None else delta, lse,
-                 delta, dq_p, dqb_p), (*common, *kg_s, B, H, Lq, Lk, scale, bps),
+                 delta, dq_p, dqb_p, dq_red, cnt), (*common, *kg_s, B, H, Lq, Lk, scale, bps),
                 dict(consts, LR_GRAD=nqb, BPREC=plan.bprec, FUSE_DELTA=True,
-                     HAS_DLSE=dlse is not None))
+                     HAS_DLSE=dlse is not None, REDUCE=reduce))
         if nq:
-            dq = dq_p if direct else _reduce_to(dq_p, q.shape).to(q.dtype)
+            dq = dq_p if direct else dq_red
         if nqb:
             dqb = _reduce_to(dqb_p, q_bias.shape).to(q_bias.dtype)
     else:

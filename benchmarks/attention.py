@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import statistics
 import sys
 import time
 
@@ -212,6 +213,34 @@ def measure(fn, q, k, v, extra, dims, flops_fwd):
     return t_f, t_fb, peak, out
 
 
+def head_to_head(fns, q, k, v, extra, rounds=7):
+    """fwd+bwd ms of each implementation, measured in alternating rounds (A, B, A, B, ...) and
+    reduced to the median over rounds: clock and temperature drift during a run then hit every
+    side alike, which one pass per implementation does not guarantee (about ±4 % between
+    passes on the same card)."""
+    steps = {}
+    for impl, fn in fns.items():
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        ex = {key: (t.detach().clone().requires_grad_() if t.is_floating_point() else t)
+              for key, t in extra.items()}
+        if "pos" in ex:
+            ex["pos"].requires_grad_(False)
+        g = torch.randn_like(fn(q, k, v, extra))
+        grads = [p for p in [*leaves, *ex.values()] if p.requires_grad]
+
+        def step(fn=fn, leaves=leaves, ex=ex, g=g, grads=grads):
+            for p in grads:
+                p.grad = None
+            fn(*leaves, ex).backward(g)
+
+        steps[impl] = step
+    times = {impl: [] for impl in fns}
+    for _ in range(rounds):
+        for impl, step in steps.items():
+            times[impl].append(bench(step, 25, 150))
+    return {impl: statistics.median(ts) for impl, ts in times.items()}
+
+
 def graphed(fn, q, k, v, extra):
     """fwd+bwd ms with the step captured in a CUDA graph (host launch cost removed): the GPU
     time of a step, for the launch-bound small cases."""
@@ -373,6 +402,23 @@ def main(argv=None):
                 f"| {name} | {impl} | {tf:.3f} | {flops / tf / 1e9:.0f} | {tfb:.3f} | "
                 f"{3.5 * flops / tfb / 1e9:.0f} | {peak:.2f} | {best / tfb:.2f} | "
                 f"{'' if math.isnan(err) else f'{err:.1e}'} |")
+        ok = [r for r in rows if r[2] is not None and r[0] != "brainattn" and "no bias" not in r[0]]
+        rivals = sorted(ok, key=lambda r: r[2])[:1]  # the best peer of this first pass
+        if name == "vertices+prf":  # the issue's reference point: SDPA without the bias
+            rivals += sorted([r for r in rows if r[2] is not None and "no bias" in r[0]],
+                             key=lambda r: r[2])[:1]
+        if rivals and rows[0][2] is not None:
+            try:
+                hh = head_to_head({"brainattn": impls["brainattn"],
+                                   **{r[0]: impls[r[0]] for r in rivals}}, q, k, v, extra)
+                txt = ", ".join(f"{impl} {t:.3f} ms" for impl, t in hh.items())
+                ratios = ", ".join(f"{hh[r[0]] / hh['brainattn']:.2f}x vs {r[0]}" for r in rivals)
+                print(f"{name:14s} head-to-head fwd+bwd (7 alternating rounds, median): {txt}; "
+                      f"brainattn {ratios}", flush=True)
+                notes.append(f"- {name}: head-to-head fwd+bwd (7 alternating rounds, median): "
+                             f"{txt}; brainattn {ratios}")
+            except Exception as exc:
+                print(f"{name}: head-to-head failed: {exc}", flush=True)
         try:
             parts = breakdown(name, q, k, v, extra)
             txt = ", ".join(f"{key} {val:.3f} ms" for key, val in parts.items())

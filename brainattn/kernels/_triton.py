@@ -328,6 +328,48 @@ def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bia
     return dq, dqb
 
 
+@triton.jit
+def _dq_keys(dq, dqb, q, qa, b_lo, nb, start_n, K, V, DO, LSE, DELTA, Bias, bias_off, QB, KB,
+             KA, KG, h, offs_m, offs_d, mask_m, mask_d, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bm,
+             s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_kab, s_kah, s_db, s_dh,
+             s_dm, s_gb, s_gh, H, Lq, Lk, scale,
+             HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
+             BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+             LR_GDOT: tl.constexpr, GW: tl.constexpr, MASK_N: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block of the dq pass for every batch of the split (batches inner): dq += dS K
+    per batch, and the low-rank gradient dq_bias += (sum over the batch of dS) k_bias once,
+    since k_bias is the same for every batch (one factor dot per key block, not per batch)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < Lk
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    dss = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for bi in range(0, nb):
+        b = b_lo + bi
+        row = (b * H + h) * Lq + offs_m
+        do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :],
+                     mask=mask_md, other=0.0)
+        delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
+        lse2 = tl.load(LSE + row, mask=mask_m, other=0.0) * 1.4426950408889634
+        k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :],
+                    mask=mask_nd, other=0.0)
+        v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :],
+                    mask=mask_nd, other=0.0)
+        s = _logits2(q, tl.trans(k), qa, Bias, bias_off, QB, b * s_qbb + h * s_qbh, KB,
+                     b * s_kbb + h * s_kbh, KA, b * s_kab + h * s_kah, offs_m, offs_n, mask_m,
+                     mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+                     HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
+        p = tl.exp2(s - lse2[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+        dss += ds
+    dqb = _lr_grad(dqb, dss, KG, b_lo * s_gb + h * s_gh, KB, b_lo * s_kbb + h * s_kbh, offs_n,
+                   mask_n, s_kbn, s_kbr, RANK, BPREC, LR_GDOT, GW)
+    return dq, dqb
+
+
 @triton.autotune(configs=_Q_CONFIGS, prune_configs_by=_PRUNE,
                  key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
 @triton.heuristics({"TAIL_N": lambda a: _tail(a["Lk"], a["BLOCK_N"])})
@@ -341,6 +383,7 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
            PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
            LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
            FUSE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr, REDUCE: tl.constexpr,
+           LR_SWAP: tl.constexpr,
            BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
            TAIL_N: tl.constexpr):
     split = tl.program_id(0)
@@ -361,38 +404,70 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dqb = tl.zeros([BLOCK_M, GW], tl.float32)
     n_full = (Lk // BLOCK_N) * BLOCK_N
-    for bi in range(0, b_hi - b_lo):
-        b = b_lo.to(tl.int64) + bi
-        do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :],
-                     mask=mask_md, other=0.0)
-        row = (b * H + h) * Lq + offs_m
-        if FUSE_DELTA:
+    if LR_SWAP:
+        # low-rank gradient with a batch-shared key factor: delta first, then key blocks outer
+        # and batches inner, so dS is summed over the batch before its one factor dot
+        for bi in range(0, b_hi - b_lo):
+            b = b_lo.to(tl.int64) + bi
+            row = (b * H + h) * Lq + offs_m
+            do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :],
+                         mask=mask_md, other=0.0)
             o = tl.load(O + row[:, None] * HEAD_D + offs_d[None, :], mask=mask_md, other=0.0)
             delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
             if HAS_DLSE:
                 delta -= tl.load(DLSE + row, mask=mask_m, other=0.0)
             tl.store(DELTA + row, delta, mask=mask_m)
-        else:
-            delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
-        lse2 = tl.load(LSE + row, mask=mask_m, other=0.0) * 1.4426950408889634
-        k_base = K + b * s_kb + h * s_kh
-        v_base = V + b * s_vb + h * s_vh
-        qb_off = b * s_qbb + h * s_qbh
-        kb_off = b * s_kbb + h * s_kbh
-        ka_off = b * s_kab + h * s_kah
-        kg_off = b * s_gb + h * s_gh
+        tl.debug_barrier()  # this program's delta stores before its own loads below
+        b0 = b_lo.to(tl.int64)
+        nb = b_hi - b_lo
         for start_n in range(0, n_full, BLOCK_N):
-            dq, dqb = _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias,
-                               bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, kg_off, offs_m,
-                               offs_d, mask_m, mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn,
-                               s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
-                               LR_GRAD, LR_GDOT, GW, False, BLOCK_N)
+            dq, dqb = _dq_keys(dq, dqb, q, qa, b0, nb, start_n, K, V, DO, LSE, DELTA, Bias,
+                               bias_off, QB, KB, KA, KG, h, offs_m, offs_d, mask_m, mask_d,
+                               s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bm, s_qbb, s_qbh, s_qbm,
+                               s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_kab, s_kah, s_db, s_dh,
+                               s_dm, s_gb, s_gh, H, Lq, Lk, scale, HAS_BIAS, RANK, PREC, BPREC,
+                               LR_DOT, KAUG, LR_GDOT, GW, False, BLOCK_M, BLOCK_N)
         if n_full < Lk:
-            dq, dqb = _dq_step(dq, dqb, q, qa, do, lse2, delta, n_full, k_base, v_base, Bias,
-                               bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG, kg_off, offs_m,
-                               offs_d, mask_m, mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn,
-                               s_kbr, Lk, scale, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
-                               LR_GRAD, LR_GDOT, GW, True, TAIL_N)
+            dq, dqb = _dq_keys(dq, dqb, q, qa, b0, nb, n_full, K, V, DO, LSE, DELTA, Bias,
+                               bias_off, QB, KB, KA, KG, h, offs_m, offs_d, mask_m, mask_d,
+                               s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bm, s_qbb, s_qbh, s_qbm,
+                               s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_kab, s_kah, s_db, s_dh,
+                               s_dm, s_gb, s_gh, H, Lq, Lk, scale, HAS_BIAS, RANK, PREC, BPREC,
+                               LR_DOT, KAUG, LR_GDOT, GW, True, BLOCK_M, TAIL_N)
+    else:
+        for bi in range(0, b_hi - b_lo):
+            b = b_lo.to(tl.int64) + bi
+            do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :],
+                         mask=mask_md, other=0.0)
+            row = (b * H + h) * Lq + offs_m
+            if FUSE_DELTA:
+                o = tl.load(O + row[:, None] * HEAD_D + offs_d[None, :], mask=mask_md,
+                            other=0.0)
+                delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+                if HAS_DLSE:
+                    delta -= tl.load(DLSE + row, mask=mask_m, other=0.0)
+                tl.store(DELTA + row, delta, mask=mask_m)
+            else:
+                delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
+            lse2 = tl.load(LSE + row, mask=mask_m, other=0.0) * 1.4426950408889634
+            k_base = K + b * s_kb + h * s_kh
+            v_base = V + b * s_vb + h * s_vh
+            qb_off = b * s_qbb + h * s_qbh
+            kb_off = b * s_kbb + h * s_kbh
+            ka_off = b * s_kab + h * s_kah
+            kg_off = b * s_gb + h * s_gh
+            for start_n in range(0, n_full, BLOCK_N):
+                dq, dqb = _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base,
+                                   Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG,
+                                   kg_off, offs_m, offs_d, mask_m, mask_d, s_kn, s_vn, s_bm,
+                                   s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale, HAS_BIAS, RANK, PREC,
+                                   BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_N)
+            if n_full < Lk:
+                dq, dqb = _dq_step(dq, dqb, q, qa, do, lse2, delta, n_full, k_base, v_base,
+                                   Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, KG,
+                                   kg_off, offs_m, offs_d, mask_m, mask_d, s_kn, s_vn, s_bm,
+                                   s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale, HAS_BIAS, RANK, PREC,
+                                   BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, TAIL_N)
     dq = dq * scale
     part = split.to(tl.int64) * H + h
     tl.store(DQP + (part * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
@@ -693,7 +768,7 @@ def _hooks_off() -> bool:
 
 
 def _capture(fn, grid, args, consts, cfg):
-    """Launch through ``fn.run`` once (always exactly once), recording the arguments it hands the compiled kernel's
+    """Launch through ``fn.run`` (always exactly once), recording the arguments it hands the compiled kernel's
     launcher; return (compiled kernel, the trailing constexpr arguments, cfg) for direct
     launches, or None where this Triton lays the call out differently (then the launch
     simply always goes through ``fn.run``)."""
@@ -936,16 +1011,18 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
                  if nqb else plan.ptrs[1])
         # broadcast queries over several splits: the kernel's last split per tile reduces
         reduce = nq and not direct
+        # a batch-shared key factor: sum dS over the batch before the factor's dot
+        swap = nqb and k_bias.shape[0] == 1 and not per_batch and bps > 1
         dq_red, cnt = dq_p, dq_p
         if reduce:
             dq_red = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
             cnt = _counters(dev, H * _cdiv(Lq, 16))
         grid = lambda meta: (n_split, _cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
-        _launch(_bwd_q, grid, ("q", n_split, dlse is not None, nqb, reduce) + plan.key,
+        _launch(_bwd_q, grid, ("q", n_split, dlse is not None, nqb, reduce, swap) + plan.key,
                 (q, k, v, *plan.ptrs, kg, dout, out, dlse if dlse is not None else delta, lse,
                  delta, dq_p, dqb_p, dq_red, cnt), (*common, *kg_s, B, H, Lq, Lk, scale, bps),
                 dict(consts, LR_GRAD=nqb, BPREC=plan.bprec, FUSE_DELTA=True,
-                     HAS_DLSE=dlse is not None, REDUCE=reduce))
+                     HAS_DLSE=dlse is not None, REDUCE=reduce, LR_SWAP=swap))
         if nq:
             dq = dq_p if direct else dq_red
         if nqb:

@@ -44,6 +44,9 @@ CASES = {
     # 98 keys = 64 + 34 = 3 * 32 + 2 (like a ViT's 962 = 15 * 64 + 2): narrow tails; the dk/dv
     # pass's 64-key programs (interpreted) end in a 32- and a 16-wide tile
     "bcast-q-tail-dense-d64": (2, 1, 2, 45, 98, 64, 2, None),
+    # many query blocks, so the dq pass runs two batches per split (interpreted): the pRF
+    # factor gradient summed over the batch before its dot, and the last split's reduction
+    "bcast-q-prf-split-d32": (3, 1, 2, 200, 35, 32, None, "prf"),
 }
 
 
@@ -94,6 +97,10 @@ def test_triton_matches_reference(case, dtype):
             assert a.grad.shape == a.shape and a.grad.dtype == a.dtype, name
             err = _rel(a.grad, r.grad)
             assert err <= tol, f"d{name}: relative error {err:.2e} > {tol:.0e}"
+    from brainattn.kernels import _triton as T
+
+    # the dq pass's last-split counters are back at zero for the next call
+    assert all(int(c.abs().sum()) == 0 for c in T._CNT.values())
 
 
 def test_triton_nan_pattern_matches_reference():

@@ -341,6 +341,13 @@ def main(argv=None):
     ap.add_argument("--profile", default="", help="cases whose host path to cProfile at the end")
     args = ap.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
+    # flex is compiled once per case, shape and grad mode (and again by the head-to-head): more
+    # than dynamo's default of 8 recompilations, after which it would run unfused
+    from torch._dynamo import config as dynamo_config
+
+    for knob in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, knob):
+            setattr(dynamo_config, knob, 64)
     dev = torch.cuda.get_device_name()
     header = (f"card: {dev}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
               f"UTC; torch {torch.__version__}; triton {triton.__version__}; "

@@ -10,8 +10,9 @@ read the same dense-bias tile and, for broadcast queries, the same query tile fr
   and over key blocks. It first forms delta = rowsum(dO * O) - dlse for its rows (no separate
   pre-pass) and stores it for ``_bwd_kv``. Queries shared by the batch (q of batch 1) are loaded
   once and their gradient is summed over the batch in registers, so no atomics and no per-batch
-  copy of dq; when there are few query blocks the batch is split and the splits' fp32 partials
-  are summed afterwards.
+  copy of dq; when there are few query blocks the batch is split and the last split to finish a
+  tile sums the splits' fp32 partials. With a batch-shared low-rank key factor (the pRF prior)
+  the loops swap (key blocks outer) so dS is summed over the batch before the factor's dot.
 - ``_bwd_kv``: one program per (batch, key block, head); loops over query blocks in the
   transposed form of the Triton tutorial (S^T = K Q^T, so P^T and dS^T feed the next dots from
   registers with no layout shuffle); dk, dv and the key factor's gradient dk_bias = dS^T q_bias.
@@ -27,9 +28,16 @@ is correct under the interpreter but failed on the GPU (see ``_LR_SPLIT``). Head
 are passed as 0; the last dim of q, k, v, dO and of the biases is contiguous (the wrapper makes
 it so), and out, lse, delta and the gradient buffers are allocated contiguous.
 
+Ragged ends: the key loops end in a TAIL_N-wide step (the smallest power of two >= 16 holding
+the rest: a ViT's 962 = 15 * 64 + 2 tokens would otherwise pad 2 keys to 64), and the dk/dv
+pass's last programs use one or two narrow tiles (962 keys in 128-key programs: 7 + 64 + 16).
+
 Host path: the wrapper validates nothing (``brainattn.kernels.api`` did), caches the tuned
-config per shape key and launches the jitted kernel directly (skipping the autotuner's per-call
-key building), and keeps the split factors from the forward for the backward.
+config per shape key and, after recording one launch per specialisation, calls the compiled
+kernel's launcher directly (``_launch``: no autotuner key, no Triton binding or cache-key work;
+``BRAINATTN_DIRECT_LAUNCH=0`` turns that off). Broadcast dq partials over batch splits are summed
+inside the dq pass by the last split of each tile (per-tile counters that the kernel resets), so
+the backward has no host-side sum. The split factors of the forward are kept for the backward.
 """
 
 from __future__ import annotations

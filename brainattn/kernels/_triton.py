@@ -727,6 +727,7 @@ _LR_SPLIT = os.environ.get("BRAINATTN_LR_GRAD_SPLIT", "0") == "1"
 _TUNED: dict = {}  # launch key -> the tuned config's launch kwargs (num_warps, BLOCK_M, ...)
 _DUMMY: dict = {}  # device -> a small fp32 tensor standing in for absent pointers
 _CNT: dict = {}  # (device, stream) -> int32 counters of the dq pass, zero between launches
+_CNT_CAPTURED: list = []  # counters allocated inside CUDA-graph captures (graphs keep pointers)
 _SMS: dict = {}  # device -> number of SMs
 
 
@@ -841,8 +842,14 @@ def _p2(n: int) -> int:
 def _counters(dev: torch.device, n: int) -> torch.Tensor:
     """Zeroed int32 counters (at least n) for the dq pass's last-split reduction, one buffer
     per (device, stream): the kernel leaves them zero, so they are allocated once, and calls on
-    other streams (which may run at the same time) get their own."""
+    other streams (which may run at the same time) get their own. Inside a CUDA-graph capture
+    each call gets its own buffer, kept alive with the graph's lifetime in mind (graphs captured
+    on one stream may later be replayed side by side)."""
     if dev.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            t = torch.zeros(max(n, 16), device=dev, dtype=torch.int32)
+            _CNT_CAPTURED.append(t)
+            return t
         stream = torch.cuda.current_stream(dev).cuda_stream
     else:
         stream = 0

@@ -302,3 +302,44 @@ def test_gpu_direct_launch_repeats_and_realigns():
     assert _rel(got[0], rout) <= 1e-2
     for a, r in zip(got[1:], ref, strict=True):
         assert _rel(a, r.grad) <= 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device")
+def test_gpu_step_captured_in_a_cuda_graph_matches_eager():
+    """fwd+bwd with broadcast queries over batch splits (the dq pass's in-kernel reduction and
+    its counters) captured in a CUDA graph: replays equal the eager step, twice."""
+    B, H, Lq, Lk, D = 64, 4, 50, 130, 48  # few query blocks: the dq pass splits the batch
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(1, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    gout = torch.randn(B, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        out = attention(*leaves)
+        out.backward(gout)
+        return out
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            ref_out = step().detach().clone()
+    torch.cuda.current_stream().wait_stream(side)
+    ref = [t.grad.clone() for t in leaves]
+    graph = torch.cuda.CUDAGraph()
+    for t in leaves:
+        t.grad = None
+    with torch.cuda.graph(graph):
+        out = attention(*leaves)
+        out.backward(gout)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, ref_out)
+        for a, b in zip(leaves, ref, strict=True):
+            assert torch.equal(a.grad, b)

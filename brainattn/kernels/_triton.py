@@ -310,16 +310,24 @@ def _lr_grad(acc, ds, G, g_off, F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.con
 
 
 @triton.jit
-def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bias_off, QB,
-             qb_off, KB, kb_off, KA, ka_off, KG, kg_off, offs_m, offs_d, mask_m, mask_d, s_kn,
-             s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale,
+def _form_delta(O, DLSE, DELTA, row, do, offs_d, mask_m, mask_md, HEAD_D: tl.constexpr,
+                HAS_DLSE: tl.constexpr):
+    """delta = rowsum(dO * O) - dlse for the rows ``row``; stored for the dk/dv pass."""
+    o = tl.load(O + row[:, None] * HEAD_D + offs_d[None, :], mask=mask_md, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + row, mask=mask_m, other=0.0)
+    tl.store(DELTA + row, delta, mask=mask_m)
+    return delta
+
+
+@triton.jit
+def _dq_tile(dq, q, qa, do, lse2, delta, offs_n, mask_n, k_base, v_base, Bias, bias_off, QB,
+             qb_off, KB, kb_off, KA, ka_off, offs_m, offs_d, mask_m, mask_d, s_kn, s_vn, s_bm,
+             s_qbm, s_qbr, s_kbn, s_kbr, scale,
              HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
-             BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
-             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
-             MASK_N: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One key block of the dq pass: dq += dS K, dq_bias += dS k_bias."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < Lk
+             LR_DOT: tl.constexpr, KAUG: tl.constexpr, MASK_N: tl.constexpr):
+    """dq += dS K for one (query block, key block) of one batch; returns (dq, dS fp32)."""
     mask_nd = mask_n[:, None] & mask_d[None, :]
     k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=mask_nd, other=0.0)
     v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=mask_nd, other=0.0)
@@ -330,6 +338,24 @@ def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bia
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)
     ds = p * (dp - delta[:, None])
     dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+    return dq, ds
+
+
+@triton.jit
+def _dq_step(dq, dqb, q, qa, do, lse2, delta, start_n, k_base, v_base, Bias, bias_off, QB,
+             qb_off, KB, kb_off, KA, ka_off, KG, kg_off, offs_m, offs_d, mask_m, mask_d, s_kn,
+             s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale,
+             HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
+             BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
+             MASK_N: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block of the dq pass: dq += dS K, dq_bias += dS k_bias."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < Lk
+    dq, ds = _dq_tile(dq, q, qa, do, lse2, delta, offs_n, mask_n, k_base, v_base, Bias,
+                      bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_d, mask_m,
+                      mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+                      HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
     if LR_GRAD:
         dqb = _lr_grad(dqb, ds, KG, kg_off, KB, kb_off, offs_n, mask_n, s_kbn, s_kbr, RANK,
                        BPREC, LR_GDOT, GW)
@@ -350,7 +376,6 @@ def _dq_keys(dq, dqb, q, qa, b_lo, nb, start_n, K, V, DO, LSE, DELTA, Bias, bias
     since k_bias is the same for every batch (one factor dot per key block, not per batch)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Lk
-    mask_nd = mask_n[:, None] & mask_d[None, :]
     mask_md = mask_m[:, None] & mask_d[None, :]
     dss = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for bi in range(0, nb):
@@ -360,18 +385,11 @@ def _dq_keys(dq, dqb, q, qa, b_lo, nb, start_n, K, V, DO, LSE, DELTA, Bias, bias
                      mask=mask_md, other=0.0)
         delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
         lse2 = tl.load(LSE + row, mask=mask_m, other=0.0) * 1.4426950408889634
-        k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :],
-                    mask=mask_nd, other=0.0)
-        v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :],
-                    mask=mask_nd, other=0.0)
-        s = _logits2(q, tl.trans(k), qa, Bias, bias_off, QB, b * s_qbb + h * s_qbh, KB,
-                     b * s_kbb + h * s_kbh, KA, b * s_kab + h * s_kah, offs_m, offs_n, mask_m,
-                     mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
-                     HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
-        p = tl.exp2(s - lse2[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+        dq, ds = _dq_tile(dq, q, qa, do, lse2, delta, offs_n, mask_n, K + b * s_kb + h * s_kh,
+                          V + b * s_vb + h * s_vh, Bias, bias_off, QB, b * s_qbb + h * s_qbh,
+                          KB, b * s_kbb + h * s_kbh, KA, b * s_kab + h * s_kah, offs_m, offs_d,
+                          mask_m, mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+                          HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
         dss += ds
     dqb = _lr_grad(dqb, dss, KG, b_lo * s_gb + h * s_gh, KB, b_lo * s_kbb + h * s_kbh, offs_n,
                    mask_n, s_kbn, s_kbr, RANK, BPREC, LR_GDOT, GW)
@@ -420,11 +438,7 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
             row = (b * H + h) * Lq + offs_m
             do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dm + offs_d[None, :],
                          mask=mask_md, other=0.0)
-            o = tl.load(O + row[:, None] * HEAD_D + offs_d[None, :], mask=mask_md, other=0.0)
-            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-            if HAS_DLSE:
-                delta -= tl.load(DLSE + row, mask=mask_m, other=0.0)
-            tl.store(DELTA + row, delta, mask=mask_m)
+            _form_delta(O, DLSE, DELTA, row, do, offs_d, mask_m, mask_md, HEAD_D, HAS_DLSE)
         tl.debug_barrier()  # this program's delta stores before its own loads below
         b0 = b_lo.to(tl.int64)
         nb = b_hi - b_lo
@@ -449,12 +463,8 @@ def _bwd_q(Q, K, V, Bias, QB, KB, QA, KA, KG, DO, O, DLSE, LSE, DELTA, DQP, DQBP
                          mask=mask_md, other=0.0)
             row = (b * H + h) * Lq + offs_m
             if FUSE_DELTA:
-                o = tl.load(O + row[:, None] * HEAD_D + offs_d[None, :], mask=mask_md,
-                            other=0.0)
-                delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-                if HAS_DLSE:
-                    delta -= tl.load(DLSE + row, mask=mask_m, other=0.0)
-                tl.store(DELTA + row, delta, mask=mask_m)
+                delta = _form_delta(O, DLSE, DELTA, row, do, offs_d, mask_m, mask_md, HEAD_D,
+                                    HAS_DLSE)
             else:
                 delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
             lse2 = tl.load(LSE + row, mask=mask_m, other=0.0) * 1.4426950408889634

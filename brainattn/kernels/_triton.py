@@ -787,10 +787,10 @@ def _hooks_off() -> bool:
 
 
 def _capture(fn, grid, args, consts, cfg):
-    """Launch through ``fn.run`` (always exactly once), recording the arguments it hands the compiled kernel's
-    launcher; return (compiled kernel, the trailing constexpr arguments, cfg) for direct
-    launches, or None where this Triton lays the call out differently (then the launch
-    simply always goes through ``fn.run``)."""
+    """Launch through ``fn.run`` (always exactly once), recording the arguments it hands the
+    compiled kernel's launcher; return (launcher, function, packed metadata, the trailing
+    constexpr arguments, cfg) for direct launches, or None where this Triton lays the call out
+    differently (then the launch always goes through ``fn.run``)."""
     compiled = fn.run(*args, grid=grid, warmup=True, **consts, **cfg)
     prop = getattr(type(compiled), "run", None)
     if not isinstance(prop, property) or not hasattr(compiled, "_run"):

@@ -184,20 +184,31 @@ def _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off, QB,
               s_qbm, s_qbr, s_kbn, s_kbr, Lk, scale,
               HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
               LR_DOT: tl.constexpr, KAUG: tl.constexpr, MASK_N: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              RAWMAX: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of the online softmax."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Lk
     kT = tl.load(k_base + offs_n[None, :] * s_kn + offs_d[:, None],
                  mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-    s = _logits2(q, kT, qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_n,
-                 mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
-                 HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    # rows whose logits so far are all -inf: keep exp2 arguments finite
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if RAWMAX:
+        # no bias and a positive scale: the row max of the raw q k^T times the scale, so each
+        # logit costs one FMA (scale, minus the max) instead of a multiply and an FMA
+        c = scale * 1.4426950408889634
+        s = tl.dot(q, kT, input_precision=PREC)
+        if MASK_N:
+            s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * c)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s * c - m_use[:, None])
+    else:
+        s = _logits2(q, kT, qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m,
+                     offs_n, mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+                     HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # rows whose logits so far are all -inf: keep exp2 arguments finite
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :],
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
@@ -215,7 +226,7 @@ def _fwd(Q, K, V, Bias, QB, KB, QA, KA, O, LSE,
          s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
          H, Lq, Lk, scale,
          HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
-         LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+         LR_DOT: tl.constexpr, KAUG: tl.constexpr, RAWMAX: tl.constexpr,
          BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
          TAIL_N: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -246,12 +257,14 @@ def _fwd(Q, K, V, Bias, QB, KB, QA, KA, O, LSE,
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off,
                                   QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_d, mask_m,
                                   mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk,
-                                  scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG, False, BLOCK_N)
+                                  scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG, False, RAWMAX,
+                                  BLOCK_N)
     if n_full < Lk:
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, qa, n_full, k_base, v_base, Bias, bias_off,
                                   QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_d, mask_m,
                                   mask_d, s_kn, s_vn, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lk,
-                                  scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG, True, TAIL_N)
+                                  scale, HAS_BIAS, RANK, PREC, LR_DOT, KAUG, True, RAWMAX,
+                                  TAIL_N)
     out = acc / l_i[:, None]
     tl.store(O + (bh * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
@@ -991,10 +1004,11 @@ def _forward(q, k, v, bias, q_bias, k_bias, scale, plan=None):
     out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     grid = lambda meta: (B, _cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
-    _launch(_fwd, grid, ("fwd",) + plan.key,
+    rawmax = bias is None and plan.R == 0 and scale > 0
+    _launch(_fwd, grid, ("fwd", rawmax) + plan.key,
             (q, k, v, *plan.ptrs, out, lse), (*plan.strides, H, Lq, plan.Lk, scale),
             dict(HEAD_D=D, HAS_BIAS=plan.key[3], RANK=plan.R, PREC=plan.prec,
-                 LR_DOT=plan.lr_dot, KAUG=plan.kaug, BLOCK_D=plan.BLOCK_D))
+                 LR_DOT=plan.lr_dot, KAUG=plan.kaug, RAWMAX=rawmax, BLOCK_D=plan.BLOCK_D))
     return out, lse, plan
 
 

@@ -343,3 +343,19 @@ def test_gpu_step_captured_in_a_cuda_graph_matches_eager():
         assert torch.equal(out, ref_out)
         for a, b in zip(leaves, ref, strict=True):
             assert torch.equal(a.grad, b)
+
+
+@pytest.mark.parametrize("scale", [0.37, -0.37, 0.0], ids=["positive", "negative", "zero"])
+def test_triton_scale_sign(scale):
+    """Without a bias the forward takes the row max of the raw q k^T times a positive scale;
+    a negative or zero scale takes the general path. Both match the reference, gradients too."""
+    q, k, v, *_ = _make("bcast-q-nobias-d16", torch.float32, seed=9)
+    out, lse = attention(q, k, v, scale=scale, return_lse=True)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    ((out.double() * gout.to(DEV)).sum() + lse.double().sum()).backward()
+    ref = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
+    rout, rlse = reference_attention(*ref, scale=scale)
+    ((rout * gout).sum() + rlse.sum()).backward()
+    assert _rel(out, rout) <= 1e-5 and _rel(lse, rlse) <= 1e-5
+    for a, r in zip((q, k, v), ref, strict=True):
+        assert _rel(a.grad, r.grad) <= 1e-5

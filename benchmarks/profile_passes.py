@@ -14,6 +14,7 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 import attention as A  # noqa: E402
+
 from brainattn.kernels import _triton as T  # noqa: E402
 
 

@@ -140,9 +140,15 @@ def _logits2(q, kT, qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs
 
     Low-rank term: with LR_DOT, one fp16 tensor-core dot of the split factors
     qa = [q_hi, q_hi, q_lo] and ka = [k_hi, k_lo, k_hi] (error ~2^-21 of |q_bias||k_bias|);
-    otherwise R exact fp32 outer products (the float32 path)."""
+    otherwise R exact fp32 outer products (the float32 path). Without a dense bias the host
+    folds 1/scale into qa, so the scale multiplies the sum of both dots once."""
     s = tl.dot(q, kT, input_precision=PREC)
-    if HAS_BIAS or RANK > 0:
+    if RANK > 0 and LR_DOT and not HAS_BIAS:
+        offs_a = tl.arange(0, KAUG)
+        kaT = tl.load(KA + ka_off + offs_n[None, :] * KAUG + offs_a[:, None],
+                      mask=mask_n[None, :], other=0.0)
+        s = tl.dot(qa, kaT, s) * (scale * 1.4426950408889634)
+    elif HAS_BIAS or RANK > 0:
         s = s * scale
         if HAS_BIAS:
             bt = tl.load(Bias + bias_off + offs_m[:, None] * s_bm + offs_n[None, :],
@@ -191,10 +197,15 @@ def _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off, QB,
     kT = tl.load(k_base + offs_n[None, :] * s_kn + offs_d[:, None],
                  mask=mask_n[None, :] & mask_d[:, None], other=0.0)
     if RAWMAX:
-        # no bias and a positive scale: the row max of the raw q k^T times the scale, so each
-        # logit costs one FMA (scale, minus the max) instead of a multiply and an FMA
+        # no dense bias and a positive scale: the row max of the raw q k^T (plus the folded
+        # low-rank term) times the scale, so each logit costs one FMA (scale, minus the max)
         c = scale * 1.4426950408889634
         s = tl.dot(q, kT, input_precision=PREC)
+        if RANK > 0:  # split factors, 1/scale folded into qa on the host
+            offs_a = tl.arange(0, KAUG)
+            kaT = tl.load(KA + ka_off + offs_n[None, :] * KAUG + offs_a[:, None],
+                          mask=mask_n[None, :], other=0.0)
+            s = tl.dot(qa, kaT, s)
         if MASK_N:
             s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * c)
@@ -532,9 +543,15 @@ def _logits2T(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, off
               HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
               LR_DOT: tl.constexpr, KAUG: tl.constexpr):
     """Transposed base-2 logits (BLOCK_N, BLOCK_M), no key masking (the dk/dv pass stores only
-    valid keys' rows, and a row depends only on its own key)."""
+    valid keys' rows, and a row depends only on its own key). Folded 1/scale as in
+    ``_logits2``."""
     s = tl.dot(k, qT, input_precision=PREC)
-    if HAS_BIAS or RANK > 0:
+    if RANK > 0 and LR_DOT and not HAS_BIAS:
+        offs_a = tl.arange(0, KAUG)
+        qaT = tl.load(QA + qa_off + offs_m[None, :] * KAUG + offs_a[:, None],
+                      mask=mask_m[None, :], other=0.0)
+        s = tl.dot(ka, qaT, s) * (scale * 1.4426950408889634)
+    elif HAS_BIAS or RANK > 0:
         s = s * scale
         if HAS_BIAS:
             bt = tl.load(Bias + bias_off + offs_m[None, :] * s_bm + offs_n[:, None],
@@ -911,13 +928,16 @@ def _last_contig(t):
     return t if t is None or t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _split_pair(q_bias: torch.Tensor, k_bias: torch.Tensor, kaug: int):
+def _split_pair(q_bias: torch.Tensor, k_bias: torch.Tensor, kaug: int, qscale: float = 1.0):
     """fp16 hi/lo split of the low-rank factors: one fp16 dot of
-    qa = [q_hi, q_hi, q_lo] and ka = [k_hi, k_lo, k_hi] gives q_bias k_bias^T to ~2^-21.
+    qa = [q_hi, q_hi, q_lo] and ka = [k_hi, k_lo, k_hi] gives qscale * q_bias k_bias^T to
+    ~2^-21 (qscale = 1/scale lets the kernels scale q k^T and the low-rank term together).
 
     Column r of both factors is first rescaled by a_r = sqrt(max|q_r| / max|k_r|) (the product
     is unchanged) so both sides stay well inside fp16's range."""
     qf, kf = q_bias.detach().float(), k_bias.detach().float()
+    if qscale != 1.0:
+        qf = qf * qscale
     qm = qf.abs().amax(dim=(0, 1, 2))
     km = kf.abs().amax(dim=(0, 1, 2))
     a = torch.sqrt(qm / km)
@@ -954,7 +974,7 @@ class _Plan:
     __slots__ = ("B", "H", "Lq", "Lk", "D", "R", "BLOCK_D", "prec", "bprec", "lr_dot", "kaug",
                  "lr_gdot", "gw", "ptrs", "strides", "dev", "key", "q_bias", "k_bias")
 
-    def __init__(self, q, k, v, bias, q_bias, k_bias):
+    def __init__(self, q, k, v, bias, q_bias, k_bias, scale):
         B, H, Lk, D = k.shape
         self.B, self.H, self.Lk, self.D = B, H, Lk, D
         self.Lq = q.shape[2]
@@ -966,7 +986,8 @@ class _Plan:
         else:  # half inputs: the precision flag only matters for the fp32 dots
             self.prec = "tf32"
         self.bprec = self.prec
-        self.lr_dot = R > 0 and q.dtype != torch.float32
+        # (a zero scale cannot be folded into the split factors: exact fp32 products then)
+        self.lr_dot = R > 0 and q.dtype != torch.float32 and scale != 0
         self.kaug = max(16, _p2(3 * max(R, 1)))
         self.lr_gdot = self.lr_dot and _LR_SPLIT
         self.gw = max(16, _p2(max(R, 1)))
@@ -975,7 +996,8 @@ class _Plan:
         qa = ka = dummy
         lr = (0, 0, 0, 0)
         if self.lr_dot:
-            qa, ka = _split_pair(q_bias, k_bias, self.kaug)
+            # without a dense bias the kernels apply the scale after the low-rank dot
+            qa, ka = _split_pair(q_bias, k_bias, self.kaug, 1.0 / scale if bias is None else 1.0)
             lr = _s(qa, 2) + _s(ka, 2)
         self.ptrs = (bias if bias is not None else dummy,
                      q_bias if q_bias is not None else dummy,
@@ -999,12 +1021,12 @@ class _Plan:
 def _forward(q, k, v, bias, q_bias, k_bias, scale, plan=None):
     """Returns (out (B, H, Lq, D) in q's dtype, lse (B, H, Lq) fp32, plan)."""
     if plan is None:
-        plan = _Plan(q, k, v, bias, q_bias, k_bias)
+        plan = _Plan(q, k, v, bias, q_bias, k_bias, scale)
     B, H, Lq, D = plan.B, plan.H, plan.Lq, plan.D
     out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     grid = lambda meta: (B, _cdiv(Lq, meta["BLOCK_M"]), H)  # noqa: E731
-    rawmax = bias is None and plan.R == 0 and scale > 0
+    rawmax = bias is None and (plan.R == 0 or plan.lr_dot) and scale > 0
     _launch(_fwd, grid, ("fwd", rawmax) + plan.key,
             (q, k, v, *plan.ptrs, out, lse), (*plan.strides, H, Lq, plan.Lk, scale),
             dict(HEAD_D=D, HAS_BIAS=plan.key[3], RANK=plan.R, PREC=plan.prec,
@@ -1020,7 +1042,7 @@ def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
 
 def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, plan=None):
     if plan is None:
-        plan = _Plan(q, k, v, bias, q_bias, k_bias)
+        plan = _Plan(q, k, v, bias, q_bias, k_bias, scale)
     B, H, Lq, Lk, D, R = plan.B, plan.H, plan.Lq, plan.Lk, plan.D, plan.R
     dev = q.device
     nq, nk, nv, nb, nqb, nkb = needs

@@ -346,16 +346,25 @@ def test_gpu_step_captured_in_a_cuda_graph_matches_eager():
 
 
 @pytest.mark.parametrize("scale", [0.37, -0.37, 0.0], ids=["positive", "negative", "zero"])
-def test_triton_scale_sign(scale):
-    """Without a bias the forward takes the row max of the raw q k^T times a positive scale;
-    a negative or zero scale takes the general path. Both match the reference, gradients too."""
-    q, k, v, *_ = _make("bcast-q-nobias-d16", torch.float32, seed=9)
-    out, lse = attention(q, k, v, scale=scale, return_lse=True)
+@pytest.mark.parametrize("case,dtype", [("bcast-q-nobias-d16", torch.float32),
+                                        ("bcast-q-prf-d32", torch.float16)],
+                         ids=["nobias-float32", "prf-float16"])
+def test_triton_scale_sign(scale, case, dtype):
+    """Without a dense bias the forward takes the row max of the raw q k^T (plus the low-rank
+    term, whose split factors carry 1/scale) times a positive scale; a negative scale takes the
+    general path, and a zero scale (nothing to fold 1/scale into) exact fp32 factor products.
+    All match the reference, gradients too."""
+    ins = _make(case, dtype, seed=9)
+    q, k, v, _, qb, kb = ins
+    out, lse = attention(q, k, v, q_bias=qb, k_bias=kb, scale=scale, return_lse=True)
     gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
     ((out.double() * gout.to(DEV)).sum() + lse.double().sum()).backward()
-    ref = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
-    rout, rlse = reference_attention(*ref, scale=scale)
+    leaves = [t for t in (q, k, v, qb, kb) if t is not None]
+    ref = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    rout, rlse = reference_attention(*ref[:3], q_bias=ref[3] if qb is not None else None,
+                                     k_bias=ref[4] if qb is not None else None, scale=scale)
     ((rout * gout).sum() + rlse.sum()).backward()
-    assert _rel(out, rout) <= 1e-5 and _rel(lse, rlse) <= 1e-5
-    for a, r in zip((q, k, v), ref, strict=True):
-        assert _rel(a.grad, r.grad) <= 1e-5
+    tol = TOL[dtype]
+    assert _rel(out, rout) <= tol and _rel(lse, rlse) <= tol
+    for a, r in zip(leaves, ref, strict=True):
+        assert _rel(a.grad, r.grad) <= tol

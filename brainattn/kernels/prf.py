@@ -65,7 +65,9 @@ def prf_bias_factors(mu, sigma, positions, *, query_mask=None, token_mask=None, 
                 f"query_mask: expected shape ({mu.shape[1]},) or (H or 1, {mu.shape[1]}), "
                 f"got {tuple(query_mask.shape)}"
             )
-        qb = torch.where(query_mask.unsqueeze(-1), qb, torch.zeros((), dtype=dt))
+        # (a fill value, not a CPU zero tensor: that would be a blocking host-to-device copy
+        # per call, i.e. a stream sync in every training step)
+        qb = qb.masked_fill(~query_mask.unsqueeze(-1), 0.0)
     pos = positions.to(dt)
     kb = torch.stack(
         [pos[:, 0], pos[:, 1], (pos**2).sum(-1), torch.ones_like(pos[:, 0])], dim=-1
@@ -76,5 +78,5 @@ def prf_bias_factors(mu, sigma, positions, *, query_mask=None, token_mask=None, 
             raise ShapeError(
                 f"token_mask: expected shape ({positions.shape[0]},), got {tuple(token_mask.shape)}"
             )
-        kb = torch.where(token_mask.unsqueeze(-1), kb, torch.zeros((), dtype=dt))
+        kb = kb.masked_fill(~token_mask.unsqueeze(-1), 0.0)
     return qb.unsqueeze(0), kb.unsqueeze(0).unsqueeze(0)

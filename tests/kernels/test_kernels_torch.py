@@ -90,6 +90,32 @@ def test_prf_factors_are_exact_and_masks_zero_the_bias():
     torch.testing.assert_close(low2[:, [0, 1, 3, 4, 5], 1:], full[:, [0, 1, 3, 4, 5]])
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_prf_factors_with_masks_never_synchronize():
+    """With device masks and validate=False the factors (and their gradients) are built without
+    a host sync (a training step's GPU would otherwise idle while the host catches up)."""
+    dev = "cuda"
+    mu = (torch.rand(2, 5, 2, device=dev) * 2 - 1).requires_grad_()
+    sigma = (torch.rand(2, 5, device=dev) + 0.2).requires_grad_()
+    pos = torch.rand(7, 2, device=dev) * 2 - 1
+    tmask = torch.ones(7, dtype=torch.bool, device=dev)
+    tmask[0] = False
+    qmask = torch.ones(5, dtype=torch.bool, device=dev)
+    qmask[1] = False
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        qb, kb = prf_bias_factors(mu, sigma, pos, token_mask=tmask, query_mask=qmask,
+                                  validate=False)
+        (qb @ kb.transpose(-1, -2)).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    low = (qb @ kb.transpose(-1, -2))[0].detach()
+    assert torch.all(low[:, :, 0] == 0) and torch.all(low[:, 1, :] == 0)
+    assert mu.grad is not None and torch.isfinite(mu.grad).all()
+
+
 def test_prf_rejects_bad_sigma_and_shapes():
     mu = torch.zeros(1, 4, 2)
     with pytest.raises(ConfigError, match="sigma"):

@@ -194,8 +194,12 @@ def _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off, QB,
     """One key block of the online softmax."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Lk
-    kT = tl.load(k_base + offs_n[None, :] * s_kn + offs_d[:, None],
-                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+    # full key blocks load without a key mask (no per-step compares)
+    kT_ptr = k_base + offs_n[None, :] * s_kn + offs_d[:, None]
+    if MASK_N:
+        kT = tl.load(kT_ptr, mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+    else:
+        kT = tl.load(kT_ptr, mask=mask_d[:, None], other=0.0)
     if RAWMAX:
         # no dense bias and a positive scale: the row max of the raw q k^T (plus the folded
         # low-rank term) times the scale, so each logit costs one FMA (scale, minus the max)
@@ -221,8 +225,11 @@ def _fwd_step(acc, l_i, m_i, q, qa, start_n, k_base, v_base, Bias, bias_off, QB,
         p = tl.exp2(s - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :],
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    v_ptr = v_base + offs_n[:, None] * s_vn + offs_d[None, :]
+    if MASK_N:
+        v = tl.load(v_ptr, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    else:
+        v = tl.load(v_ptr, mask=mask_d[None, :], other=0.0)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
     return acc, l_i, m_new
@@ -351,10 +358,17 @@ def _dq_tile(dq, q, qa, do, lse2, delta, offs_n, mask_n, k_base, v_base, Bias, b
              s_qbm, s_qbr, s_kbn, s_kbr, scale,
              HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
              LR_DOT: tl.constexpr, KAUG: tl.constexpr, MASK_N: tl.constexpr):
-    """dq += dS K for one (query block, key block) of one batch; returns (dq, dS fp32)."""
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=mask_nd, other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=mask_nd, other=0.0)
+    """dq += dS K for one (query block, key block) of one batch; returns (dq, dS fp32). A full
+    key block (not MASK_N) loads k and v without a key mask (no per-step compares)."""
+    k_ptr = k_base + offs_n[:, None] * s_kn + offs_d[None, :]
+    v_ptr = v_base + offs_n[:, None] * s_vn + offs_d[None, :]
+    if MASK_N:
+        mask_nd = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_ptr, mask=mask_nd, other=0.0)
+        v = tl.load(v_ptr, mask=mask_nd, other=0.0)
+    else:
+        k = tl.load(k_ptr, mask=mask_d[None, :], other=0.0)
+        v = tl.load(v_ptr, mask=mask_d[None, :], other=0.0)
     s = _logits2(q, tl.trans(k), qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m,
                  offs_n, mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
                  HAS_BIAS, RANK, PREC, LR_DOT, KAUG, MASK_N)
@@ -575,6 +589,46 @@ def _logits2T(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, off
 
 
 @triton.jit
+def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_base, Bias,
+             bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG, qg_off, offs_n, mask_n, offs_d,
+             mask_d, s_qm, s_dm, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, Lq, scale,
+             HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
+             BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
+             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
+             MASK_M: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One query block of the dk/dv pass: dv += P^T dO, dk += dS^T Q (and dk_bias). A full
+    block (not MASK_M) loads q, dO, lse and delta without a query mask."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < Lq
+    qT_ptr = q_base + offs_m[None, :] * s_qm + offs_d[:, None]
+    do_ptr = do_base + offs_m[:, None] * s_dm + offs_d[None, :]
+    if MASK_M:
+        qT = tl.load(qT_ptr, mask=mask_m[None, :] & mask_d[:, None], other=0.0)
+        do = tl.load(do_ptr, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        # past-the-end queries: lse = +inf gives them p = 0 with no extra select
+        lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=float("inf"))
+        delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
+    else:
+        qT = tl.load(qT_ptr, mask=mask_d[:, None], other=0.0)
+        do = tl.load(do_ptr, mask=mask_d[None, :], other=0.0)
+        lse2 = tl.load(LSE + row_base + offs_m)
+        delta = tl.load(DELTA + row_base + offs_m)
+    lse2 = lse2 * 1.4426950408889634
+    sT = _logits2T(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, offs_m,
+                   offs_n, mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+                   HAS_BIAS, RANK, PREC, LR_DOT, KAUG)
+    pT = tl.exp2(sT - lse2[None, :])
+    dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
+    dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+    dsT = pT * (dpT - delta[None, :])
+    dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
+    if LR_GRAD:
+        dkb = _lr_grad(dkb, dsT, QG, qg_off, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK,
+                       BPREC, LR_GDOT, GW)
+    return dk, dv, dkb
+
+
+@triton.jit
 def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
               s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
               s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
@@ -611,28 +665,20 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dkb = tl.zeros([BLOCK_N, GW], tl.float32)
     qg_off = b * s_gb + h * s_gh
-    for start_m in range(0, Lq, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < Lq
-        qT = tl.load(q_base + offs_m[None, :] * s_qm + offs_d[:, None],
-                     mask=mask_m[None, :] & mask_d[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * s_dm + offs_d[None, :],
-                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        # past-the-end queries: lse = +inf gives them p = 0 with no extra select
-        lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=float("inf"))
-        lse2 = lse2 * 1.4426950408889634
-        delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
-        sT = _logits2T(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, offs_m,
-                       offs_n, mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
-                       HAS_BIAS, RANK, PREC, LR_DOT, KAUG)
-        pT = tl.exp2(sT - lse2[None, :])
-        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
-        dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
-        dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
-        if LR_GRAD:
-            dkb = _lr_grad(dkb, dsT, QG, qg_off, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK,
-                           BPREC, LR_GDOT, GW)
+    # full query blocks load without a query mask (no per-step compares); then the rest
+    m_full = (Lq // BLOCK_M) * BLOCK_M
+    for start_m in range(0, m_full, BLOCK_M):
+        dk, dv, dkb = _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA,
+                               row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
+                               qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
+                               s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
+                               LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M)
+    if m_full < Lq:
+        dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
+                               row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
+                               qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
+                               s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
+                               LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M)
     dk = dk * scale
     nd = (bh * Lk + offs_n[:, None]) * HEAD_D + offs_d[None, :]
     tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)

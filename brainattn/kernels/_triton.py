@@ -22,7 +22,9 @@ read the same dense-bias tile and, for broadcast queries, the same query tile fr
 
 Low-rank term q_bias k_bias^T: for float16/bfloat16 inputs the logits take it as one fp16
 tensor-core dot of split factors (hi/lo, error ~2^-21 of |q_bias||k_bias|); for float32 inputs R
-exact fp32 outer products. Its gradients dS k_bias and dS^T q_bias are fp32 (tf32 for half
+exact fp32 outer products. Without a dense bias the query factor's split carries 1/scale, so
+q k^T and the low-rank term are scaled once, and the forward (scale > 0) takes the row max of
+the unscaled sum: one FMA per logit for the exponent's argument. Its gradients dS k_bias and dS^T q_bias are fp32 (tf32 for half
 inputs) dots on the fp32 dS; an opt-in bf16 hi/lo split of dS (``BRAINATTN_LR_GRAD_SPLIT=1``)
 is correct under the interpreter but failed on the GPU (see ``_LR_SPLIT``). Head dims 48 and 96 are padded to 64 and 128 with masked loads. Strides of broadcast dims
 are passed as 0; the last dim of q, k, v, dO and of the biases is contiguous (the wrapper makes

@@ -711,45 +711,27 @@ def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
     h = tl.program_id(2).to(tl.int64)
     start_n = pid_n * BLOCK_N
     n_full = Lk // BLOCK_N
-    if TAIL_N == BLOCK_N:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh, s_qm,
-                  s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm, s_qbr, s_kbb,
-                  s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh, s_dm, s_gb, s_gh, b,
-                  h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG,
-                  LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, BLOCK_N)
-    elif TAIL2_N == 0:  # the last keys in one TAIL_N-wide tile, not a mostly empty one
-        if pid_n < n_full:
-            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
-                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
-                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
-                      s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
-                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, BLOCK_N)
-        else:
-            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
-                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
-                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
-                      s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
-                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL_N)
-    else:  # the last keys in a TAIL_N-wide tile and a TAIL2_N-wide one
+    # full programs, then the last keys in one TAIL_N-wide tile (BLOCK_N when the rest needs
+    # it), then, with TAIL2_N, a second narrow one (never a mostly empty BLOCK_N-wide tile)
+    if pid_n < n_full:
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
+                  s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
+                  s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
+                  s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
+                  PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, BLOCK_N)
+    elif pid_n == n_full:
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
+                  s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
+                  s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
+                  s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
+                  PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL_N)
+    elif TAIL2_N > 0:
         start_2 = n_full * BLOCK_N + TAIL_N
-        if pid_n < n_full:
-            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
-                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
-                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
-                      s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
-                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, BLOCK_N)
-        elif pid_n == n_full:
-            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
-                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
-                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
-                      s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
-                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL_N)
-        else:
-            _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
-                      s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
-                      s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
-                      s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
-                      PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL2_N)
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
+                  s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
+                  s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
+                  s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
+                  PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL2_N)
 
 
 @triton.autotune(configs=_BIAS_CONFIGS, prune_configs_by=_PRUNE,

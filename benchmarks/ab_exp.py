@@ -12,21 +12,9 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(__file__))
 import attention as A  # noqa: E402
-
-
-def _cudnn(dims):
-    """SDPA's cuDNN backend on the case's shapes, queries expanded over the batch, no bias."""
-    B, H, Lq, _, D = dims
-
-    def f(q, k, v, ex):
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            return F.scaled_dot_product_attention(q.expand(B, H, Lq, D), k, v, scale=D**-0.5)
-    return f
 
 
 def main():
@@ -38,8 +26,8 @@ def main():
     print(torch.cuda.get_device_name(), knobs)
     for name in a.cases.split(","):
         dims, q, k, v, ex = A.make_case(name)
-        cudnn = _cudnn(dims)
-
+        peers = A.peers_for(name, q, k, v, ex, dims)
+        cudnn = peers.get("sdpa-cudnn") or peers["sdpa-cudnn (no bias)"]
         print(f"  {name} breakdown:", {k2: round(v2, 3) for k2, v2 in
                                         A.breakdown(name, q, k, v, ex).items()})
         res = A.head_to_head({"brainattn": A.brainattn_fn(name), "cudnn": cudnn}, q, k, v, ex,

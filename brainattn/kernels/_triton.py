@@ -126,6 +126,13 @@ _KV_CONFIGS = _cfgs(
     (64, 64, 4, 3),
     (16, 64, 4, 1),  # interpreted: 64-key programs, so the two-tile tail runs in the tests
 )
+# the dk/dv pass that also adds dq (its dq dot has M = D and N = BLOCK_M: 64-query blocks)
+_KVF_CONFIGS = _cfgs(
+    [(64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 5), (64, 128, 8, 3), (64, 128, 8, 4),
+     (128, 64, 8, 3), (32, 128, 4, 5), (32, 64, 4, 4)],
+    (64, 64, 4, 4),
+    (16, 64, 4, 1),
+)
 _Q_CONFIGS = _cfgs(
     [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 32, 4, 3)],
     (64, 64, 4, 3),
@@ -597,9 +604,11 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
              HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
              BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
              LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
-             MASK_M: tl.constexpr, BLOCK_M: tl.constexpr):
+             MASK_M: tl.constexpr, BLOCK_M: tl.constexpr, dqd=None, h32=0, kT=None,
+             DQ_FUSED: tl.constexpr = False):
     """One query block of the dk/dv pass: dv += P^T dO, dk += dS^T Q (and dk_bias). A full
-    block (not MASK_M) loads q, dO, lse and delta without a query mask."""
+    block (not MASK_M) loads q, dO, lse and delta without a query mask. With DQ_FUSED also
+    dq^T += K^T dS^T, added to the (H, D, Lq) fp32 accumulator by a TMA reduction (dqd)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Lq
     qT_ptr = q_base + offs_m[None, :] * s_qm + offs_d[:, None]
@@ -624,6 +633,9 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
     dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
     dsT = pT * (dpT - delta[None, :])
     dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
+    if DQ_FUSED:  # transposed, so the dot's M is D (a wgmma) and dS^T is its B operand as is
+        dqT = tl.dot(kT, dsT.to(k.dtype), input_precision=PREC)
+        dqd.atomic_add([h32, 0, start_m], tl.reshape(dqT, [1, dqT.shape[0], BLOCK_M]))
     if LR_GRAD:
         dkb = _lr_grad(dkb, dsT, QG, qg_off, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK,
                        BPREC, LR_GDOT, GW)
@@ -631,16 +643,16 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
 
 
 @triton.jit
-def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
+def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT,
               s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
               s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
               s_db, s_dh, s_dm, s_gb, s_gh,
-              b, h, start_n, H, Lq, Lk, scale,
+              b, h, start_n, H, Lq, Lk, scale, s_dqt,
               HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
               PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr,
               KAUG: tl.constexpr, LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr,
               GW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              BLOCK_N: tl.constexpr, DQ_FUSED: tl.constexpr):
     """dk, dv (and dk_bias) of the BLOCK_N keys from start_n of one (batch, head)."""
     bh = b * H + h
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -669,18 +681,46 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
     qg_off = b * s_gb + h * s_gh
     # full query blocks load without a query mask (no per-step compares); then the rest
     m_full = (Lq // BLOCK_M) * BLOCK_M
-    for start_m in range(0, m_full, BLOCK_M):
-        dk, dv, dkb = _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA,
-                               row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
-                               qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
-                               s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
-                               LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M)
-    if m_full < Lq:
-        dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
-                               row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
-                               qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
-                               s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
-                               LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M)
+    if DQ_FUSED:
+        # broadcast queries: every (batch, key block) program adds to the same dq rows, so
+        # each batch starts its query sweep at its own offset (the programs that run together
+        # then add to different rows: 10.3 -> 9.9 ms on vertices, H100); the TMA clips the
+        # last block's rows at Lq
+        dqd = tl.make_tensor_descriptor(DQT, shape=[H, HEAD_D, Lq],
+                                        strides=[HEAD_D * s_dqt, s_dqt, 1],
+                                        block_shape=[1, BLOCK_D, BLOCK_M])
+        kT = tl.trans(k)
+        h32 = h.to(tl.int32)
+        rot = ((b.to(tl.int32) * (Lq // BLOCK_M)) // tl.num_programs(0)) * BLOCK_M
+        for i in range(0, m_full, BLOCK_M):
+            start_m = i + rot
+            start_m = tl.where(start_m >= m_full, start_m - m_full, start_m)
+            dk, dv, dkb = _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA,
+                                   row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off,
+                                   QG, qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm,
+                                   s_qbm, s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC,
+                                   BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M,
+                                   dqd, h32, kT, True)
+        if m_full < Lq:
+            dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
+                                   row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off,
+                                   QG, qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm,
+                                   s_qbm, s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC,
+                                   BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M,
+                                   dqd, h32, kT, True)
+    else:
+        for start_m in range(0, m_full, BLOCK_M):
+            dk, dv, dkb = _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA,
+                                   row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
+                                   qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
+                                   s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
+                                   LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M)
+        if m_full < Lq:
+            dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
+                                   row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
+                                   qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
+                                   s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
+                                   LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M)
     dk = dk * scale
     nd = (bh * Lk + offs_n[:, None]) * HEAD_D + offs_d[None, :]
     tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)
@@ -691,21 +731,17 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
                  mask=mask_n[:, None] & (offs_g < RANK)[None, :])
 
 
-@triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE,
-                 key=["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"])
-@triton.heuristics({"TAIL_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[0],
-                    "TAIL2_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[1]})
 @triton.jit
-def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
+def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT,
             s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
             s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
             s_db, s_dh, s_dm, s_gb, s_gh,
-            H, Lq, Lk, scale,
+            H, Lq, Lk, scale, s_dqt,
             HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
             PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            TAIL_N: tl.constexpr, TAIL2_N: tl.constexpr):
+            TAIL_N: tl.constexpr, TAIL2_N: tl.constexpr, DQ_FUSED: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     h = tl.program_id(2).to(tl.int64)
@@ -714,24 +750,37 @@ def _bwd_kv(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB,
     # full programs, then the last keys in one TAIL_N-wide tile (BLOCK_N when the rest needs
     # it), then, with TAIL2_N, a second narrow one (never a mostly empty BLOCK_N-wide tile)
     if pid_n < n_full:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
-                  s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
-                  s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
-                  s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
-                  PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, BLOCK_N)
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, s_qb,
+                  s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
+                  s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, HEAD_D,
+                  HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
+                  BLOCK_M, BLOCK_N, DQ_FUSED)
     elif pid_n == n_full:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
-                  s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
-                  s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
-                  s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
-                  PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL_N)
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, s_qb,
+                  s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
+                  s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, HEAD_D,
+                  HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
+                  BLOCK_M, TAIL_N, DQ_FUSED)
     elif TAIL2_N > 0:
         start_2 = n_full * BLOCK_N + TAIL_N
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, s_qb, s_qh,
-                  s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh, s_qbm,
-                  s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db, s_dh,
-                  s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, HEAD_D, HAS_BIAS, RANK,
-                  PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D, BLOCK_M, TAIL2_N)
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, s_qb,
+                  s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
+                  s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, s_dqt, HEAD_D,
+                  HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
+                  BLOCK_M, TAIL2_N, DQ_FUSED)
+
+
+_KV_HEUR = {"TAIL_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[0],
+            "TAIL2_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[1]}
+_KV_KEY = ["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"]
+_bwd_kv = triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE, key=_KV_KEY)(
+    triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
+# the same kernel with dq fused in (its own tuning: other tiles win there)
+_bwd_kv_dq = triton.autotune(configs=_KVF_CONFIGS, prune_configs_by=_PRUNE, key=_KV_KEY)(
+    triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
 
 
 @triton.autotune(configs=_BIAS_CONFIGS, prune_configs_by=_PRUNE,
@@ -801,7 +850,61 @@ _CNT_CAPTURED: list = []  # counters allocated inside CUDA-graph captures (graph
 _SMS: dict = {}  # device -> number of SMs
 
 
-def _launch(kernel, grid, key, tensors, scalars, consts):
+# dq of broadcast queries added inside the dk/dv pass by TMA reductions (see _fused_dq);
+# BRAINATTN_DQ_FUSED=0 keeps the separate dq pass everywhere
+_DQ_FUSED = os.environ.get("BRAINATTN_DQ_FUSED", "1").strip() != "0"
+_FUSED_MIN_LQ = 2048
+_CAP: dict = {}
+
+
+def _tma_reduce_available() -> bool:
+    """This Triton makes tensor descriptors in the kernel and reduces into them (3.4+)."""
+    try:
+        from triton.runtime import _allocation
+    except ImportError:
+        return False
+    return (hasattr(tl, "make_tensor_descriptor") and hasattr(_allocation, "_allocator")
+            and hasattr(getattr(tl, "tensor_descriptor_base", None), "atomic_add"))
+
+
+_TMA_REDUCE = not _INTERPRET and _tma_reduce_available()
+
+
+def _fused_dq(q, plan, nq: bool, nk: bool, nv: bool, has_bias: bool) -> bool:
+    """Whether the backward adds dq inside the dk/dv pass (fp32 TMA reductions into an (H, D,
+    Lq) buffer) instead of a separate dq pass that recomputes q k^T and dO v^T for every batch:
+    queries broadcast over a batch, many of them, no bias, a head dim the tile holds exactly,
+    half precision, an NVIDIA card with TMA (sm_90+), and deterministic algorithms not
+    requested (the order of the reductions varies from run to run)."""
+    if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias and plan.R == 0
+            and q.shape[0] == 1 and plan.B > 1 and plan.Lq >= _FUSED_MIN_LQ
+            and plan.D == plan.BLOCK_D and q.dtype in (torch.float16, torch.bfloat16)
+            and q.is_cuda and torch.version.hip is None):
+        return False
+    if torch.are_deterministic_algorithms_enabled():
+        return False
+    cap = _CAP.get(q.device)
+    if cap is None:
+        cap = _CAP[q.device] = torch.cuda.get_device_capability(q.device)
+    return cap[0] >= 9
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
+def _ensure_scratch_allocator():
+    """Tensor descriptors made in a kernel live in Triton's global scratch; give Triton an
+    allocator backed by torch's caching allocator where none is set. Triton keeps it per
+    context, i.e. per thread (the autograd engine runs CUDA backwards on its own thread), and
+    one set by the user is left alone."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_torch_scratch)
+
+
+def _launch(kernel, grid, key, tensors, scalars, consts, direct: bool = True):
     """Launch an autotuned kernel. The first call of a shape key runs the autotuner; the next
     one launches the tuned config through the jitted function while recording what it passes
     to the compiled kernel's launcher (``_capture``); later calls with the same specialisation
@@ -811,10 +914,12 @@ def _launch(kernel, grid, key, tensors, scalars, consts):
     ``tensors`` are the kernel's pointer arguments and ``scalars`` the rest (every kernel takes
     them in that order); ``grid`` maps the config's kwargs (BLOCK_M, ...) to the launch grid.
     The direct launch's key holds what Triton specialises a launch on, conservatively: every
-    scalar's value and every pointer's 16-byte alignment (dtypes follow from ``key``)."""
+    scalar's value and every pointer's 16-byte alignment (dtypes follow from ``key``).
+    ``direct=False`` always goes through Triton (kernels that take global scratch, which
+    Triton allocates per launch)."""
     args = (*tensors, *scalars)
     fkey = None
-    if _FAST_ON and (_DRV or _init_driver()):
+    if direct and _FAST_ON and (_DRV or _init_driver()):
         fkey = (key, scalars, tuple([t.data_ptr() & 15 for t in tensors]), _DRV[0]())
         ent = _FAST.get(fkey)
         if ent is not None and _hooks_off():
@@ -828,7 +933,7 @@ def _launch(kernel, grid, key, tensors, scalars, consts):
         kernel[grid](*args, **consts)
         _TUNED[key] = kernel.best_config.all_kwargs()
         return
-    if fkey is not None and fkey not in _FAST and _hooks_off():
+    if fkey is not None and fkey not in _FAST and _hooks_off():  # (fkey is None: not direct)
         _FAST[fkey] = _capture(kernel.fn, grid, args, consts, cfg)  # launches it once
         return
     kernel.fn.run(*args, grid=grid, warmup=False, **consts, **cfg)
@@ -1086,6 +1191,14 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
                   KAUG=plan.kaug, LR_GDOT=plan.lr_gdot, GW=plan.gw, BLOCK_D=plan.BLOCK_D)
     delta = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
     dq = dk = dv = dbias = dqb = dkb = None
+    fused = _fused_dq(q, plan, nq, nk, nv, has_bias)
+    dqt = plan.ptrs[1]
+    lq_pad = Lq
+    if fused:  # dq^T accumulates in fp32, rows padded to 16 bytes (TMA strides)
+        _ensure_scratch_allocator()
+        lq_pad = _cdiv(Lq, 4) * 4
+        dqt = torch.zeros((H, D, lq_pad), device=dev, dtype=torch.float32)
+        nq = False
     if nq or nqb:  # the dq pass also forms delta for the passes after it
         per_batch = q.shape[0] != 1 or (q_bias is not None and q_bias.shape[0] != 1)
         if per_batch:
@@ -1128,10 +1241,13 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         dkb_p = (torch.empty((B, H, Lk, R), device=dev, dtype=torch.float32)
                  if nkb else plan.ptrs[2])
         grid = lambda meta: (B, _kv_programs(Lk, meta["BLOCK_N"]), H)  # noqa: E731
-        _launch(_bwd_kv, grid, ("kv", nkb) + plan.key,
-                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p),
-                (*common, *qg_s, H, Lq, Lk, scale),
-                dict(consts, LR_GRAD=nkb, BPREC=plan.bprec))
+        _launch(_bwd_kv_dq if fused else _bwd_kv, grid, ("kv", nkb, fused) + plan.key,
+                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, dqt),
+                (*common, *qg_s, H, Lq, Lk, scale, lq_pad),
+                dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, DQ_FUSED=fused), direct=not fused)
+        if fused:  # one kernel: scale, transpose back, cast
+            dq = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
+            torch.mul(dqt[:, :, :Lq].transpose(1, 2), scale, out=dq[0])
         if nkb:
             dkb = _reduce_to(dkb_p, k_bias.shape).to(k_bias.dtype)
         if not nk:

@@ -368,3 +368,56 @@ def test_triton_scale_sign(scale, case, dtype):
     assert _rel(out, rout) <= tol and _rel(lse, rlse) <= tol
     for a, r in zip(leaves, ref, strict=True):
         assert _rel(a.grad, r.grad) <= tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device")
+@pytest.mark.parametrize("D", [64, 32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, monkeypatch):
+    """Many broadcast queries without a bias: on sm_90+ dq is added inside the dk/dv pass by TMA
+    reductions (no separate dq pass). Lq = 2050 is not a multiple of any block or of the 4 fp32
+    the TMA's row stride needs. The gradients match the float64 reference, and the separate
+    pass; with deterministic algorithms requested the separate (bitwise repeatable) pass runs."""
+    from brainattn.kernels import _triton as T
+
+    if torch.cuda.get_device_capability()[0] < 9 or not T._TMA_REDUCE:
+        pytest.skip("the fused dq needs TMA (sm_90+) and a Triton with descriptor reductions")
+    B, H, Lq, Lk = 3, 2, 2050, 130
+    g = torch.Generator().manual_seed(11)
+    ins = [torch.randn(1, H, Lq, D, generator=g), torch.randn(B, H, Lk, D, generator=g),
+           torch.randn(B, H, Lk, D, generator=g)]
+    gout = torch.randn(B, H, Lq, D, generator=g, dtype=torch.float64)
+    seen = []
+    launch = T._launch
+
+    def spy(kernel, *a, **kw):
+        seen.append(kernel)
+        return launch(kernel, *a, **kw)
+
+    monkeypatch.setattr(T, "_launch", spy)
+
+    def grads():
+        leaves = [t.to(DEV, dtype).requires_grad_() for t in ins]
+        out = attention(*leaves)
+        (out.double() * gout.to(DEV)).sum().backward()
+        return [t.grad for t in leaves]
+
+    fused = grads()
+    assert T._bwd_kv_dq in seen and T._bwd_q not in seen
+    ref = [t.double().requires_grad_() for t in ins]
+    (reference_attention(*ref)[0] * gout).sum().backward()
+    for name, a, r in zip("qkv", fused, ref, strict=True):
+        err = _rel(a, r.grad)
+        assert err <= TOL[dtype], f"d{name}: relative error {err:.2e}"
+    seen.clear()
+    torch.use_deterministic_algorithms(True)
+    try:
+        sep = grads()
+        again = grads()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert T._bwd_q in seen and T._bwd_kv_dq not in seen
+    for a, b, c in zip(fused, sep, again, strict=True):
+        assert torch.equal(b, c)
+        assert _rel(a, b) <= 2e-3

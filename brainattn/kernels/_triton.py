@@ -16,7 +16,15 @@ read the same dense-bias tile and, for broadcast queries, the same query tile fr
 - ``_bwd_kv``: one program per (batch, key block, head); loops over query blocks in the
   transposed form of the Triton tutorial (S^T = K Q^T, so P^T and dS^T feed the next dots from
   registers with no layout shuffle); dk, dv and the key factor's gradient dk_bias = dS^T q_bias.
-- ``_bwd_pre``: the delta pre-pass, used only when dq is not needed.
+- ``_bwd_kv_dq``: the same kernel with dq added in (``_fused_dq`` says when: many queries
+  broadcast over the batch, no bias, sm_90+). Each query step also forms dq^T += K^T dS^T and
+  adds it to an fp32 (H, D, Lq) buffer with a TMA reduction (a descriptor made in the kernel),
+  so the separate dq pass, which recomputes q k^T and dO v^T for every batch, is not needed:
+  7 matmul units per step instead of 9. The batches' query sweeps start at different offsets so
+  the programs that run together reduce into different rows. The order of the fp32 additions
+  varies, so dq is not bitwise repeatable; ``torch.use_deterministic_algorithms(True)`` or
+  ``BRAINATTN_DQ_FUSED=0`` keep the separate pass.
+- ``_bwd_pre``: the delta pre-pass, used when dq is not needed or is fused.
 - ``_bwd_bias``: dense-bias gradient, one program per (query block, key block, h) looping over
   the batch, so the batch sum needs no atomics and nothing of size B*H*Lq*Lk is ever formed.
 
@@ -24,11 +32,12 @@ Low-rank term q_bias k_bias^T: for float16/bfloat16 inputs the logits take it as
 tensor-core dot of split factors (hi/lo, error ~2^-21 of |q_bias||k_bias|); for float32 inputs R
 exact fp32 outer products. Without a dense bias the query factor's split carries 1/scale, so
 q k^T and the low-rank term are scaled once, and the forward (scale > 0) takes the row max of
-the unscaled sum: one FMA per logit for the exponent's argument. Its gradients dS k_bias and dS^T q_bias are fp32 (tf32 for half
-inputs) dots on the fp32 dS; an opt-in bf16 hi/lo split of dS (``BRAINATTN_LR_GRAD_SPLIT=1``)
-is correct under the interpreter but failed on the GPU (see ``_LR_SPLIT``). Head dims 48 and 96 are padded to 64 and 128 with masked loads. Strides of broadcast dims
-are passed as 0; the last dim of q, k, v, dO and of the biases is contiguous (the wrapper makes
-it so), and out, lse, delta and the gradient buffers are allocated contiguous.
+the unscaled sum: one FMA per logit for the exponent's argument. Its gradients dS k_bias and
+dS^T q_bias are fp32 (tf32 for half inputs) dots on the fp32 dS; an opt-in bf16 hi/lo split of
+dS (``BRAINATTN_LR_GRAD_SPLIT=1``) is correct under the interpreter but failed on the GPU (see
+``_LR_SPLIT``). Head dims 48 and 96 are padded to 64 and 128 with masked loads. Strides of
+broadcast dims are passed as 0; the last dim of q, k, v, dO and of the biases is contiguous (the
+wrapper makes it so), and out, lse, delta and the gradient buffers are allocated contiguous.
 
 Ragged ends: the key loops end in a TAIL_N-wide step (the smallest power of two >= 16 holding
 the rest: a ViT's 962 = 15 * 64 + 2 tokens would otherwise pad 2 keys to 64), and the dk/dv
@@ -871,14 +880,16 @@ def _fused_dq(q, plan, nq: bool, nk: bool, nv: bool, has_bias: bool) -> bool:
     """Whether the backward adds dq inside the dk/dv pass (fp32 TMA reductions into an (H, D,
     Lq) buffer) instead of a separate dq pass that recomputes q k^T and dO v^T for every batch:
     queries broadcast over a batch, many of them, no bias, a head dim the tile holds exactly,
-    half precision, an NVIDIA card with TMA (sm_90+), and deterministic algorithms not
-    requested (the order of the reductions varies from run to run)."""
+    half precision, an NVIDIA card with TMA (sm_90+), deterministic algorithms not requested
+    (the order of the reductions varies from run to run) and no CUDA-graph capture running."""
     if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias and plan.R == 0
             and q.shape[0] == 1 and plan.B > 1 and plan.Lq >= _FUSED_MIN_LQ
             and plan.D == plan.BLOCK_D and q.dtype in (torch.float16, torch.bfloat16)
             and q.is_cuda and torch.version.hip is None):
         return False
-    if torch.are_deterministic_algorithms_enabled():
+    # not inside a CUDA-graph capture either: Triton allocates the descriptors' scratch at
+    # launch, which no GPU run has checked under capture yet
+    if torch.are_deterministic_algorithms_enabled() or torch.cuda.is_current_stream_capturing():
         return False
     cap = _CAP.get(q.device)
     if cap is None:

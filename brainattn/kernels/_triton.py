@@ -880,17 +880,19 @@ def _fused_dq(q, plan, nq: bool, nk: bool, nv: bool, has_bias: bool) -> bool:
     """Whether the backward adds dq inside the dk/dv pass (fp32 TMA reductions into an (H, D,
     Lq) buffer) instead of a separate dq pass that recomputes q k^T and dO v^T for every batch:
     queries broadcast over a batch, many of them, no bias, a head dim the tile holds exactly,
-    half precision, an NVIDIA card with TMA (sm_90+), deterministic algorithms not requested
-    (the order of the reductions varies from run to run) and no CUDA-graph capture running."""
+    half precision, an NVIDIA card with TMA (sm_90+), and deterministic algorithms not
+    requested (the order of the reductions varies from run to run)."""
     if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias and plan.R == 0
             and q.shape[0] == 1 and plan.B > 1 and plan.Lq >= _FUSED_MIN_LQ
             and plan.D == plan.BLOCK_D and q.dtype in (torch.float16, torch.bfloat16)
             and q.is_cuda and torch.version.hip is None):
         return False
-    # not inside a CUDA-graph capture either: Triton allocates the descriptors' scratch at
-    # launch, which no GPU run has checked under capture yet
-    if torch.are_deterministic_algorithms_enabled() or torch.cuda.is_current_stream_capturing():
+    if torch.are_deterministic_algorithms_enabled():
         return False
+    if torch.cuda.is_current_stream_capturing():
+        # a capture runs what the eager steps before it ran and tuned (no tuning can run
+        # inside a capture): the fused pass only if it was tuned for this shape
+        return ("kv", False, True) + plan.key in _TUNED
     cap = _CAP.get(q.device)
     if cap is None:
         cap = _CAP[q.device] = torch.cuda.get_device_capability(q.device)

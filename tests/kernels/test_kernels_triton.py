@@ -421,3 +421,54 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, monkeypa
     for a, b, c in zip(fused, sep, again, strict=True):
         assert torch.equal(b, c)
         assert _rel(a, b) <= 2e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device")
+def test_gpu_fused_dq_step_captured_in_a_cuda_graph(monkeypatch):
+    """The fused dq (TMA reductions, descriptors in Triton's launch-time scratch) in a CUDA graph
+    after eager warm-up steps (as ``brainattn fit`` does): the capture runs the fused pass the
+    warm-up tuned, and replays match the eager step (to rounding: the reductions' order varies)."""
+    from brainattn.kernels import _triton as T
+
+    if torch.cuda.get_device_capability()[0] < 9 or not T._TMA_REDUCE:
+        pytest.skip("the fused dq needs TMA (sm_90+) and a Triton with descriptor reductions")
+    B, H, Lq, Lk, D = 4, 2, 2100, 98, 64
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q = torch.randn(1, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    gout = torch.randn(B, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    seen = []
+    launch = T._launch
+
+    def spy(kernel, *a, **kw):
+        seen.append(kernel)
+        return launch(kernel, *a, **kw)
+
+    monkeypatch.setattr(T, "_launch", spy)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            for t in leaves:
+                t.grad = None
+            ref_out = attention(*leaves)
+            ref_out.backward(gout)
+    torch.cuda.current_stream().wait_stream(side)
+    ref = [t.grad.clone() for t in leaves]
+    graph = torch.cuda.CUDAGraph()
+    for t in leaves:
+        t.grad = None
+    seen.clear()
+    with torch.cuda.graph(graph):
+        out = attention(*leaves)
+        out.backward(gout)
+    assert T._bwd_kv_dq in seen and T._bwd_q not in seen
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, ref_out)
+        for a, b in zip(leaves, ref, strict=True):
+            assert _rel(a.grad, b) <= 4e-3

@@ -687,6 +687,10 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
     qg_off = b * s_gb + h * s_gh
     # full query blocks load without a query mask (no per-step compares); then the rest
     m_full = (Lq // BLOCK_M) * BLOCK_M
+    dqd = DQT
+    kT = k
+    h32 = 0
+    rot = 0
     if DQ_FUSED:
         # broadcast queries: every (batch, key block) program adds to the same dq rows, so
         # each batch starts its query sweep at its own offset (the programs that run together
@@ -698,35 +702,23 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
         kT = tl.trans(k)
         h32 = h.to(tl.int32)
         rot = ((b.to(tl.int32) * (Lq // BLOCK_M)) // tl.num_programs(0)) * BLOCK_M
-        for i in range(0, m_full, BLOCK_M):
-            start_m = i + rot
+    for i in range(0, m_full, BLOCK_M):
+        start_m = i + rot
+        if DQ_FUSED:
             start_m = tl.where(start_m >= m_full, start_m - m_full, start_m)
-            dk, dv, dkb = _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA,
-                                   row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off,
-                                   QG, qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm,
-                                   s_qbm, s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC,
-                                   BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M,
-                                   dqd, h32, kT, True)
-        if m_full < Lq:
-            dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
-                                   row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off,
-                                   QG, qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm,
-                                   s_qbm, s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC,
-                                   BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M,
-                                   dqd, h32, kT, True)
-    else:
-        for start_m in range(0, m_full, BLOCK_M):
-            dk, dv, dkb = _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA,
-                                   row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
-                                   qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
-                                   s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
-                                   LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M)
-        if m_full < Lq:
-            dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
-                                   row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
-                                   qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
-                                   s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
-                                   LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M)
+        dk, dv, dkb = _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA,
+                               row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
+                               qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
+                               s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
+                               LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M, dqd, h32, kT,
+                               DQ_FUSED)
+    if m_full < Lq:
+        dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
+                               row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
+                               qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
+                               s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
+                               LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M, dqd, h32, kT,
+                               DQ_FUSED)
     dk = dk * scale
     nd = (bh * Lk + offs_n[:, None]) * HEAD_D + offs_d[None, :]
     tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)

@@ -310,25 +310,38 @@ def test_gpu_step_captured_in_a_cuda_graph_matches_eager():
     """fwd+bwd with broadcast queries over batch splits (the dq pass's in-kernel reduction and
     its counters) captured in a CUDA graph: replays equal the eager step, twice."""
     B, H, Lq, Lk, D = 64, 4, 50, 130, 48  # few query blocks: the dq pass splits the batch
-    g = torch.Generator(device="cuda").manual_seed(7)
+    leaves, gout = _cuda_bcast_inputs(B, H, Lq, Lk, D, seed=7)
+    ref_out, ref, out, graph = _eager_then_captured(leaves, gout)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, ref_out)
+        for a, b in zip(leaves, ref, strict=True):
+            assert torch.equal(a.grad, b)
+
+
+def _cuda_bcast_inputs(B, H, Lq, Lk, D, seed):
+    """bf16 leaves q (1, H, Lq, D), k, v (B, H, Lk, D) on the GPU, and an upstream gradient."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(1, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
     v = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
     gout = torch.randn(B, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    return [t.requires_grad_() for t in (q, k, v)], gout
 
-    def step():
-        for t in leaves:
-            t.grad = None
-        out = attention(*leaves)
-        out.backward(gout)
-        return out
 
+def _eager_then_captured(leaves, gout):
+    """Three eager fwd+bwd steps on a side stream (they compile and tune, as ``brainattn fit``'s
+    warm-up does), then the step captured in a CUDA graph (not yet replayed). Returns the last
+    eager output and gradients, the graph's output tensor and the graph."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            ref_out = step().detach().clone()
+            for t in leaves:
+                t.grad = None
+            ref_out = attention(*leaves)
+            ref_out.backward(gout)
     torch.cuda.current_stream().wait_stream(side)
     ref = [t.grad.clone() for t in leaves]
     graph = torch.cuda.CUDAGraph()
@@ -337,12 +350,7 @@ def test_gpu_step_captured_in_a_cuda_graph_matches_eager():
     with torch.cuda.graph(graph):
         out = attention(*leaves)
         out.backward(gout)
-    for _ in range(2):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, ref_out)
-        for a, b in zip(leaves, ref, strict=True):
-            assert torch.equal(a.grad, b)
+    return ref_out.detach(), ref, out, graph
 
 
 @pytest.mark.parametrize("scale", [0.37, -0.37, 0.0], ids=["positive", "negative", "zero"])
@@ -370,6 +378,21 @@ def test_triton_scale_sign(scale, case, dtype):
         assert _rel(a.grad, r.grad) <= tol
 
 
+def _record_launches(monkeypatch) -> list:
+    """The kernels ``_launch`` is handed from now on, in order (the launches still run)."""
+    from brainattn.kernels import _triton as T
+
+    seen = []
+    launch = T._launch
+
+    def spy(kernel, *a, **kw):
+        seen.append(kernel)
+        return launch(kernel, *a, **kw)
+
+    monkeypatch.setattr(T, "_launch", spy)
+    return seen
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 @pytest.mark.parametrize("D", [64, 128])
@@ -388,14 +411,7 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, monkeypa
     ins = [torch.randn(1, H, Lq, D, generator=g), torch.randn(B, H, Lk, D, generator=g),
            torch.randn(B, H, Lk, D, generator=g)]
     gout = torch.randn(B, H, Lq, D, generator=g, dtype=torch.float64)
-    seen = []
-    launch = T._launch
-
-    def spy(kernel, *a, **kw):
-        seen.append(kernel)
-        return launch(kernel, *a, **kw)
-
-    monkeypatch.setattr(T, "_launch", spy)
+    seen = _record_launches(monkeypatch)
 
     def grads():
         leaves = [t.to(DEV, dtype).requires_grad_() for t in ins]
@@ -433,39 +449,11 @@ def test_gpu_fused_dq_step_captured_in_a_cuda_graph(monkeypatch):
 
     if torch.cuda.get_device_capability()[0] < 9 or not T._TMA_REDUCE:
         pytest.skip("the fused dq needs TMA (sm_90+) and a Triton with descriptor reductions")
-    B, H, Lq, Lk, D = 4, 2, 2100, 98, 64
-    g = torch.Generator(device="cuda").manual_seed(5)
-    q = torch.randn(1, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(B, H, Lk, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    gout = torch.randn(B, H, Lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    seen = []
-    launch = T._launch
-
-    def spy(kernel, *a, **kw):
-        seen.append(kernel)
-        return launch(kernel, *a, **kw)
-
-    monkeypatch.setattr(T, "_launch", spy)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            for t in leaves:
-                t.grad = None
-            ref_out = attention(*leaves)
-            ref_out.backward(gout)
-    torch.cuda.current_stream().wait_stream(side)
-    ref = [t.grad.clone() for t in leaves]
-    graph = torch.cuda.CUDAGraph()
-    for t in leaves:
-        t.grad = None
-    seen.clear()
-    with torch.cuda.graph(graph):
-        out = attention(*leaves)
-        out.backward(gout)
-    assert T._bwd_kv_dq in seen and T._bwd_q not in seen
+    leaves, gout = _cuda_bcast_inputs(4, 2, 2100, 98, 64, seed=5)
+    seen = _record_launches(monkeypatch)
+    ref_out, ref, out, graph = _eager_then_captured(leaves, gout)
+    # three eager steps and the captured one, each with the fused pass
+    assert seen.count(T._bwd_kv_dq) == 4 and T._bwd_q not in seen
     for _ in range(2):
         graph.replay()
         torch.cuda.synchronize()

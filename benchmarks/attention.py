@@ -277,8 +277,13 @@ def breakdown(name, q, k, v, extra):
     dout = torch.randn_like(out)
     res = {"fwd": bench(lambda: T._forward(q, k, v, bias, qb, kb, scale))}
     lr = qb is not None
-    # "bwd dq" forms delta itself; "bwd dk/dv" alone runs the small delta pre-pass first
+    # "bwd dq" forms delta itself; "bwd dk/dv" alone runs the small delta pre-pass first;
+    # "bwd dq+dk/dv (fused)": the dk/dv pass that also adds dq (broadcast queries on sm_90+,
+    # see brainattn.kernels._triton._fused_dq), as the step runs it there
     masks = {"bwd dk/dv": (0, 1, 1, 0, 0, lr), "bwd dq": (1, 0, 0, 0, lr, 0)}
+    probe = T._Plan(q, k, v, bias, qb, kb, scale)
+    if T._fused_dq(q, probe, True, True, True, bias is not None):
+        masks["bwd dq+dk/dv (fused)"] = (1, 1, 1, 0, 0, 0)
     if bias is not None:
         masks["bwd dbias"] = (0, 0, 0, 1, 0, 0)
     for label, needs in masks.items():

@@ -871,12 +871,13 @@ _TMA_REDUCE = not _INTERPRET and _tma_reduce_available()
 def _fused_dq(q, plan, nq: bool, nk: bool, nv: bool, has_bias: bool) -> bool:
     """Whether the backward adds dq inside the dk/dv pass (fp32 TMA reductions into an (H, D,
     Lq) buffer) instead of a separate dq pass that recomputes q k^T and dO v^T for every batch:
-    queries broadcast over a batch, many of them, no bias, a head dim the tile holds exactly,
+    queries broadcast over a batch, many of them, no bias, head dim 64 or 128 (those the GPU
+    tests cover; smaller ones make the dq dot an mma.sync, like the 32-query tiles that failed),
     half precision, an NVIDIA card with TMA (sm_90+), and deterministic algorithms not
     requested (the order of the reductions varies from run to run)."""
     if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias and plan.R == 0
             and q.shape[0] == 1 and plan.B > 1 and plan.Lq >= _FUSED_MIN_LQ
-            and plan.D == plan.BLOCK_D and q.dtype in (torch.float16, torch.bfloat16)
+            and plan.D in (64, 128) and q.dtype in (torch.float16, torch.bfloat16)
             and q.is_cuda and torch.version.hip is None):
         return False
     if torch.are_deterministic_algorithms_enabled():

@@ -66,6 +66,32 @@ LOG2E = 1.4426950408889634
 
 
 @gluon.jit
+def _issue_copies(it, slot, k_s, v_s, do_s, K, V, DO, kv_off, do_a, do_b, rows_a, rows_b,
+                  rows_n, s_kb, s_kn, s_db, nkb, total, Lq, Lk, BLOCK_N: gl.constexpr,
+                  HALVES: gl.constexpr):
+    """The cp.async copies of iteration ``it`` (batch it // nkb, key block it % nkb) as one
+    commit group: K and V into ring slot ``slot`` and, at a batch's first key block, its dO
+    (HALVES tiles of query rows) into the two-batch dO ring. Past the end: zero-filled."""
+    bn = it // nkb
+    jn = it - bn * nkb
+    live = it < total
+    nmask = ((jn * BLOCK_N + rows_n)[:, None] < Lk) & live
+    async_copy.async_copy_global_to_shared(k_s.index(slot), K + bn * s_kb + jn * BLOCK_N * s_kn
+                                           + kv_off, mask=nmask)
+    async_copy.async_copy_global_to_shared(v_s.index(slot), V + bn * s_kb + jn * BLOCK_N * s_kn
+                                           + kv_off, mask=nmask)
+    if jn == 0:
+        async_copy.async_copy_global_to_shared(do_s.index((bn % 2) * HALVES),
+                                               DO + bn * s_db + do_a,
+                                               mask=(rows_a[:, None] < Lq) & live)
+        if HALVES == 2:
+            async_copy.async_copy_global_to_shared(do_s.index((bn % 2) * 2 + 1),
+                                                   DO + bn * s_db + do_b,
+                                                   mask=(rows_b[:, None] < Lq) & live)
+    async_copy.commit_group()
+
+
+@gluon.jit
 def _dq_gluon(Q, K, V, DO, LSE, DELTA, DQ,
               s_kb, s_kh, s_kn, s_db, s_dh, s_dm,
               B, H, Lq, Lk, c, scale,
@@ -103,17 +129,8 @@ def _dq_gluon(Q, K, V, DO, LSE, DELTA, DQ,
     kv_off = h * s_kh + rows_n[:, None] * s_kn + cols[None, :]
     # prologue: iterations 0 .. NS - 3
     for it in gl.static_range(NS - 2):
-        bp = it // nkb
-        jp = it - bp * nkb
-        nmask = (jp * BLOCK_N + rows_n)[:, None] < Lk
-        async_copy.async_copy_global_to_shared(k_s.index(it), K + bp * s_kb + jp * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask & (it < total))
-        async_copy.async_copy_global_to_shared(v_s.index(it), V + bp * s_kb + jp * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask & (it < total))
-        if jp == 0:
-            async_copy.async_copy_global_to_shared(do_s.index(bp % 2), DO + bp * s_db + do_off,
-                                                   mask=(rows_m[:, None] < Lq) & (it < total))
-        async_copy.commit_group()
+        _issue_copies(it, it, k_s, v_s, do_s, K, V, DO, kv_off, do_off, do_off, rows_m, rows_m,
+                      rows_n, s_kb, s_kn, s_db, nkb, total, Lq, Lk, BLOCK_N, 1)
     dq = warpgroup_mma_init(gl.zeros([BLOCK_M, D], gl.float32, layout=mma_d))
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=mma_s)
     lse2 = gl.zeros([BLOCK_M], gl.float32, layout=gl.SliceLayout(1, mma_s))
@@ -129,19 +146,9 @@ def _dq_gluon(Q, K, V, DO, LSE, DELTA, DQ,
         fence_async_shared()
         gl.thread_barrier()
         # refill the slot of iteration it - 2 (its dq wgmma finished before it - 1's S wait)
-        nx = it + NS - 2
-        bn = nx // nkb
-        jn = nx - bn * nkb
-        slot = nx % NS
-        nmask = ((jn * BLOCK_N + rows_n)[:, None] < Lk) & (nx < total)
-        async_copy.async_copy_global_to_shared(k_s.index(slot), K + bn * s_kb + jn * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask)
-        async_copy.async_copy_global_to_shared(v_s.index(slot), V + bn * s_kb + jn * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask)
-        if jn == 0:
-            async_copy.async_copy_global_to_shared(do_s.index(bn % 2), DO + bn * s_db + do_off,
-                                                   mask=(rows_m[:, None] < Lq) & (nx < total))
-        async_copy.commit_group()
+        _issue_copies(it + NS - 2, (it + NS - 2) % NS, k_s, v_s, do_s, K, V, DO, kv_off, do_off,
+                      do_off, rows_m, rows_m, rows_n, s_kb, s_kn, s_db, nkb, total, Lq, Lk,
+                      BLOCK_N, 1)
         cur = it % NS
         kc = k_s.index(cur)
         s = warpgroup_mma(q_s, kc.permute((1, 0)), zero_s, use_acc=False, is_async=True)
@@ -177,19 +184,9 @@ def _pp_step(it, s_c, dp_c, dq, lse2, delta, q_s, do_s, k_s, v_s, K, V, DO, LSE,
     fence_async_shared()
     gl.thread_barrier()
     # refill the slot of iteration it - 3 (every warp waited on its dq wgmma in it - 1)
-    nx = it + NS - 3
-    bn = nx // nkb
-    jn = nx - bn * nkb
-    slot = nx % NS
-    nmask = ((jn * BLOCK_N + rows_n)[:, None] < Lk) & (nx < total)
-    async_copy.async_copy_global_to_shared(k_s.index(slot), K + bn * s_kb + jn * BLOCK_N * s_kn
-                                           + kv_off, mask=nmask)
-    async_copy.async_copy_global_to_shared(v_s.index(slot), V + bn * s_kb + jn * BLOCK_N * s_kn
-                                           + kv_off, mask=nmask)
-    if jn == 0:
-        async_copy.async_copy_global_to_shared(do_s.index(bn % 2), DO + bn * s_db + do_off,
-                                               mask=(rows_m[:, None] < Lq) & (nx < total))
-    async_copy.commit_group()
+    _issue_copies(it + NS - 3, (it + NS - 3) % NS, k_s, v_s, do_s, K, V, DO, kv_off, do_off,
+                  do_off, rows_m, rows_m, rows_n, s_kb, s_kn, s_db, nkb, total, Lq, Lk, BLOCK_N,
+                  1)
     # the next block's two matmuls go in before this block's softmax (a zero block past the end)
     n1 = (it + 1) % NS
     b1 = (it + 1) // nkb
@@ -246,17 +243,8 @@ def _dq_gluon_pp(Q, K, V, DO, LSE, DELTA, DQ,
     do_off = h * s_dh + rows_m[:, None] * s_dm + cols[None, :]
     kv_off = h * s_kh + rows_n[:, None] * s_kn + cols[None, :]
     for it in gl.static_range(NS - 3):  # groups 0 .. NS - 4
-        bp = it // nkb
-        jp = it - bp * nkb
-        nmask = ((jp * BLOCK_N + rows_n)[:, None] < Lk) & (it < total)
-        async_copy.async_copy_global_to_shared(k_s.index(it), K + bp * s_kb + jp * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask)
-        async_copy.async_copy_global_to_shared(v_s.index(it), V + bp * s_kb + jp * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask)
-        if jp == 0:
-            async_copy.async_copy_global_to_shared(do_s.index(bp % 2), DO + bp * s_db + do_off,
-                                                   mask=(rows_m[:, None] < Lq) & (it < total))
-        async_copy.commit_group()
+        _issue_copies(it, it, k_s, v_s, do_s, K, V, DO, kv_off, do_off, do_off, rows_m, rows_m,
+                      rows_n, s_kb, s_kn, s_db, nkb, total, Lq, Lk, BLOCK_N, 1)
     async_copy.wait_group(NS - 4)  # group 0
     fence_async_shared()
     gl.thread_barrier()
@@ -338,20 +326,8 @@ def _dq_gluon_2t(Q, K, V, DO, LSE, DELTA, DQ,
     do_b = h * s_dh + rows_b[:, None] * s_dm + cols[None, :]
     kv_off = h * s_kh + rows_n[:, None] * s_kn + cols[None, :]
     for it in gl.static_range(NS - 2):
-        bp = it // nkb
-        jp = it - bp * nkb
-        nmask = ((jp * BLOCK_N + rows_n)[:, None] < Lk) & (it < total)
-        async_copy.async_copy_global_to_shared(k_s.index(it), K + bp * s_kb + jp * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask)
-        async_copy.async_copy_global_to_shared(v_s.index(it), V + bp * s_kb + jp * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask)
-        if jp == 0:
-            async_copy.async_copy_global_to_shared(do_s.index((bp % 2) * 2), DO + bp * s_db + do_a,
-                                                   mask=(rows_a[:, None] < Lq) & (it < total))
-            async_copy.async_copy_global_to_shared(do_s.index((bp % 2) * 2 + 1),
-                                                   DO + bp * s_db + do_b,
-                                                   mask=(rows_b[:, None] < Lq) & (it < total))
-        async_copy.commit_group()
+        _issue_copies(it, it, k_s, v_s, do_s, K, V, DO, kv_off, do_a, do_b, rows_a, rows_b,
+                      rows_n, s_kb, s_kn, s_db, nkb, total, Lq, Lk, BLOCK_N, 2)
     dqa = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, layout=mma_d))
     dqb = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, layout=mma_d))
     zero_s = gl.zeros([HALF, BLOCK_N], gl.float32, layout=mma_s)
@@ -371,22 +347,9 @@ def _dq_gluon_2t(Q, K, V, DO, LSE, DELTA, DQ,
         async_copy.wait_group(NS - 3)
         fence_async_shared()
         gl.thread_barrier()
-        nx = it + NS - 2
-        bn = nx // nkb
-        jn = nx - bn * nkb
-        slot = nx % NS
-        nmask = ((jn * BLOCK_N + rows_n)[:, None] < Lk) & (nx < total)
-        async_copy.async_copy_global_to_shared(k_s.index(slot), K + bn * s_kb + jn * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask)
-        async_copy.async_copy_global_to_shared(v_s.index(slot), V + bn * s_kb + jn * BLOCK_N * s_kn
-                                               + kv_off, mask=nmask)
-        if jn == 0:
-            async_copy.async_copy_global_to_shared(do_s.index((bn % 2) * 2), DO + bn * s_db + do_a,
-                                                   mask=(rows_a[:, None] < Lq) & (nx < total))
-            async_copy.async_copy_global_to_shared(do_s.index((bn % 2) * 2 + 1),
-                                                   DO + bn * s_db + do_b,
-                                                   mask=(rows_b[:, None] < Lq) & (nx < total))
-        async_copy.commit_group()
+        _issue_copies(it + NS - 2, (it + NS - 2) % NS, k_s, v_s, do_s, K, V, DO, kv_off, do_a,
+                      do_b, rows_a, rows_b, rows_n, s_kb, s_kn, s_db, nkb, total, Lq, Lk,
+                      BLOCK_N, 2)
         cur = it % NS
         kc = k_s.index(cur)
         vt = v_s.index(cur).permute((1, 0))

@@ -282,8 +282,8 @@ def breakdown(name, q, k, v, extra):
     # see brainattn.kernels._triton._fused_dq), as the step runs it there
     masks = {"bwd dk/dv": (0, 1, 1, 0, 0, lr), "bwd dq": (1, 0, 0, 0, lr, 0)}
     probe = T._Plan(q, k, v, bias, qb, kb, scale)
-    if T._fused_dq(q, probe, True, True, True, bias is not None):
-        masks["bwd dq+dk/dv (fused)"] = (1, 1, 1, 0, 0, 0)
+    if T._fused_dq(q, qb, probe, True, True, True, lr, False, bias is not None):
+        masks["bwd dq+dk/dv (fused)"] = (1, 1, 1, 0, lr, 0)
     if bias is not None:
         masks["bwd dbias"] = (0, 0, 0, 1, 0, 0)
     for label, needs in masks.items():

@@ -611,10 +611,12 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
              BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
              LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
              MASK_M: tl.constexpr, BLOCK_M: tl.constexpr, dqd=None, h32=0, kT=None,
-             DQ_FUSED: tl.constexpr = False):
+             DQ_FUSED: tl.constexpr = False, dqbd=None, kbf=None,
+             DQB_FUSED: tl.constexpr = False):
     """One query block of the dk/dv pass: dv += P^T dO, dk += dS^T Q (and dk_bias). A full
     block (not MASK_M) loads q, dO, lse and delta without a query mask. With DQ_FUSED also
-    dq^T += K^T dS^T, added to the (H, D, Lq) fp32 accumulator by a TMA reduction (dqd)."""
+    dq^T += K^T dS^T, added to the (H, D, Lq) fp32 accumulator by a TMA reduction (dqd); with
+    DQB_FUSED also dq_bias += dS k_bias (fp32 dS, the key factor kbf) into (H, Lq, R) (dqbd)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Lq
     qT_ptr = q_base + offs_m[None, :] * s_qm + offs_d[:, None]
@@ -642,6 +644,9 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
     if DQ_FUSED:  # transposed, so the dot's M is D (a wgmma) and dS^T is its B operand as is
         dqT = tl.dot(kT, dsT.to(k.dtype), input_precision=PREC)
         dqd.atomic_add([h32, 0, start_m], tl.reshape(dqT, [1, dqT.shape[0], BLOCK_M]))
+    if DQB_FUSED:  # (BLOCK_M, GW): the box's columns past R fall outside the buffer (clipped)
+        dqb = tl.dot(tl.trans(dsT), kbf, input_precision=BPREC)
+        dqbd.atomic_add([h32, start_m, 0], tl.reshape(dqb, [1, BLOCK_M, GW]))
     if LR_GRAD:
         dkb = _lr_grad(dkb, dsT, QG, qg_off, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK,
                        BPREC, LR_GDOT, GW)
@@ -649,17 +654,18 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
 
 
 @triton.jit
-def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT,
+def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT,
               s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
               s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
               s_db, s_dh, s_dm, s_gb, s_gh,
-              b, h, start_n, H, Lq, Lk, scale, s_dqt,
+              b, h, start_n, H, Lq, Lk, scale, s_dqt, s_dqb,
               HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
               PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr,
               KAUG: tl.constexpr, LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr,
               GW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, DQ_FUSED: tl.constexpr):
-    """dk, dv (and dk_bias) of the BLOCK_N keys from start_n of one (batch, head)."""
+              BLOCK_N: tl.constexpr, DQ_FUSED: tl.constexpr, DQB_FUSED: tl.constexpr):
+    """dk, dv (and dk_bias) of the BLOCK_N keys from start_n of one (batch, head); with
+    DQ_FUSED (DQB_FUSED) also their share of dq (dq_bias), see ``_kv_step``."""
     bh = b * H + h
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -702,6 +708,14 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
         kT = tl.trans(k)
         h32 = h.to(tl.int32)
         rot = ((b.to(tl.int32) * (Lq // BLOCK_M)) // tl.num_programs(0)) * BLOCK_M
+    dqbd = DQBT
+    kbf = dkb
+    if DQB_FUSED:  # (H, Lq, R) rows of s_dqb >= R columns (16 bytes); the key factor in fp32
+        dqbd = tl.make_tensor_descriptor(DQBT, shape=[H, Lq, RANK], strides=[Lq * s_dqb, s_dqb, 1],
+                                         block_shape=[1, BLOCK_M, GW])
+        offs_g = tl.arange(0, GW)
+        kbf = tl.load(KB + kb_off + offs_n[:, None] * s_kbn + offs_g[None, :] * s_kbr,
+                      mask=mask_n[:, None] & (offs_g < RANK)[None, :], other=0.0).to(tl.float32)
     for i in range(0, m_full, BLOCK_M):
         start_m = i + rot
         if DQ_FUSED:
@@ -711,14 +725,14 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
                                qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
                                s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
                                LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M, dqd, h32, kT,
-                               DQ_FUSED)
+                               DQ_FUSED, dqbd, kbf, DQB_FUSED)
     if m_full < Lq:
         dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
                                row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
                                qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
                                s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
                                LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M, dqd, h32, kT,
-                               DQ_FUSED)
+                               DQ_FUSED, dqbd, kbf, DQB_FUSED)
     dk = dk * scale
     nd = (bh * Lk + offs_n[:, None]) * HEAD_D + offs_d[None, :]
     tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)
@@ -730,16 +744,17 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
 
 
 @triton.jit
-def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT,
+def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT,
             s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
             s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
             s_db, s_dh, s_dm, s_gb, s_gh,
-            H, Lq, Lk, scale, s_dqt,
+            H, Lq, Lk, scale, s_dqt, s_dqb,
             HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
             PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            TAIL_N: tl.constexpr, TAIL2_N: tl.constexpr, DQ_FUSED: tl.constexpr):
+            TAIL_N: tl.constexpr, TAIL2_N: tl.constexpr, DQ_FUSED: tl.constexpr,
+            DQB_FUSED: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     h = tl.program_id(2).to(tl.int64)
@@ -748,27 +763,27 @@ def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, D
     # full programs, then the last keys in one TAIL_N-wide tile (BLOCK_N when the rest needs
     # it), then, with TAIL2_N, a second narrow one (never a mostly empty BLOCK_N-wide tile)
     if pid_n < n_full:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
-                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, HEAD_D,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
-                  BLOCK_M, BLOCK_N, DQ_FUSED)
+                  BLOCK_M, BLOCK_N, DQ_FUSED, DQB_FUSED)
     elif pid_n == n_full:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
-                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, HEAD_D,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
-                  BLOCK_M, TAIL_N, DQ_FUSED)
+                  BLOCK_M, TAIL_N, DQ_FUSED, DQB_FUSED)
     elif TAIL2_N > 0:
         start_2 = n_full * BLOCK_N + TAIL_N
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
-                  s_dh, s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, s_dqt, HEAD_D,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
-                  BLOCK_M, TAIL2_N, DQ_FUSED)
+                  BLOCK_M, TAIL2_N, DQ_FUSED, DQB_FUSED)
 
 
 _KV_HEUR = {"TAIL_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[0],
@@ -778,7 +793,7 @@ _bwd_kv = triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE, key=_KV_
     triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
 # the same kernel with dq fused in (its own tuning: other tiles win there)
 _bwd_kv_dq = triton.autotune(configs=_KVF_CONFIGS, prune_configs_by=_PRUNE, key=_KV_KEY,
-                             reset_to_zero=["DQT"])(triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
+                             reset_to_zero=["DQT", "DQBT"])(triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
 
 
 @triton.autotune(configs=_BIAS_CONFIGS, prune_configs_by=_PRUNE,
@@ -868,24 +883,28 @@ def _tma_reduce_available() -> bool:
 _TMA_REDUCE = not _INTERPRET and _tma_reduce_available()
 
 
-def _fused_dq(q, plan, nq: bool, nk: bool, nv: bool, has_bias: bool) -> bool:
-    """Whether the backward adds dq inside the dk/dv pass (fp32 TMA reductions into an (H, D,
-    Lq) buffer) instead of a separate dq pass that recomputes q k^T and dO v^T for every batch:
-    queries broadcast over a batch, many of them, no bias, head dim 64 or 128 (those the GPU
-    tests cover; smaller ones make the dq dot an mma.sync, like the 32-query tiles that failed),
-    half precision, an NVIDIA card with TMA (sm_90+), and deterministic algorithms not
-    requested (the order of the reductions varies from run to run)."""
-    if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias and plan.R == 0
+def _fused_dq(q, q_bias, plan, nq: bool, nk: bool, nv: bool, nqb: bool, nkb: bool,
+              has_bias: bool) -> bool:
+    """Whether the backward adds dq (and dq_bias) inside the dk/dv pass (fp32 TMA reductions
+    into (H, D, Lq) and (H, Lq, R) buffers) instead of a separate dq pass that recomputes
+    q k^T and dO v^T for every batch: queries (and a low-rank query factor) broadcast over a
+    batch, many of them, no dense bias, head dim 64 or 128 (those the GPU tests cover; smaller
+    ones make the dq dot an mma.sync, like the 32-query tiles that failed), half precision, an
+    NVIDIA card with TMA (sm_90+), and deterministic algorithms not requested (the order of the
+    reductions varies from run to run)."""
+    if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias
             and q.shape[0] == 1 and plan.B > 1 and plan.Lq >= _FUSED_MIN_LQ
             and plan.D in (64, 128) and q.dtype in (torch.float16, torch.bfloat16)
             and q.is_cuda and torch.version.hip is None):
+        return False
+    if plan.R > 0 and not (plan.lr_dot and (not nqb or q_bias.shape[0] == 1)):
         return False
     if torch.are_deterministic_algorithms_enabled():
         return False
     if torch.cuda.is_current_stream_capturing():
         # a capture runs what the eager steps before it ran and tuned (no tuning can run
         # inside a capture): the fused pass only if it was tuned for this shape
-        return ("kv", False, True) + plan.key in _TUNED
+        return ("kv", nkb, (True, nqb)) + plan.key in _TUNED
     cap = _CAP.get(q.device)
     if cap is None:
         cap = _CAP[q.device] = torch.cuda.get_device_capability(q.device)
@@ -1194,14 +1213,20 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
                   KAUG=plan.kaug, LR_GDOT=plan.lr_gdot, GW=plan.gw, BLOCK_D=plan.BLOCK_D)
     delta = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
     dq = dk = dv = dbias = dqb = dkb = None
-    fused = _fused_dq(q, plan, nq, nk, nv, has_bias)
-    dqt = plan.ptrs[1]
-    lq_pad = Lq
-    if fused:  # dq^T accumulates in fp32, rows padded to 16 bytes (TMA strides)
+    fused = _fused_dq(q, q_bias, plan, nq, nk, nv, nqb, nkb, has_bias)
+    dqt = dqbt = plan.ptrs[1]
+    lq_pad = r_pad = R
+    kv_mode = nqb_fused = False  # (fused dq, fused dq_bias) in the dk/dv pass's launch key
+    if fused:  # dq^T (and dq_bias) accumulate in fp32, rows padded to 16 bytes (TMA strides)
         _ensure_scratch_allocator()
         lq_pad = _cdiv(Lq, 4) * 4
         dqt = torch.zeros((H, D, lq_pad), device=dev, dtype=torch.float32)
+        if nqb:
+            r_pad = _cdiv(R, 4) * 4
+            dqbt = torch.zeros((H, Lq, r_pad), device=dev, dtype=torch.float32)
+        kv_mode = (True, nqb)
         nq = False
+        nqb_fused, nqb = nqb, False
     if nq or nqb:  # the dq pass also forms delta for the passes after it
         per_batch = q.shape[0] != 1 or (q_bias is not None and q_bias.shape[0] != 1)
         if per_batch:
@@ -1244,13 +1269,16 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         dkb_p = (torch.empty((B, H, Lk, R), device=dev, dtype=torch.float32)
                  if nkb else plan.ptrs[2])
         grid = lambda meta: (B, _kv_programs(Lk, meta["BLOCK_N"]), H)  # noqa: E731
-        _launch(_bwd_kv_dq if fused else _bwd_kv, grid, ("kv", nkb, fused) + plan.key,
-                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, dqt),
-                (*common, *qg_s, H, Lq, Lk, scale, lq_pad),
-                dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, DQ_FUSED=fused), direct=not fused)
+        _launch(_bwd_kv_dq if fused else _bwd_kv, grid, ("kv", nkb, kv_mode) + plan.key,
+                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, dqt, dqbt),
+                (*common, *qg_s, H, Lq, Lk, scale, lq_pad, r_pad),
+                dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, DQ_FUSED=fused,
+                     DQB_FUSED=nqb_fused), direct=not fused)
         if fused:  # one kernel: scale, transpose back, cast
             dq = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
             torch.mul(dqt[:, :, :Lq].transpose(1, 2), scale, out=dq[0])
+            if nqb_fused:
+                dqb = _reduce_to(dqbt[None, :, :, :R], q_bias.shape).to(q_bias.dtype)
         if nkb:
             dkb = _reduce_to(dkb_p, k_bias.shape).to(k_bias.dtype)
         if not nk:

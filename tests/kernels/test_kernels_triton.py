@@ -393,15 +393,24 @@ def _record_launches(monkeypatch) -> list:
     return seen
 
 
+_BF, _FP = torch.bfloat16, torch.float16
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
-def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, monkeypatch):
-    """Many broadcast queries without a bias: on sm_90+ dq is added inside the dk/dv pass by TMA
-    reductions (no separate dq pass). Lq = 2050 is not a multiple of any block or of the 4 fp32
-    the TMA's row stride needs. The gradients match the float64 reference, and the separate
-    pass; with deterministic algorithms requested the separate (bitwise repeatable) pass runs."""
+@pytest.mark.parametrize(("D", "dtype", "lowrank"), [
+    (64, _BF, None), (64, _FP, None), (128, _BF, None), (128, _FP, None),
+    (64, _BF, "prf"), (128, _FP, "prf"), (64, _FP, "factors"), (128, _BF, "factors")],
+    ids=lambda x: str(x).split(".")[-1])
+def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank, monkeypatch):
+    """Many broadcast queries without a dense bias: on sm_90+ dq is added inside the dk/dv pass
+    by TMA reductions (no separate dq pass), and with a low-rank bias so is dq_bias = dS k_bias.
+    Lq = 2050 is not a multiple of any block or of the 4 fp32 the TMA's row stride needs.
+    "prf": the pRF factors, the query factor learned (1, H, Lq, 4), the key factor fixed;
+    "factors": R = 3 (the dq_bias box clipped to 3 of its 16 columns), a query factor shared
+    by the heads (1, 1, Lq, 3) and a learned per-batch key factor (B, H, Lk, 3).
+    The gradients match the float64 reference, and the separate pass; with deterministic
+    algorithms requested the separate (bitwise repeatable) pass runs."""
     from brainattn.kernels import _triton as T
 
     if torch.cuda.get_device_capability()[0] < 9 or not T._TMA_REDUCE:
@@ -410,20 +419,40 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, monkeypa
     g = torch.Generator().manual_seed(11)
     ins = [torch.randn(1, H, Lq, D, generator=g), torch.randn(B, H, Lk, D, generator=g),
            torch.randn(B, H, Lk, D, generator=g)]
+    learn = [True, True, True]
+    if lowrank == "prf":
+        mu = torch.rand(H, Lq, 2, generator=g) * 2 - 1
+        sigma = torch.rand(H, Lq, generator=g) * 0.4 + 0.3
+        side = math.ceil(math.sqrt(Lk))
+        lin = torch.linspace(-1, 1, side)
+        pos = torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(-1, 2)[:Lk]
+        ins += list(prf_bias_factors(mu, sigma, pos))
+        learn += [True, False]
+    elif lowrank == "factors":
+        ins += [torch.randn(1, 1, Lq, 3, generator=g) * 0.5,
+                torch.randn(B, H, Lk, 3, generator=g) * 0.5]
+        learn += [True, True]
     gout = torch.randn(B, H, Lq, D, generator=g, dtype=torch.float64)
     seen = _record_launches(monkeypatch)
 
     def grads():
-        leaves = [t.to(DEV, dtype).requires_grad_() for t in ins]
-        out = attention(*leaves)
+        leaves = [t.to(DEV, dtype if i < 3 else t.dtype).requires_grad_(w)
+                  for i, (t, w) in enumerate(zip(ins, learn, strict=True))]
+        out = attention(*leaves[:3], q_bias=leaves[3] if lowrank else None,
+                        k_bias=leaves[4] if lowrank else None)
         (out.double() * gout.to(DEV)).sum().backward()
-        return [t.grad for t in leaves]
+        return [t.grad for t, w in zip(leaves, learn, strict=True) if w]
 
     fused = grads()
     assert T._bwd_kv_dq in seen and T._bwd_q not in seen
-    ref = [t.double().requires_grad_() for t in ins]
-    (reference_attention(*ref)[0] * gout).sum().backward()
-    for name, a, r in zip("qkv", fused, ref, strict=True):
+    ref = [t.double().requires_grad_(w) for t, w in zip(ins, learn, strict=True)]
+    out = reference_attention(*ref[:3], q_bias=ref[3] if lowrank else None,
+                              k_bias=ref[4] if lowrank else None)[0]
+    (out * gout).sum().backward()
+    names = [n for n, w in zip(["q", "k", "v", "q_bias", "k_bias"][:len(learn)], learn,
+                               strict=True) if w]
+    for name, a, r in zip(names, fused, [t for t in ref if t.requires_grad], strict=True):
+        assert a.shape == r.shape
         err = _rel(a, r.grad)
         assert err <= TOL[dtype], f"d{name}: relative error {err:.2e}"
     seen.clear()
@@ -434,9 +463,9 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, monkeypa
     finally:
         torch.use_deterministic_algorithms(False)
     assert T._bwd_q in seen and T._bwd_kv_dq not in seen
-    for a, b, c in zip(fused, sep, again, strict=True):
-        assert torch.equal(b, c)
-        assert _rel(a, b) <= 2e-3
+    for name, a, b, c in zip(names, fused, sep, again, strict=True):
+        assert torch.equal(b, c), name
+        assert _rel(a, b) <= 2e-3, name
 
 
 @pytest.mark.gpu

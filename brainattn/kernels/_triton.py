@@ -611,8 +611,8 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
              BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
              LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
              MASK_M: tl.constexpr, BLOCK_M: tl.constexpr, dqd=None, h32=0, kT=None,
-             DQ_FUSED: tl.constexpr = False, dqbd=None, kbf=None, kbl=None,
-             DQB_FUSED: tl.constexpr = False, DQB_HALF: tl.constexpr = False):
+             DQ_FUSED: tl.constexpr = False, dqbd=None, kbf=None,
+             DQB_FUSED: tl.constexpr = False):
     """One query block of the dk/dv pass: dv += P^T dO, dk += dS^T Q (and dk_bias). A full
     block (not MASK_M) loads q, dO, lse and delta without a query mask. With DQ_FUSED also
     dq^T += K^T dS^T, added to the (H, D, Lq) fp32 accumulator by a TMA reduction (dqd); with
@@ -645,12 +645,7 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
         dqT = tl.dot(kT, dsT.to(k.dtype), input_precision=PREC)
         dqd.atomic_add([h32, 0, start_m], tl.reshape(dqT, [1, dqT.shape[0], BLOCK_M]))
     if DQB_FUSED:  # (BLOCK_M, GW): the box's columns past R fall outside the buffer (clipped)
-        if DQB_HALF:  # dS as the dq dot has it, times the factor split in two halves
-            ds16 = tl.trans(dsT.to(k.dtype))
-            dqb = tl.dot(ds16, kbf)
-            dqb = tl.dot(ds16, kbl, dqb)
-        else:
-            dqb = tl.dot(tl.trans(dsT), kbf, input_precision=BPREC)
+        dqb = tl.dot(tl.trans(dsT), kbf, input_precision=BPREC)
         dqbd.atomic_add([h32, start_m, 0], tl.reshape(dqb, [1, BLOCK_M, GW]))
     if LR_GRAD:
         dkb = _lr_grad(dkb, dsT, QG, qg_off, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK,
@@ -668,8 +663,7 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
               PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr,
               KAUG: tl.constexpr, LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr,
               GW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, DQ_FUSED: tl.constexpr, DQB_FUSED: tl.constexpr,
-              DQB_HALF: tl.constexpr):
+              BLOCK_N: tl.constexpr, DQ_FUSED: tl.constexpr, DQB_FUSED: tl.constexpr):
     """dk, dv (and dk_bias) of the BLOCK_N keys from start_n of one (batch, head); with
     DQ_FUSED (DQB_FUSED) also their share of dq (dq_bias), see ``_kv_step``."""
     bh = b * H + h
@@ -716,16 +710,12 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
         rot = ((b.to(tl.int32) * (Lq // BLOCK_M)) // tl.num_programs(0)) * BLOCK_M
     dqbd = DQBT
     kbf = dkb
-    kbl = dkb
     if DQB_FUSED:  # (H, Lq, R) rows of s_dqb >= R columns (16 bytes); the key factor in fp32
         dqbd = tl.make_tensor_descriptor(DQBT, shape=[H, Lq, RANK], strides=[Lq * s_dqb, s_dqb, 1],
                                          block_shape=[1, BLOCK_M, GW])
         offs_g = tl.arange(0, GW)
         kbf = tl.load(KB + kb_off + offs_n[:, None] * s_kbn + offs_g[None, :] * s_kbr,
                       mask=mask_n[:, None] & (offs_g < RANK)[None, :], other=0.0).to(tl.float32)
-        if DQB_HALF:
-            kbl = (kbf - kbf.to(k.dtype).to(tl.float32)).to(k.dtype)
-            kbf = kbf.to(k.dtype)
     for i in range(0, m_full, BLOCK_M):
         start_m = i + rot
         if DQ_FUSED:
@@ -735,14 +725,14 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
                                qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
                                s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
                                LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, False, BLOCK_M, dqd, h32, kT,
-                               DQ_FUSED, dqbd, kbf, kbl, DQB_FUSED, DQB_HALF)
+                               DQ_FUSED, dqbd, kbf, DQB_FUSED)
     if m_full < Lq:
         dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
                                row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, QG,
                                qg_off, offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
                                s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC, BPREC,
                                LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, True, BLOCK_M, dqd, h32, kT,
-                               DQ_FUSED, dqbd, kbf, kbl, DQB_FUSED, DQB_HALF)
+                               DQ_FUSED, dqbd, kbf, DQB_FUSED)
     dk = dk * scale
     nd = (bh * Lk + offs_n[:, None]) * HEAD_D + offs_d[None, :]
     tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)
@@ -764,7 +754,7 @@ def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, D
             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
             TAIL_N: tl.constexpr, TAIL2_N: tl.constexpr, DQ_FUSED: tl.constexpr,
-            DQB_FUSED: tl.constexpr, DQB_HALF: tl.constexpr):
+            DQB_FUSED: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     h = tl.program_id(2).to(tl.int64)
@@ -778,14 +768,14 @@ def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, D
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
                   s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
-                  BLOCK_M, BLOCK_N, DQ_FUSED, DQB_FUSED, DQB_HALF)
+                  BLOCK_M, BLOCK_N, DQ_FUSED, DQB_FUSED)
     elif pid_n == n_full:
         _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
                   s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
-                  BLOCK_M, TAIL_N, DQ_FUSED, DQB_FUSED, DQB_HALF)
+                  BLOCK_M, TAIL_N, DQ_FUSED, DQB_FUSED)
     elif TAIL2_N > 0:
         start_2 = n_full * BLOCK_N + TAIL_N
         _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT, s_qb,
@@ -793,7 +783,7 @@ def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, D
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
                   s_dh, s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
-                  BLOCK_M, TAIL2_N, DQ_FUSED, DQB_FUSED, DQB_HALF)
+                  BLOCK_M, TAIL2_N, DQ_FUSED, DQB_FUSED)
 
 
 _KV_HEUR = {"TAIL_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[0],
@@ -877,9 +867,6 @@ _SMS: dict = {}  # device -> number of SMs
 # BRAINATTN_DQ_FUSED=0 keeps the separate dq pass everywhere
 _DQ_FUSED = os.environ.get("BRAINATTN_DQ_FUSED", "1").strip() != "0"
 _FUSED_MIN_LQ = 2048
-# experimental: the fused dq_bias from dS in half precision (as the dq dot uses it) instead of
-# a tf32 dot of fp32 dS
-_DQB_HALF = os.environ.get("BRAINATTN_DQB_HALF", "0") == "1"
 _CAP: dict = {}
 
 
@@ -1286,7 +1273,7 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
                 (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, dqt, dqbt),
                 (*common, *qg_s, H, Lq, Lk, scale, lq_pad, r_pad),
                 dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, DQ_FUSED=fused,
-                     DQB_FUSED=nqb_fused, DQB_HALF=_DQB_HALF), direct=not fused)
+                     DQB_FUSED=nqb_fused), direct=not fused)
         if fused:  # one kernel: scale, transpose back, cast
             dq = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
             torch.mul(dqt[:, :, :Lq].transpose(1, 2), scale, out=dq[0])

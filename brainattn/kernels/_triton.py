@@ -888,13 +888,13 @@ def _fused_dq(q, q_bias, plan, nq: bool, nk: bool, nv: bool, nqb: bool, nkb: boo
     """Whether the backward adds dq (and dq_bias) inside the dk/dv pass (fp32 TMA reductions
     into (H, D, Lq) and (H, Lq, R) buffers) instead of a separate dq pass that recomputes
     q k^T and dO v^T for every batch: queries (and a low-rank query factor) broadcast over a
-    batch, many of them, no dense bias, head dim 64 or 128 (those the GPU tests cover; smaller
-    ones make the dq dot an mma.sync, like the 32-query tiles that failed), half precision, an
-    NVIDIA card with TMA (sm_90+), and deterministic algorithms not requested (the order of the
-    reductions varies from run to run)."""
+    batch, many of them, no dense bias, head dim 48, 64 or 128 (those the GPU tests cover; at 32
+    and below the dq dot is an mma.sync, like the 32-query tiles that failed; 96 spills in the
+    sm_90 build), half precision, an NVIDIA card with TMA (sm_90+), and deterministic
+    algorithms not requested (the order of the reductions varies from run to run)."""
     if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias
             and q.shape[0] == 1 and plan.B > 1 and plan.Lq >= _FUSED_MIN_LQ
-            and plan.D in (64, 128) and q.dtype in (torch.float16, torch.bfloat16)
+            and plan.D in (48, 64, 128) and q.dtype in (torch.float16, torch.bfloat16)
             and q.is_cuda and torch.version.hip is None):
         return False
     if plan.R > 0 and not (plan.lr_dot and (not nqb or q_bias.shape[0] == 1)):

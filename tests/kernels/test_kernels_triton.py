@@ -400,7 +400,8 @@ _BF, _FP = torch.bfloat16, torch.float16
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 @pytest.mark.parametrize(("D", "dtype", "lowrank"), [
     (64, _BF, None), (64, _FP, None), (128, _BF, None), (128, _FP, None),
-    (64, _BF, "prf"), (128, _FP, "prf"), (64, _FP, "factors"), (128, _BF, "factors")],
+    (64, _BF, "prf"), (128, _FP, "prf"), (64, _FP, "factors"), (128, _BF, "factors"),
+    (48, _BF, None), (48, _FP, "prf")],
     ids=lambda x: str(x).split(".")[-1])
 def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank, monkeypatch):
     """Many broadcast queries without a dense bias: on sm_90+ dq is added inside the dk/dv pass

@@ -17,10 +17,12 @@ read the same dense-bias tile and, for broadcast queries, the same query tile fr
   transposed form of the Triton tutorial (S^T = K Q^T, so P^T and dS^T feed the next dots from
   registers with no layout shuffle); dk, dv and the key factor's gradient dk_bias = dS^T q_bias.
 - ``_bwd_kv_dq``: the same kernel with dq added in (``_fused_dq`` says when: many queries
-  broadcast over the batch, no bias, sm_90+). Each query step also forms dq^T += K^T dS^T and
-  adds it to an fp32 (H, D, Lq) buffer with a TMA reduction (a descriptor made in the kernel),
-  so the separate dq pass, which recomputes q k^T and dO v^T for every batch, is not needed:
-  7 matmul units per step instead of 9. The batches' query sweeps start at different offsets so
+  broadcast over the batch, no dense bias, head dim 64, sm_90+). Each query step also forms
+  dq^T += K^T dS^T and adds it to an fp32 (H, D, Lq) buffer with a TMA reduction (a descriptor
+  made in the kernel), so the separate dq pass, which recomputes q k^T and dO v^T for every
+  batch, is not needed: 7 matmul units per step instead of 9. With a low-rank bias whose query
+  factor is shared by the batch (the pRF prior) it also adds dq_bias = dS k_bias (a tf32 dot of
+  fp32 dS) to an (H, Lq, R) buffer the same way. The batches' query sweeps start at different offsets so
   the programs that run together reduce into different rows. The order of the fp32 additions
   varies, so dq is not bitwise repeatable; ``torch.use_deterministic_algorithms(True)`` or
   ``BRAINATTN_DQ_FUSED=0`` keep the separate pass.
@@ -888,13 +890,15 @@ def _fused_dq(q, q_bias, plan, nq: bool, nk: bool, nv: bool, nqb: bool, nkb: boo
     """Whether the backward adds dq (and dq_bias) inside the dk/dv pass (fp32 TMA reductions
     into (H, D, Lq) and (H, Lq, R) buffers) instead of a separate dq pass that recomputes
     q k^T and dO v^T for every batch: queries (and a low-rank query factor) broadcast over a
-    batch, many of them, no dense bias, head dim 48, 64 or 128 (those the GPU tests cover; at 32
-    and below the dq dot is an mma.sync, like the 32-query tiles that failed; 96 spills in the
-    sm_90 build), half precision, an NVIDIA card with TMA (sm_90+), and deterministic
-    algorithms not requested (the order of the reductions varies from run to run)."""
+    batch, many of them, no dense bias, head dim 64, half precision, an NVIDIA card with TMA
+    (sm_90+), and deterministic algorithms not requested (the order of the reductions varies
+    from run to run). Head dim 64 only: on an H100 (vertices shapes, backward) the fused pass
+    was slower than the separate one at 48 (9.9-10.1 vs 9.7 ms; with the pRF prior 13.1-13.2
+    vs 12.6) and at 128 (9.7 vs 7.5; 19.1 vs 10.6, where it spills), and at 32 and below its
+    dq dot is an mma.sync (like the 32-query tiles that gave a wrong dq)."""
     if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias
             and q.shape[0] == 1 and plan.B > 1 and plan.Lq >= _FUSED_MIN_LQ
-            and plan.D in (48, 64, 128) and q.dtype in (torch.float16, torch.bfloat16)
+            and plan.D == 64 and q.dtype in (torch.float16, torch.bfloat16)
             and q.is_cuda and torch.version.hip is None):
         return False
     if plan.R > 0 and not (plan.lr_dot and (not nqb or q_bias.shape[0] == 1)):

@@ -399,9 +399,8 @@ _BF, _FP = torch.bfloat16, torch.float16
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 @pytest.mark.parametrize(("D", "dtype", "lowrank"), [
-    (64, _BF, None), (64, _FP, None), (128, _BF, None), (128, _FP, None),
-    (64, _BF, "prf"), (128, _FP, "prf"), (64, _FP, "factors"), (128, _BF, "factors"),
-    (48, _BF, None), (48, _FP, "prf")],
+    (64, _BF, None), (64, _FP, None), (64, _BF, "prf"), (64, _FP, "prf"), (64, _FP, "factors"),
+    (64, _BF, "factors"), (48, _BF, "prf"), (128, _FP, None)],
     ids=lambda x: str(x).split(".")[-1])
 def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank, monkeypatch):
     """Many broadcast queries without a dense bias: on sm_90+ dq is added inside the dk/dv pass
@@ -411,7 +410,8 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank,
     "factors": R = 3 (the dq_bias box clipped to 3 of its 16 columns), a query factor shared
     by the heads (1, 1, Lq, 3) and a learned per-batch key factor (B, H, Lk, 3).
     The gradients match the float64 reference, and the separate pass; with deterministic
-    algorithms requested the separate (bitwise repeatable) pass runs."""
+    algorithms requested the separate (bitwise repeatable) pass runs. Head dims 48 and 128
+    keep the separate pass (the fused one was slower there)."""
     from brainattn.kernels import _triton as T
 
     if torch.cuda.get_device_capability()[0] < 9 or not T._TMA_REDUCE:
@@ -445,7 +445,7 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank,
         return [t.grad for t, w in zip(leaves, learn, strict=True) if w]
 
     fused = grads()
-    assert T._bwd_kv_dq in seen and T._bwd_q not in seen
+    assert (T._bwd_kv_dq in seen) == (D == 64) and (T._bwd_q in seen) == (D != 64)
     ref = [t.double().requires_grad_(w) for t, w in zip(ins, learn, strict=True)]
     out = reference_attention(*ref[:3], q_bias=ref[3] if lowrank else None,
                               k_bias=ref[4] if lowrank else None)[0]

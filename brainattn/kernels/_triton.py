@@ -138,7 +138,8 @@ _KV_CONFIGS = _cfgs(
     (16, 64, 4, 1),  # interpreted: 64-key programs, so the two-tile tail runs in the tests
 )
 # the dk/dv pass that also adds dq: 64-query tiles, 4 warps only (its dq dot has M = D and
-# N = BLOCK_M; 32-query tiles gave dq 4-8 % off on an H100 with triton 3.6, not understood)
+# N = BLOCK_M; 32-query tiles gave dq 4-8 % off on an H100 with triton 3.6, not understood;
+# 8 warps on 64 x 128 were correct but 15-20 % slower there)
 _KVF_CONFIGS = _cfgs([(64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 5)], (64, 64, 4, 4),
                      (64, 64, 4, 1))
 _Q_CONFIGS = _cfgs(

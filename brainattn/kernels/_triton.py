@@ -22,8 +22,8 @@ read the same dense-bias tile and, for broadcast queries, the same query tile fr
   made in the kernel), so the separate dq pass, which recomputes q k^T and dO v^T for every
   batch, is not needed: 7 matmul units per step instead of 9. With a low-rank bias whose query
   factor is shared by the batch (the pRF prior) it also adds dq_bias = dS k_bias (a tf32 dot of
-  fp32 dS) to an (H, Lq, R) buffer the same way. The batches' query sweeps start at different offsets so
-  the programs that run together reduce into different rows. The order of the fp32 additions
+  fp32 dS) to an (H, Lq, R) buffer the same way. The batches' query sweeps start at different
+  offsets so the programs that run together reduce into different rows. The order of the fp32 additions
   varies, so dq is not bitwise repeatable; ``torch.use_deterministic_algorithms(True)`` or
   ``BRAINATTN_DQ_FUSED=0`` keep the separate pass.
 - ``_bwd_pre``: the delta pre-pass, used when dq is not needed or is fused.
@@ -909,11 +909,16 @@ def _fused_dq(q, q_bias, plan, nq: bool, nk: bool, nv: bool, nqb: bool, nkb: boo
     if torch.cuda.is_current_stream_capturing():
         # a capture runs what the eager steps before it ran and tuned (no tuning can run
         # inside a capture): the fused pass only if it was tuned for this shape
-        return ("kv", nkb, (True, nqb)) + plan.key in _TUNED
+        return _kv_key(plan, nkb, True, nqb) in _TUNED
     cap = _CAP.get(q.device)
     if cap is None:
         cap = _CAP[q.device] = torch.cuda.get_device_capability(q.device)
     return cap[0] >= 9
+
+
+def _kv_key(plan, nkb: bool, fused: bool, nqb_fused: bool) -> tuple:
+    """The dk/dv pass's launch key: dk_bias wanted, dq fused, dq_bias fused, the plan's key."""
+    return ("kv", nkb, fused, nqb_fused) + plan.key
 
 
 def _torch_scratch(size: int, alignment: int, stream):
@@ -1220,8 +1225,8 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
     dq = dk = dv = dbias = dqb = dkb = None
     fused = _fused_dq(q, q_bias, plan, nq, nk, nv, nqb, nkb, has_bias)
     dqt = dqbt = plan.ptrs[1]
-    lq_pad = r_pad = R
-    kv_mode = nqb_fused = False  # (fused dq, fused dq_bias) in the dk/dv pass's launch key
+    lq_pad, r_pad = Lq, R
+    nqb_fused = False
     if fused:  # dq^T (and dq_bias) accumulate in fp32, rows padded to 16 bytes (TMA strides)
         _ensure_scratch_allocator()
         lq_pad = _cdiv(Lq, 4) * 4
@@ -1229,7 +1234,6 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         if nqb:
             r_pad = _cdiv(R, 4) * 4
             dqbt = torch.zeros((H, Lq, r_pad), device=dev, dtype=torch.float32)
-        kv_mode = (True, nqb)
         nq = False
         nqb_fused, nqb = nqb, False
     if nq or nqb:  # the dq pass also forms delta for the passes after it
@@ -1274,7 +1278,7 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         dkb_p = (torch.empty((B, H, Lk, R), device=dev, dtype=torch.float32)
                  if nkb else plan.ptrs[2])
         grid = lambda meta: (B, _kv_programs(Lk, meta["BLOCK_N"]), H)  # noqa: E731
-        _launch(_bwd_kv_dq if fused else _bwd_kv, grid, ("kv", nkb, kv_mode) + plan.key,
+        _launch(_bwd_kv_dq if fused else _bwd_kv, grid, _kv_key(plan, nkb, fused, nqb_fused),
                 (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, dqt, dqbt),
                 (*common, *qg_s, H, Lq, Lk, scale, lq_pad, r_pad),
                 dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, DQ_FUSED=fused,

@@ -18,8 +18,8 @@ read the same dense-bias tile and, for broadcast queries, the same query tile fr
   registers with no layout shuffle); dk, dv and the key factor's gradient dk_bias = dS^T q_bias.
 - ``_bwd_kv_dq``: the same kernel with dq added in (``_fused_dq`` says when: many queries
   broadcast over the batch, no dense bias, head dim 64, sm_90+). Each query step also forms
-  dq^T += K^T dS^T and adds it to an fp32 (H, D, Lq) buffer with a TMA reduction (a descriptor
-  made in the kernel), so the separate dq pass, which recomputes q k^T and dO v^T for every
+  dq^T += K^T dS^T and adds it, transposed back, to an fp32 (H, Lq, D) buffer with a TMA
+  reduction (a descriptor made in the kernel), so the separate dq pass, which recomputes q k^T and dO v^T for every
   batch, is not needed: 7 matmul units per step instead of 9. With a low-rank bias whose query
   factor is shared by the batch (the pRF prior) it also adds dq_bias = dS k_bias (a tf32 dot of
   fp32 dS) to an (H, Lq, R) buffer the same way. The batches' query sweeps start at different
@@ -137,9 +137,10 @@ _KV_CONFIGS = _cfgs(
     (64, 64, 4, 3),
     (16, 64, 4, 1),  # interpreted: 64-key programs, so the two-tile tail runs in the tests
 )
-# the dk/dv pass that also adds dq: 64-query tiles, 4 warps only (its dq dot has M = D and
-# N = BLOCK_M; 32-query tiles gave dq 4-8 % off on an H100 with triton 3.6, not understood;
-# 8 warps on 64 x 128 were correct but 15-20 % slower there)
+# the dk/dv pass that also adds dq: 64-query tiles, 4 warps (its dq dot has M = D and
+# N = BLOCK_M). On an H100 (2026-11-27, vertices backward) 32-query tiles were 7-10 % slower
+# (32 x 64, 4 warps) and 50 % slower (32 x 128, 8 warps); 8 warps on 64 x 128 15-20 % slower;
+# stage 2, or 3 CTAs an SM (maxnreg 168), 8-12 % slower; all correct.
 _KVF_CONFIGS = _cfgs([(64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 5)], (64, 64, 4, 4),
                      (64, 64, 4, 1))
 _Q_CONFIGS = _cfgs(
@@ -618,7 +619,7 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
              DQB_FUSED: tl.constexpr = False):
     """One query block of the dk/dv pass: dv += P^T dO, dk += dS^T Q (and dk_bias). A full
     block (not MASK_M) loads q, dO, lse and delta without a query mask. With DQ_FUSED also
-    dq^T += K^T dS^T, added to the (H, D, Lq) fp32 accumulator by a TMA reduction (dqd); with
+    dq^T += K^T dS^T, added to the (H, Lq, D) fp32 accumulator by a TMA reduction (dqd); with
     DQB_FUSED also dq_bias += dS k_bias (fp32 dS, the key factor kbf) into (H, Lq, R) (dqbd)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Lq
@@ -646,7 +647,9 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
     dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
     if DQ_FUSED:  # transposed, so the dot's M is D (a wgmma) and dS^T is its B operand as is
         dqT = tl.dot(kT, dsT.to(k.dtype), input_precision=PREC)
-        dqd.atomic_add([h32, 0, start_m], tl.reshape(dqT, [1, dqT.shape[0], BLOCK_M]))
+        # transposed back on its way to the TMA: (H, Lq, D) rows, so the epilogue is a plain
+        # scale and cast (the (H, D, Lq) layout took 2-5 % longer per step, H100)
+        dqd.atomic_add([h32, start_m, 0], tl.reshape(tl.trans(dqT), [1, BLOCK_M, dqT.shape[0]]))
     if DQB_FUSED:  # (BLOCK_M, GW): the box's columns past R fall outside the buffer (clipped)
         dqb = tl.dot(tl.trans(dsT), kbf, input_precision=BPREC)
         dqbd.atomic_add([h32, start_m, 0], tl.reshape(dqb, [1, BLOCK_M, GW]))
@@ -705,9 +708,9 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
         # each batch starts its query sweep at its own offset (the programs that run together
         # then add to different rows: 10.3 -> 9.9 ms on vertices, H100); the TMA clips the
         # last block's rows at Lq
-        dqd = tl.make_tensor_descriptor(DQT, shape=[H, HEAD_D, Lq],
-                                        strides=[HEAD_D * s_dqt, s_dqt, 1],
-                                        block_shape=[1, BLOCK_D, BLOCK_M])
+        dqd = tl.make_tensor_descriptor(DQT, shape=[H, Lq, HEAD_D],
+                                        strides=[Lq * s_dqt, s_dqt, 1],
+                                        block_shape=[1, BLOCK_M, BLOCK_D])
         kT = tl.trans(k)
         h32 = h.to(tl.int32)
         rot = ((b.to(tl.int32) * (Lq // BLOCK_M)) // tl.num_programs(0)) * BLOCK_M
@@ -791,7 +794,8 @@ def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, D
 
 _KV_HEUR = {"TAIL_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[0],
             "TAIL2_N": lambda a: _tails(a["Lk"], a["BLOCK_N"])[1]}
-_KV_KEY = ["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD"]
+_KV_KEY = ["Lq", "Lk", "BLOCK_D", "HAS_BIAS", "RANK", "PREC", "LR_DOT", "LR_GRAD", "DQ_FUSED",
+           "DQB_FUSED"]
 _bwd_kv = triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE, key=_KV_KEY)(
     triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
 # the same kernel with dq fused in (its own tuning: other tiles win there)
@@ -889,14 +893,14 @@ _TMA_REDUCE = not _INTERPRET and _tma_reduce_available()
 def _fused_dq(q, q_bias, plan, nq: bool, nk: bool, nv: bool, nqb: bool, nkb: bool,
               has_bias: bool) -> bool:
     """Whether the backward adds dq (and dq_bias) inside the dk/dv pass (fp32 TMA reductions
-    into (H, D, Lq) and (H, Lq, R) buffers) instead of a separate dq pass that recomputes
+    into (H, Lq, D) and (H, Lq, R) buffers) instead of a separate dq pass that recomputes
     q k^T and dO v^T for every batch: queries (and a low-rank query factor) broadcast over a
     batch, many of them, no dense bias, head dim 64, half precision, an NVIDIA card with TMA
     (sm_90+), and deterministic algorithms not requested (the order of the reductions varies
     from run to run). Head dim 64 only: on an H100 (vertices shapes, backward) the fused pass
     was slower than the separate one at 48 (9.9-10.1 vs 9.7 ms; with the pRF prior 13.1-13.2
     vs 12.6) and at 128 (9.7 vs 7.5; 19.1 vs 10.6, where it spills), and at 32 and below its
-    dq dot is an mma.sync (like the 32-query tiles that gave a wrong dq)."""
+    dq dot is an mma.sync."""
     if not (_DQ_FUSED and _TMA_REDUCE and nq and (nk or nv) and not has_bias
             and q.shape[0] == 1 and plan.B > 1 and plan.Lq >= _FUSED_MIN_LQ
             and plan.D == 64 and q.dtype in (torch.float16, torch.bfloat16)
@@ -1225,12 +1229,11 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
     dq = dk = dv = dbias = dqb = dkb = None
     fused = _fused_dq(q, q_bias, plan, nq, nk, nv, nqb, nkb, has_bias)
     dqt = dqbt = plan.ptrs[1]
-    lq_pad, r_pad = Lq, R
+    r_pad = R
     nqb_fused = False
-    if fused:  # dq^T (and dq_bias) accumulate in fp32, rows padded to 16 bytes (TMA strides)
+    if fused:  # dq (and dq_bias) accumulate in fp32 (dq_bias rows padded to 16 bytes)
         _ensure_scratch_allocator()
-        lq_pad = _cdiv(Lq, 4) * 4
-        dqt = torch.zeros((H, D, lq_pad), device=dev, dtype=torch.float32)
+        dqt = torch.zeros((H, Lq, D), device=dev, dtype=torch.float32)
         if nqb:
             r_pad = _cdiv(R, 4) * 4
             dqbt = torch.zeros((H, Lq, r_pad), device=dev, dtype=torch.float32)
@@ -1280,12 +1283,12 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
         grid = lambda meta: (B, _kv_programs(Lk, meta["BLOCK_N"]), H)  # noqa: E731
         _launch(_bwd_kv_dq if fused else _bwd_kv, grid, _kv_key(plan, nkb, fused, nqb_fused),
                 (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, dqt, dqbt),
-                (*common, *qg_s, H, Lq, Lk, scale, lq_pad, r_pad),
+                (*common, *qg_s, H, Lq, Lk, scale, D, r_pad),
                 dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, DQ_FUSED=fused,
                      DQB_FUSED=nqb_fused), direct=not fused)
-        if fused:  # one kernel: scale, transpose back, cast
+        if fused:  # one kernel: scale, cast
             dq = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
-            torch.mul(dqt[:, :, :Lq].transpose(1, 2), scale, out=dq[0])
+            torch.mul(dqt, scale, out=dq[0])
             if nqb_fused:
                 dqb = _reduce_to(dqbt[None, :, :, :R], q_bias.shape).to(q_bias.dtype)
         if nkb:

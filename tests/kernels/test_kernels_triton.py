@@ -400,7 +400,7 @@ _BF, _FP = torch.bfloat16, torch.float16
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 @pytest.mark.parametrize(("D", "dtype", "lowrank"), [
     (64, _BF, None), (64, _FP, None), (64, _BF, "prf"), (64, _FP, "prf"), (64, _FP, "factors"),
-    (64, _BF, "factors"), (48, _BF, "prf"), (128, _FP, None)],
+    (64, _BF, "factors"), (64, _BF, "lse"), (48, _BF, "prf"), (128, _FP, None)],
     ids=lambda x: str(x).split(".")[-1])
 def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank, monkeypatch):
     """Many broadcast queries without a dense bias: on sm_90+ dq is added inside the dk/dv pass
@@ -408,8 +408,9 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank,
     Lq = 2050 is not a multiple of any block or of the 4 fp32 the TMA's row stride needs.
     "prf": the pRF factors, the query factor learned (1, H, Lq, 4), the key factor fixed;
     "factors": R = 3 (the dq_bias box clipped to 3 of its 16 columns), a query factor shared
-    by the heads (1, 1, Lq, 3) and a learned per-batch key factor (B, H, Lk, 3).
-    The gradients match the float64 reference, and the separate pass; with deterministic
+    by the heads (1, 1, Lq, 3) and a learned per-batch key factor (B, H, Lk, 3); "lse": no
+    bias, the loss also reads the log-sum-exp (dlse enters the pre-pass's delta). The
+    gradients match the float64 reference, and the separate pass; with deterministic
     algorithms requested the separate (bitwise repeatable) pass runs. Head dims 48 and 128
     keep the separate pass (the fused one was slower there)."""
     from brainattn.kernels import _triton as T
@@ -434,22 +435,28 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank,
                 torch.randn(B, H, Lk, 3, generator=g) * 0.5]
         learn += [True, True]
     gout = torch.randn(B, H, Lq, D, generator=g, dtype=torch.float64)
+    glse = torch.randn(B, H, Lq, generator=g, dtype=torch.float64)
+    lr = lowrank in ("prf", "factors")
     seen = _record_launches(monkeypatch)
+
+    def loss(out, lse):
+        s = (out.double() * gout.to(out.device)).sum()
+        return s + (lse.double() * glse.to(out.device)).sum() if lowrank == "lse" else s
 
     def grads():
         leaves = [t.to(DEV, dtype if i < 3 else t.dtype).requires_grad_(w)
                   for i, (t, w) in enumerate(zip(ins, learn, strict=True))]
-        out = attention(*leaves[:3], q_bias=leaves[3] if lowrank else None,
-                        k_bias=leaves[4] if lowrank else None)
-        (out.double() * gout.to(DEV)).sum().backward()
+        out, lse = attention(*leaves[:3], q_bias=leaves[3] if lr else None,
+                             k_bias=leaves[4] if lr else None, return_lse=True)
+        loss(out, lse).backward()
         return [t.grad for t, w in zip(leaves, learn, strict=True) if w]
 
     fused = grads()
     assert (T._bwd_kv_dq in seen) == (D == 64) and (T._bwd_q in seen) == (D != 64)
     ref = [t.double().requires_grad_(w) for t, w in zip(ins, learn, strict=True)]
-    out = reference_attention(*ref[:3], q_bias=ref[3] if lowrank else None,
-                              k_bias=ref[4] if lowrank else None)[0]
-    (out * gout).sum().backward()
+    out, lse = reference_attention(*ref[:3], q_bias=ref[3] if lr else None,
+                                   k_bias=ref[4] if lr else None)
+    loss(out, lse).backward()
     names = [n for n, w in zip(["q", "k", "v", "q_bias", "k_bias"][:len(learn)], learn,
                                strict=True) if w]
     for name, a, r in zip(names, fused, [t for t in ref if t.requires_grad], strict=True):

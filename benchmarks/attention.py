@@ -146,7 +146,7 @@ def peers_for(name, q, k, v, extra, dims):
         out["folded-cudnn"] = folded(SDPBackend.CUDNN_ATTENTION)
         out["sdpa-flash (no bias)"] = sdpa(SDPBackend.FLASH_ATTENTION)
         out["sdpa-cudnn (no bias)"] = sdpa(SDPBackend.CUDNN_ATTENTION)
-    if name in ("rois", "vertices", "dense", "rois+bias"):
+    if name in ("rois", "vertices", "dense", "rois+bias", "vertices+prf"):
         from torch.nn.attention.flex_attention import flex_attention
         flex = torch.compile(flex_attention, dynamic=False)
 
@@ -156,6 +156,15 @@ def peers_for(name, q, k, v, extra, dims):
 
                 def mod(score, b, h, i, j):
                     return score + bias[h, i, j]
+                return flex(qx(q), k, v, score_mod=mod, scale=scale)
+            if kind == "prf":  # the prior from (mu, sigma) itself, learned through flex
+                mu, sigma, pos, tmask = ex["mu"], ex["sigma"], ex["pos"], ex["tmask"]
+
+                def mod(score, b, h, i, j):
+                    dx = pos[j, 0] - mu[h, i, 0]
+                    dy = pos[j, 1] - mu[h, i, 1]
+                    s = sigma[h, i]
+                    return score + torch.where(tmask[j], -(dx * dx + dy * dy) / (2 * s * s), 0.0)
                 return flex(qx(q), k, v, score_mod=mod, scale=scale)
             return flex(qx(q), k, v, scale=scale)
         out["flex"] = flex_fn

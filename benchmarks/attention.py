@@ -158,11 +158,15 @@ def peers_for(name, q, k, v, extra, dims):
                     return score + bias[h, i, j]
                 return flex(qx(q), k, v, score_mod=mod, scale=scale)
             if kind == "prf":  # the prior from (mu, sigma) itself, learned through flex
-                mu, sigma, pos, tmask = ex["mu"], ex["sigma"], ex["pos"], ex["tmask"]
+                # (one index per captured tensor: flex's learned-bias backward refuses two
+                # indexings of one tensor, so the coordinates come as separate vectors)
+                mu, sigma, tmask = ex["mu"], ex["sigma"], ex["tmask"]
+                mux, muy = mu[..., 0].contiguous(), mu[..., 1].contiguous()
+                px, py = ex["pos"][:, 0].contiguous(), ex["pos"][:, 1].contiguous()
 
                 def mod(score, b, h, i, j):
-                    dx = pos[j, 0] - mu[h, i, 0]
-                    dy = pos[j, 1] - mu[h, i, 1]
+                    dx = px[j] - mux[h, i]
+                    dy = py[j] - muy[h, i]
                     s = sigma[h, i]
                     return score + torch.where(tmask[j], -(dx * dx + dy * dy) / (2 * s * s), 0.0)
                 return flex(qx(q), k, v, score_mod=mod, scale=scale)

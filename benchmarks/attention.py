@@ -172,6 +172,15 @@ def peers_for(name, q, k, v, extra, dims):
                 return flex(qx(q), k, v, score_mod=mod, scale=scale)
             return flex(qx(q), k, v, scale=scale)
         out["flex"] = flex_fn
+        if kind == "prf":
+            def flex_mat(q, k, v, ex):  # the bias materialised (H, Lq, Lk), read by score_mod
+                qb, kb = prf_factors(ex)
+                bias = (qb[0] @ kb[0, 0].transpose(-1, -2)).to(DT)
+
+                def mod(score, b, h, i, j):
+                    return score + bias[h, i, j]
+                return flex(qx(q), k, v, score_mod=mod, scale=scale)
+            out["flex+bias"] = flex_mat
     out["eager"] = eager
     return out
 

@@ -19,13 +19,14 @@ read the same dense-bias tile and, for broadcast queries, the same query tile fr
 - ``_bwd_kv_dq``: the same kernel with dq added in (``_fused_dq`` says when: many queries
   broadcast over the batch, no dense bias, head dim 64, sm_90+). Each query step also forms
   dq^T += K^T dS^T and adds it, transposed back, to an fp32 (H, Lq, D) buffer with a TMA
-  reduction (a descriptor made in the kernel), so the separate dq pass, which recomputes q k^T and dO v^T for every
-  batch, is not needed: 7 matmul units per step instead of 9. With a low-rank bias whose query
-  factor is shared by the batch (the pRF prior) it also adds dq_bias = dS k_bias (a tf32 dot of
-  fp32 dS) to an (H, Lq, R) buffer the same way. The batches' query sweeps start at different
-  offsets so the programs that run together reduce into different rows. The order of the fp32 additions
-  varies, so dq is not bitwise repeatable; ``torch.use_deterministic_algorithms(True)`` or
-  ``BRAINATTN_DQ_FUSED=0`` keep the separate pass.
+  reduction (a descriptor made in the kernel), so the separate dq pass, which recomputes
+  q k^T and dO v^T for every batch, is not needed: 7 matmul units per step instead of 9. With
+  a low-rank bias whose query factor is shared by the batch (the pRF prior) it also adds
+  dq_bias = dS k_bias (a tf32 dot of fp32 dS) to an (H, Lq, R) buffer the same way. The
+  batches' query sweeps start at different offsets so the programs that run together reduce
+  into different rows. The order of the fp32 additions varies, so dq is not bitwise
+  repeatable; ``torch.use_deterministic_algorithms(True)`` or ``BRAINATTN_DQ_FUSED=0`` keep
+  the separate pass.
 - ``_bwd_pre``: the delta pre-pass, used when dq is not needed or is fused.
 - ``_bwd_bias``: dense-bias gradient, one program per (query block, key block, h) looping over
   the batch, so the batch sum needs no atomics and nothing of size B*H*Lq*Lk is ever formed.

@@ -405,7 +405,7 @@ _BF, _FP = torch.bfloat16, torch.float16
 def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank, monkeypatch):
     """Many broadcast queries without a dense bias: on sm_90+ dq is added inside the dk/dv pass
     by TMA reductions (no separate dq pass), and with a low-rank bias so is dq_bias = dS k_bias.
-    Lq = 2050 is not a multiple of any block or of the 4 fp32 the TMA's row stride needs.
+    Lq = 2050 is not a multiple of any block (the TMA clips the last block's rows).
     "prf": the pRF factors, the query factor learned (1, H, Lq, 4), the key factor fixed;
     "factors": R = 3 (the dq_bias box clipped to 3 of its 16 columns), a query factor shared
     by the heads (1, 1, Lq, 3) and a learned per-batch key factor (B, H, Lk, 3); "lse": no

@@ -661,11 +661,11 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
 
 
 @triton.jit
-def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT,
+def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA,
               s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
               s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
               s_db, s_dh, s_dm, s_gb, s_gh,
-              b, h, start_n, H, Lq, Lk, scale, s_dqt, s_dqb,
+              b, h, start_n, H, Lq, Lk, scale, s_dqa, s_dqb,
               HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
               PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr,
               KAUG: tl.constexpr, LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr,
@@ -700,7 +700,7 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
     qg_off = b * s_gb + h * s_gh
     # full query blocks load without a query mask (no per-step compares); then the rest
     m_full = (Lq // BLOCK_M) * BLOCK_M
-    dqd = DQT
+    dqd = DQA
     kT = k
     h32 = 0
     rot = 0
@@ -709,16 +709,16 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
         # each batch starts its query sweep at its own offset (the programs that run together
         # then add to different rows: 10.3 -> 9.9 ms on vertices, H100); the TMA clips the
         # last block's rows at Lq
-        dqd = tl.make_tensor_descriptor(DQT, shape=[H, Lq, HEAD_D],
-                                        strides=[Lq * s_dqt, s_dqt, 1],
+        dqd = tl.make_tensor_descriptor(DQA, shape=[H, Lq, HEAD_D],
+                                        strides=[Lq * s_dqa, s_dqa, 1],
                                         block_shape=[1, BLOCK_M, BLOCK_D])
         kT = tl.trans(k)
         h32 = h.to(tl.int32)
         rot = ((b.to(tl.int32) * (Lq // BLOCK_M)) // tl.num_programs(0)) * BLOCK_M
-    dqbd = DQBT
+    dqbd = DQBA
     kbf = dkb
     if DQB_FUSED:  # (H, Lq, R) rows of s_dqb >= R columns (16 bytes); the key factor in fp32
-        dqbd = tl.make_tensor_descriptor(DQBT, shape=[H, Lq, RANK], strides=[Lq * s_dqb, s_dqb, 1],
+        dqbd = tl.make_tensor_descriptor(DQBA, shape=[H, Lq, RANK], strides=[Lq * s_dqb, s_dqb, 1],
                                          block_shape=[1, BLOCK_M, GW])
         offs_g = tl.arange(0, GW)
         kbf = tl.load(KB + kb_off + offs_n[:, None] * s_kbn + offs_g[None, :] * s_kbr,
@@ -751,11 +751,11 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQ
 
 
 @triton.jit
-def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT,
+def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA,
             s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
             s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
             s_db, s_dh, s_dm, s_gb, s_gh,
-            H, Lq, Lk, scale, s_dqt, s_dqb,
+            H, Lq, Lk, scale, s_dqa, s_dqb,
             HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
             PREC: tl.constexpr, BPREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
             LR_GRAD: tl.constexpr, LR_GDOT: tl.constexpr, GW: tl.constexpr,
@@ -770,25 +770,25 @@ def _bwd_kv_fn(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, D
     # full programs, then the last keys in one TAIL_N-wide tile (BLOCK_N when the rest needs
     # it), then, with TAIL2_N, a second narrow one (never a mostly empty BLOCK_N-wide tile)
     if pid_n < n_full:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
-                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqa, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
                   BLOCK_M, BLOCK_N, DQ_FUSED, DQB_FUSED)
     elif pid_n == n_full:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
-                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_n, H, Lq, Lk, scale, s_dqa, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
                   BLOCK_M, TAIL_N, DQ_FUSED, DQB_FUSED)
     elif TAIL2_N > 0:
         start_2 = n_full * BLOCK_N + TAIL_N
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQT, DQBT, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, QG, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
-                  s_dh, s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, s_dqt, s_dqb, HEAD_D,
+                  s_dh, s_dm, s_gb, s_gh, b, h, start_2, H, Lq, Lk, scale, s_dqa, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, BPREC, LR_DOT, KAUG, LR_GRAD, LR_GDOT, GW, BLOCK_D,
                   BLOCK_M, TAIL2_N, DQ_FUSED, DQB_FUSED)
 
@@ -801,7 +801,7 @@ _bwd_kv = triton.autotune(configs=_KV_CONFIGS, prune_configs_by=_PRUNE, key=_KV_
     triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
 # the same kernel with dq fused in (its own tuning: other tiles win there)
 _bwd_kv_dq = triton.autotune(configs=_KVF_CONFIGS, prune_configs_by=_PRUNE, key=_KV_KEY,
-                             reset_to_zero=["DQT", "DQBT"])(triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
+                             reset_to_zero=["DQA", "DQBA"])(triton.heuristics(_KV_HEUR)(_bwd_kv_fn))
 
 
 @triton.autotune(configs=_BIAS_CONFIGS, prune_configs_by=_PRUNE,
@@ -1229,15 +1229,15 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
     delta = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
     dq = dk = dv = dbias = dqb = dkb = None
     fused = _fused_dq(q, q_bias, plan, nq, nk, nv, nqb, nkb, has_bias)
-    dqt = dqbt = plan.ptrs[1]
+    dqa = dqba = plan.ptrs[1]
     r_pad = R
     nqb_fused = False
     if fused:  # dq (and dq_bias) accumulate in fp32 (dq_bias rows padded to 16 bytes)
         _ensure_scratch_allocator()
-        dqt = torch.zeros((H, Lq, D), device=dev, dtype=torch.float32)
+        dqa = torch.zeros((H, Lq, D), device=dev, dtype=torch.float32)
         if nqb:
             r_pad = _cdiv(R, 4) * 4
-            dqbt = torch.zeros((H, Lq, r_pad), device=dev, dtype=torch.float32)
+            dqba = torch.zeros((H, Lq, r_pad), device=dev, dtype=torch.float32)
         nq = False
         nqb_fused, nqb = nqb, False
     if nq or nqb:  # the dq pass also forms delta for the passes after it
@@ -1283,15 +1283,15 @@ def _backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs,
                  if nkb else plan.ptrs[2])
         grid = lambda meta: (B, _kv_programs(Lk, meta["BLOCK_N"]), H)  # noqa: E731
         _launch(_bwd_kv_dq if fused else _bwd_kv, grid, _kv_key(plan, nkb, fused, nqb_fused),
-                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, dqt, dqbt),
+                (q, k, v, *plan.ptrs, qg, dout, lse, delta, dk, dv, dkb_p, dqa, dqba),
                 (*common, *qg_s, H, Lq, Lk, scale, D, r_pad),
                 dict(consts, LR_GRAD=nkb, BPREC=plan.bprec, DQ_FUSED=fused,
                      DQB_FUSED=nqb_fused), direct=not fused)
         if fused:  # one kernel: scale, cast
             dq = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
-            torch.mul(dqt, scale, out=dq[0])
+            torch.mul(dqa, scale, out=dq[0])
             if nqb_fused:
-                dqb = _reduce_to(dqbt[None, :, :, :R], q_bias.shape).to(q_bias.dtype)
+                dqb = _reduce_to(dqba[None, :, :, :R], q_bias.shape).to(q_bias.dtype)
         if nkb:
             dkb = _reduce_to(dkb_p, k_bias.shape).to(k_bias.dtype)
         if not nk:

@@ -90,6 +90,13 @@ def prf_factors(ex):
                             validate=False)
 
 
+def prf_bias(ex):
+    """The pRF prior materialised, (1, H, Lq, Lk) in the benchmark's dtype: what the peers that
+    take a bias tensor (SDPA efficient, flex, eager) are handed."""
+    qb, kb = prf_factors(ex)
+    return (qb @ kb.transpose(-1, -2)).to(DT)
+
+
 def peers_for(name, q, k, v, extra, dims):
     """{peer name: callable(q, k, v, leaves) -> out (B, H, Lq, D)}."""
     B, H, Lq, Lk, D = dims
@@ -112,8 +119,7 @@ def peers_for(name, q, k, v, extra, dims):
         if kind == "dense":
             s = s + ex["bias"]
         elif kind == "prf":
-            qb, kb = prf_factors(ex)
-            s = s + (qb @ kb.transpose(-1, -2)).to(s.dtype)
+            s = s + prf_bias(ex)
         return torch.matmul(torch.softmax(s.float(), -1).to(v.dtype), v)
 
     if kind is None:
@@ -124,10 +130,8 @@ def peers_for(name, q, k, v, extra, dims):
         out["sdpa-efficient+bias"] = sdpa(
             SDPBackend.EFFICIENT_ATTENTION, lambda ex: ex["bias"].unsqueeze(0).expand(B, H, Lq, Lk))
     elif kind == "prf":
-        def mat_bias(ex):
-            qb, kb = prf_factors(ex)
-            return (qb @ kb.transpose(-1, -2)).to(DT).expand(B, H, Lq, Lk)
-        out["sdpa-efficient+bias"] = sdpa(SDPBackend.EFFICIENT_ATTENTION, mat_bias)
+        out["sdpa-efficient+bias"] = sdpa(
+            SDPBackend.EFFICIENT_ATTENTION, lambda ex: prf_bias(ex).expand(B, H, Lq, Lk))
 
         def folded(backend):
             def f(q, k, v, ex):  # bias folded into wider q/k: [q, qb/scale] . [k, kb]
@@ -174,8 +178,7 @@ def peers_for(name, q, k, v, extra, dims):
         out["flex"] = flex_fn
         if kind == "prf":
             def flex_mat(q, k, v, ex):  # the bias materialised (H, Lq, Lk), read by score_mod
-                qb, kb = prf_factors(ex)
-                bias = (qb[0] @ kb[0, 0].transpose(-1, -2)).to(DT)
+                bias = prf_bias(ex)[0]
 
                 def mod(score, b, h, i, j):
                     return score + bias[h, i, j]

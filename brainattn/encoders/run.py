@@ -40,8 +40,8 @@ DEFAULTS = {
 }
 
 #: options of the demo's fits (``brainattn demo`` reads this): the CPU setting measured in
-#: benchmarks/results_encoders.md, which meets the issue's science targets on the synthetic
-#: cortex with all three models fitted in about 3 minutes on 2 cores.
+#: benchmarks/RESULTS.md (section encoders), which meets the issue's science targets on the
+#: synthetic cortex with all three models fitted in about 3 minutes on 2 cores.
 DEMO_OPTIONS = {
     "transformer": {"width": 128, "heads": 8, "ffn": 256, "prf_bias": True, "epochs": 15,
                     "batch_size": 32, "lr": 0.002},

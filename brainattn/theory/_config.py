@@ -1,11 +1,13 @@
-"""Config resolution shared by every theory simulation.
+"""The configs of the theory simulations: presets, resolution and validation, in one place.
 
 A config is a flat ``dict`` whose keys are exactly those of the module's ``QUICK`` preset
 (``FULL`` has the same keys). :func:`resolve_config` starts from a preset, merges a user file
 (JSON, or TOML read with :mod:`tomllib`) and explicit overrides, and refuses unknown keys or
 values of the wrong kind with a one-line :class:`~brainattn.errors.ConfigError` naming the key.
-Impossible *values* (``d_k < 1``, ``k`` larger than the set) are checked by each module's
-``simulate``, which knows what they mean.
+Impossible *values* (``d_k < 1``, ``decay <= 1``, ``k`` larger than the set) are refused by the
+simulation's validator here (``validate_<name>``), which each module's ``validate_config`` and
+``simulate`` call; the presets live here too (each module re-exports its ``QUICK``/``FULL``),
+beside the checks of the same keys.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import contextlib
 import copy
 import importlib
 import json
+import math
 import numbers
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import numpy as np
 
 from brainattn.errors import ConfigError
 
@@ -158,4 +164,179 @@ def cpu_threads(device, n: int = 1):
         torch.set_num_threads(before)
 
 
-__all__ = ["SCALES", "cpu_threads", "merge_config", "read_config_file", "resolve_config"]
+
+# --------------------------------------------------------------------------------------------
+# semiotics (the keys of SEMIOTICS_QUICK are the schema)
+
+SEMIOTICS_QUICK: dict[str, Any] = {
+    "dataset": "digits",  # "digits" (sklearn 8x8, shipped) or "mnist" (IDX files in mnist_dir)
+    "mnist_dir": None,  # folder holding train-images-idx3-ubyte[.gz] etc.; needed for "mnist"
+    "R": [1, 2, 3, 5, 10, 20],  # training images per class
+    "n_seeds": 3,  # independent repetitions (restricted sample, nets, augmentations)
+    "seed": 0,  # base seed; repetition i uses seed + i
+    "n_test": 150,  # test images per repetition (stratified random subset); 0 or None: all
+    "channels": 32,  # autoencoder width (published: 256)
+    "ae_steps": 250,  # full-batch Adam steps of autoencoder training (cosine-annealed lr)
+    "ae_lr": 5e-3,
+    "vanilla_steps": 200,  # at most this many x <- D(E(x)) (published 30; stops at the attractor)
+    "tol": 1e-3,  # convergence: RMS per pixel of D(E(x)) - x, pixels in [0, 1]
+    "stochastic_steps": 30,
+    "n_copies": 8,  # augmented copies averaged per image (published: 500)
+    "decay": 2.6,  # augmentation strength alpha_n = decay ** -n at step n = 0, 1, ...
+    "aug_noise": 0.2,  # Gaussian noise sd at alpha = 1 (pixel units)
+    "aug_shift": 1.0,  # max translation at alpha = 1 (pixels)
+    "aug_rotate": 15.0,  # max rotation at alpha = 1 (degrees)
+    "aug_scale": 0.1,  # max relative zoom at alpha = 1
+    "aug_contrast": 0.3,  # max relative contrast change at alpha = 1
+    "aug_blur": 0.5,  # max blend weight with a Gaussian-blurred copy (sd 1 px) at alpha = 1
+    "mlp_hidden": [128, 64],  # published 500, 100 for 784 inputs
+    "mlp_steps": 120,  # full-batch Adam steps
+    "mlp_lr": 1e-2,
+    "mlp_weight_decay": 1e-4,
+    "agents": True,  # run the two-agent loop (agent B trained on a disjoint restricted set)
+    "agent_steps": 60,  # at most this many steps of the two-agent loop (stops at the attractor)
+    "n_boot": 2000,  # bootstrap resamples for the interval of the mean paired difference
+    "ci": 0.95,
+    "batch_size": 4096,  # images per forward pass in the loops (memory knob)
+    "cpu_threads": 1,  # torch threads on CPU during the run (tiny ops: 1 avoids oversubscription)
+}
+
+SEMIOTICS_FULL: dict[str, Any] = {
+    **SEMIOTICS_QUICK,
+    "n_seeds": 20,
+    "n_test": 500,  # stratified test subset per repetition (all ~1,700 digits: 3.4x the time)
+    "channels": 256,
+    "ae_steps": 2000,
+    "ae_lr": 3e-4,  # 256 channels collapse to a constant image at 1e-3 (measured on CPU)
+    "n_copies": 500,
+    "mlp_steps": 300,
+    "agent_steps": 200,
+    "n_boot": 10000,
+    "batch_size": 65536,
+    "cpu_threads": None,  # leave torch's default
+}
+
+_SEMIOTICS_INT_KEYS = {
+    "n_seeds": 1,
+    "seed": 0,
+    "channels": 1,
+    "ae_steps": 1,
+    "vanilla_steps": 1,
+    "stochastic_steps": 1,
+    "n_copies": 1,
+    "mlp_steps": 1,
+    "agent_steps": 1,
+    "n_boot": 1,
+    "batch_size": 1,
+}
+_SEMIOTICS_POS_FLOAT_KEYS = ("ae_lr", "tol", "mlp_lr")
+_SEMIOTICS_NONNEG_FLOAT_KEYS = (
+    "aug_noise",
+    "aug_shift",
+    "aug_rotate",
+    "aug_scale",
+    "aug_contrast",
+    "aug_blur",
+    "mlp_weight_decay",
+)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def validate_semiotics(config: dict | None) -> dict:
+    """Return a complete config (missing keys from :data:`QUICK`) or raise ``ConfigError``.
+
+    Unknown keys and impossible values (non-positive steps, ``R`` larger than the smallest
+    class of the training pool, ``decay <= 1``, ...) raise with a message naming the key.
+    ``check_data`` also loads the data set to compare ``R`` with the class sizes.
+    """
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of keys to values, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(SEMIOTICS_QUICK))
+    if unknown:
+        raise ConfigError(
+            f"config key {unknown[0]!r}: unknown for semiotics; known keys: {', '.join(SEMIOTICS_QUICK)}"
+        )
+    cfg = {**copy.deepcopy(SEMIOTICS_QUICK), **copy.deepcopy(config)}
+    if cfg["dataset"] not in ("digits", "mnist"):
+        raise ConfigError(f"config key 'dataset': expected 'digits' or 'mnist', got {cfg['dataset']!r}")
+    if cfg["dataset"] == "mnist" and not cfg["mnist_dir"]:
+        raise ConfigError("config key 'mnist_dir': dataset 'mnist' needs the folder of the IDX files")
+    if cfg["mnist_dir"] is not None and not isinstance(cfg["mnist_dir"], (str, os.PathLike)):
+        raise ConfigError(f"config key 'mnist_dir': expected a folder path, got {cfg['mnist_dir']!r}")
+    for key, lo in _SEMIOTICS_INT_KEYS.items():
+        v = cfg[key]
+        if not _is_int(v) or v < lo:
+            raise ConfigError(f"config key {key!r}: expected an integer >= {lo}, got {v!r}")
+    for key in _SEMIOTICS_POS_FLOAT_KEYS:
+        v = cfg[key]
+        if not _is_num(v) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"config key {key!r}: expected a positive number, got {v!r}")
+    for key in _SEMIOTICS_NONNEG_FLOAT_KEYS:
+        v = cfg[key]
+        if not _is_num(v) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"config key {key!r}: expected a number >= 0, got {v!r}")
+    if not _is_num(cfg["decay"]) or not math.isfinite(cfg["decay"]) or cfg["decay"] <= 1:
+        raise ConfigError(f"config key 'decay': expected a number > 1, got {cfg['decay']!r}")
+    if not _is_num(cfg["ci"]) or not 0 < cfg["ci"] < 1:
+        raise ConfigError(f"config key 'ci': expected a number in (0, 1), got {cfg['ci']!r}")
+    if cfg["cpu_threads"] is not None and (not _is_int(cfg["cpu_threads"]) or cfg["cpu_threads"] < 1):
+        raise ConfigError(
+            f"config key 'cpu_threads': expected a positive integer or null, got {cfg['cpu_threads']!r}"
+        )
+    if not isinstance(cfg["agents"], bool):
+        raise ConfigError(f"config key 'agents': expected true or false, got {cfg['agents']!r}")
+    if cfg["n_test"] is not None and (not _is_int(cfg["n_test"]) or 0 < cfg["n_test"] < 10
+                                      or cfg["n_test"] < 0):
+        raise ConfigError(
+            f"config key 'n_test': expected an integer >= 10, or 0 / null for all, got {cfg['n_test']!r}"
+        )
+    if cfg["n_test"] == 0:
+        cfg["n_test"] = None
+    hidden = cfg["mlp_hidden"]
+    if not isinstance(hidden, (list, tuple)) or not all(_is_int(h) and h >= 1 for h in hidden):
+        raise ConfigError(f"config key 'mlp_hidden': expected a list of positive integers, got {hidden!r}")
+    cfg["mlp_hidden"] = [int(h) for h in hidden]
+    rs = cfg["R"]
+    if _is_int(rs):
+        rs = [rs]
+    if not isinstance(rs, (list, tuple)) or not rs or not all(_is_int(r) and r >= 1 for r in rs):
+        raise ConfigError(f"config key 'R': expected a list of positive integers, got {cfg['R']!r}")
+    if len(set(rs)) != len(rs):
+        raise ConfigError(f"config key 'R': values must be distinct, got {list(rs)!r}")
+    cfg["R"] = sorted(int(r) for r in rs)
+    return cfg
+
+
+def check_semiotics_data(cfg: dict, smallest_class: int) -> None:
+    """Refuse an ``R`` the data set cannot give: ``smallest_class`` training images per class."""
+    # Digits: the rest of the class must leave test images, and agent B needs a disjoint set.
+    need = 2 if cfg["agents"] else 1
+    limit = (smallest_class - 1) // need if cfg["dataset"] == "digits" else smallest_class // need
+    if cfg["R"][-1] > limit:
+        raise ConfigError(
+            f"config key 'R': {cfg['R'][-1]} images per class is more than the data allow "
+            f"(smallest class has {smallest_class} training images; at most {limit} per class"
+            + (" with agents on)" if cfg["agents"] else ")")
+        )
+
+
+__all__ = [
+    "SCALES",
+    "SEMIOTICS_FULL",
+    "SEMIOTICS_QUICK",
+    "check_semiotics_data",
+    "cpu_threads",
+    "merge_config",
+    "read_config_file",
+    "resolve_config",
+    "validate_semiotics",
+]

@@ -101,8 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
+    except OSError as exc:
+        # the file system refused (read-only, permission, disk full) somewhere brainattn.io
+        # does not see, e.g. an input that cannot be read: one line naming the file
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, _ABORT):
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted (nothing half-written is left; outputs not yet complete were "
+              "removed)", file=sys.stderr)
         return 130
     return rv if isinstance(rv, int) else 0
 

@@ -28,6 +28,8 @@ _LAZY = {
     "bh_qvalues": "brainattn.analyses.significance",
     "bootstrap_roi_medians": "brainattn.analyses.significance",
     "significance": "brainattn.analyses.significance",
+    "banded_ridge": "brainattn.analyses.partition",
+    "variance_partition": "brainattn.analyses.partition",
     "average_predictions": "brainattn.analyses.ensemble",
     "ensemble_scores": "brainattn.analyses.ensemble",
     "write_submission": "brainattn.analyses.submission",

@@ -69,6 +69,7 @@ def run_simulation(
         check_output_dir,
         save_netcdf,
     )
+    from brainattn.report.theory_figures import FIGURES
     from brainattn.theory._config import resolve_config
     from brainattn.utils import resolve_device, seed_everything
 
@@ -85,7 +86,7 @@ def run_simulation(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_netcdf(ds, tmp / "results.nc", seed=int(config.get("seed", 0)), simulation=name,
                     scale=scale, config_file=str(config_file) if config_file else "")
-        fig = module.plot(ds)
+        fig = FIGURES[name](ds)
         try:
             fig.savefig(tmp / "figure.png", dpi=150)
             fig.savefig(tmp / "figure.svg")

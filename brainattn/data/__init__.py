@@ -17,7 +17,6 @@ Public API::
 
 from __future__ import annotations
 
-from brainattn.data.algonauts import list_subjects, make_dataset, open_algonauts, write_algonauts
 from brainattn.data.noise_ceiling import (
     ncsnr,
     noise_ceiling,
@@ -28,11 +27,17 @@ from brainattn.data.noise_ceiling import (
 from brainattn.data.readers import load_betas, load_labels
 from brainattn.data.rois import roi_families, roi_labels, vertex_coords
 
+# The Algonauts names are imported on first use (as in brainattn.encoders), so that
+# ``brainattn --help`` and argument errors do not pay for xarray and pandas.
+_LAZY = {
+    "open_algonauts": "brainattn.data.algonauts",
+    "write_algonauts": "brainattn.data.algonauts",
+    "list_subjects": "brainattn.data.algonauts",
+    "make_dataset": "brainattn.data.algonauts",
+}
+
 __all__ = [
-    "open_algonauts",
-    "write_algonauts",
-    "list_subjects",
-    "make_dataset",
+    *sorted(_LAZY),
     "load_betas",
     "load_labels",
     "ncsnr",
@@ -44,3 +49,11 @@ __all__ = [
     "roi_families",
     "vertex_coords",
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'brainattn.data' has no attribute {name!r}")

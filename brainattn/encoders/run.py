@@ -53,7 +53,7 @@ def _cpu_preset() -> dict:
 #: options of the demo's fits (``brainattn demo`` reads this): the transformer's CPU preset
 #: (:data:`brainattn.encoders.transformer.CPU_PRESET`, ``brainattn fit --preset cpu``), which
 #: meets the science targets on the synthetic cortex with all three models fitted in about 3
-#: minutes on 2 cores (benchmarks/RESULTS.md).
+#: minutes on 2 cores (benchmarks/RESULTS.md, section encoders).
 DEMO_OPTIONS = {"transformer": _cpu_preset()}
 
 

@@ -18,7 +18,7 @@ biases: so at initialisation everything the readout sees comes from the image. S
 stream at the learned queries instead (an earlier version) buries the image signal -- an average
 over ~1,000 tokens is ~30x smaller than the constant part -- and at Algonauts size (961 tokens x
 768 features, width 768) that model did not learn at all (validation r 0.005 against 0.63 for
-the published decoder; benchmarks/results_scale.md).
+the published decoder; benchmarks/RESULTS.md, section scale).
 
 All attention goes through :func:`brainattn.kernels.attention` (Triton on CUDA); the pRF prior
 ``-||x - mu||^2 / (2 sigma^2)`` per head and query enters as its rank-4 factors
@@ -232,7 +232,7 @@ class TransformerModule(EncoderModule):
         self.out_norm = nn.LayerNorm(width)
         # nn.Linear's default init, U(-1/sqrt(width), 1/sqrt(width)), as the published readout:
         # 10x smaller weights (an earlier version) did not learn at all at Algonauts size with
-        # AdamW at lr 5e-4 (ablation on an H200, benchmarks/results_scale.md)
+        # AdamW at lr 5e-4 (ablation on an H200, benchmarks/RESULTS.md, section scale)
         self.readout_w = nn.Parameter((torch.rand(n_vertices, width, generator=g) * 2 - 1)
                                       * width**-0.5)
         self.readout_b = nn.Parameter(torch.zeros(n_vertices))
@@ -284,7 +284,7 @@ class TransformerModule(EncoderModule):
         if dense:
             # On a GPU two kernels (every query against every vertex's weights, then each
             # vertex's own query) beat ~2 small matmuls per query, whose launches bounded the
-            # step at Algonauts size (benchmarks/results_scale.md); costs n_queries x the flops.
+            # step at Algonauts size (RESULTS.md, section scale); costs n_queries x the flops.
             full = out @ self.readout_w.to(out.dtype).T  # (B, Q, V)
             idx = self.vertex_query.view(1, 1, -1).expand(out.shape[0], 1, -1)
             return full.gather(1, idx).squeeze(1) + self.readout_b.to(out.dtype)

@@ -3,7 +3,7 @@ tokens of 8 px): the transformer routes to the object of its ROI's category, so 
 factorized and ridge baselines in category-selective ROIs by >= 10 points, stays within 5 points
 of the factorized model in early visual cortex, and its category queries' attention peaks inside
 the objects' boxes in >= 80 % of held-out images. Demo-size numbers:
-benchmarks/results_encoders.md."""
+benchmarks/RESULTS.md, section encoders."""
 
 import numpy as np
 import pytest

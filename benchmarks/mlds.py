@@ -5,7 +5,7 @@ written with statsmodels' ``GLM`` -- the Python equivalent -- and run in the sam
 the same data.  R itself is not installed here.
 
     python benchmarks/mlds.py                 # print the table
-    python benchmarks/mlds.py --write         # also write benchmarks/results_mlds.md
+    python benchmarks/mlds.py --write         # also replace the mlds section of RESULTS.md
 
 Design: 11 levels, all 330 quadruples x 3 = 990 trials, probit, simulated observer
 (psi = x^2, sigma = 0.15).  The statsmodels loop is timed on ``--loop`` replicates and
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boot", type=int, default=10_000, help="bootstrap replicates (brainattn)")
     ap.add_argument("--loop", type=int, default=300, help="replicates timed for the statsmodels loop")
-    ap.add_argument("--write", action="store_true", help="write benchmarks/results_mlds.md")
+    ap.add_argument("--write", action="store_true",
+                    help="replace the mlds section of benchmarks/RESULTS.md")
     ap.add_argument("--blas-threads", type=int, default=1,
                     help="BLAS threads for both sides (multi-threaded LAPACK on 990x10 matrices "
                          "thrashes on a shared 2-core machine and slows statsmodels ~5x)")
@@ -156,9 +157,9 @@ def _run(args) -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        from brainattn.io import atomic_write_text
+        from _results import write_section
 
-        atomic_write_text(Path(__file__).with_name("results_mlds.md"), text)
+        write_section("mlds", text)
     return 0
 
 

@@ -2,14 +2,15 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/theory.py --scale full --device auto --out benchmarks/results_theory.md
+    python benchmarks/theory.py --scale full --device auto --write
 
 Runs a small warm-up, then ``simulate(FULL or QUICK)`` once, timed per experiment (capacity
 sweep, error-free capacity, learning rules, propagation; CUDA synchronised). The peer, measured
 in the same run, is a plain NumPy float64 implementation of one capacity point (per-trial loop,
 the obvious way to write it) against the batched torch code at the same point. The headline
 results (capacity exponents, SNR agreement) are recorded beside the times so a reader can see
-that the timed run also reproduced the theory. The record is appended to ``--out``.
+that the timed run also reproduced the theory. ``--write`` appends the record to the ``theory``
+section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=("quick", "full"), default="full")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results_theory.md"))
+    ap.add_argument("--write", action="store_true",
+                    help="append the record to the theory section of benchmarks/RESULTS.md")
     ap.add_argument("--peer-trials", type=int, default=20)
     args = ap.parse_args(argv)
 
@@ -112,11 +114,10 @@ def main(argv=None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not args.out.exists():
-        args.out.write_text("# brainattn.theory benchmarks\n\nWritten by `benchmarks/theory.py`.\n")
-    with args.out.open("a") as fh:
-        fh.write(text)
+    if args.write:
+        from _results import write_section
+
+        write_section("theory", text, append=True)
     return 0
 
 

@@ -3,8 +3,17 @@
 - :mod:`~brainattn.psychophysics.design` -- triad/quadruple designs, R-MLDS CSV and long-table
   readers (descending trials reordered with the response flipped).
 - :mod:`~brainattn.psychophysics.glm` -- batched IRLS/Newton GLM solver, Firth fit, separation.
-- :mod:`~brainattn.psychophysics.mlds` -- :func:`fit_mlds` / :class:`MLDS`, bootstrap,
-  diagnostics, six-point test, :class:`MLDSResult` (``scale.nc`` layout documented there).
+- :mod:`~brainattn.psychophysics.mlds` -- :func:`fit_mlds` / :class:`MLDS`: glm, optim and
+  lapse fits (the conventions of the R package MLDS, and how each method relates to R's).
+- :mod:`~brainattn.psychophysics.formula` -- the formula method (parametric scales, safe
+  expression parsing).
+- :mod:`~brainattn.psychophysics.bootstrap` -- the parametric bootstrap, all replicates together.
+- :mod:`~brainattn.psychophysics.diagnostics` -- deviance residuals, binom.diagnostics (envelope,
+  runs test), six-point test, pmc.
+- :mod:`~brainattn.psychophysics.result` -- :class:`MLDSResult`, its summary and ``scale.nc``
+  (layout documented there).
+- :mod:`~brainattn.psychophysics.plots` -- the scale figure (one function, used by the result
+  object and the report).
 - :mod:`~brainattn.psychophysics.fisher` -- closed-form and autograd Fisher information,
   predicted scales, measured-vs-predicted comparison.
 - :mod:`~brainattn.psychophysics.stimuli` -- log-Gabor Gaussian textures, gratings, OT paths.
@@ -29,10 +38,10 @@ _EXPORTS = {
     "detect_separation": "glm",
     "LapseLink": "glm",
     "MLDS": "mlds",
-    "MLDSResult": "mlds",
+    "MLDSResult": "result",
     "fit_mlds": "mlds",
-    "bootstrap_mlds": "mlds",
-    "six_point_sets": "mlds",
+    "bootstrap_mlds": "bootstrap",
+    "six_point_sets": "diagnostics",
     "SimulatedObserver": "observer",
     "simulate_experiment": "observer",
     "precision_by_repeats": "observer",
@@ -45,11 +54,12 @@ _FISHER = [
     "fisher_density",
     "bures_path",
     "fisher_bures_path",
+    "fisher_texture_path",
     "predicted_scale",
     "compare_scales",
 ]
 _STIMULI = ["log_gabor_spectrum", "gaussian_texture", "grating", "ot_interpolation",
-            "interpolate_textures", "save_png"]
+            "interpolate_textures", "image_spectrum", "texture_pair", "save_png"]
 _EXPORTS.update({n: "fisher" for n in _FISHER})
 _EXPORTS.update({n: "stimuli" for n in _STIMULI})
 

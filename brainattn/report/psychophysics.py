@@ -1,21 +1,23 @@
 """Psychophysics section: the measured perceptual scale vs the Fisher prediction, fit checks.
 
 Reads the ``scale.nc`` that ``brainattn scale fit`` writes (layout documented in
-:mod:`brainattn.psychophysics.mlds`): ``stimulus`` (level), ``scale`` / ``scale_normalized``
+:mod:`brainattn.psychophysics.result`): ``stimulus`` (level), ``scale`` / ``scale_normalized``
 (level, stat) with ``stat`` in ``estimate, se, lower, upper``, ``predicted_scale`` (level, 0 -> 1),
 ``residual_sorted`` (rank) with ``envelope`` (rank, bound) (``bound`` = lower, median, upper),
 ``resp`` (trial) and ``S`` (trial, position); attrs ``runs_observed``, ``runs_p``,
 ``envelope_outside``, ``area_match``... A few other spellings (``estimate``/``lower``/``upper``
 variables, ``S1..S4``, ``envelope_lower``/``envelope_upper``) are read too.
 
-The scale is drawn normalised (``psi_1 = 0``, ``psi_p = 1``, R's ``optim`` convention), with
-the prediction normalised the same way.
+The scale is drawn by :func:`brainattn.psychophysics.plots.plot_scale` (the same function as
+``scale.png``), normalised (``psi_1 = 0``, ``psi_p = 1``) with the prediction normalised the same
+way.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from brainattn.psychophysics.plots import first_name, plot_scale, scale_arrays
 from brainattn.report.discovery import Run
 from brainattn.report.figures import Section, load_result, provenance_of, render
 
@@ -29,95 +31,15 @@ TEXT = (
 )
 
 
-def _first(ds, names, *, where=None):
-    pool = ds.variables if where is None else where
-    for n in names:
-        if n in pool:
-            return n
-    return None
-
-
-def scale_arrays(ds) -> dict:
-    """``stimulus``, ``estimate``, ``lower``, ``upper`` (NaN when absent), ``predicted`` or None."""
-    n = ds.sizes.get("level")
-    if n is None:
-        raise ValueError("scale.nc has no 'level' dimension")
-    stim = ds["stimulus"].values.astype(float) if "stimulus" in ds.variables else \
-        (ds["level"].values.astype(float) if "level" in ds.variables else np.arange(1.0, n + 1))
-    out = {"stimulus": stim}
-    scale = None
-    for name in ("scale_normalized", "scale"):
-        if name in ds.data_vars:
-            scale = ds[name]
-            break
-    stat_dim = None
-    if scale is not None:
-        stat_dim = next((d for d in scale.dims if d != "level"), None)
-    for key in ("estimate", "lower", "upper", "se"):
-        if stat_dim is not None and key in [str(s) for s in ds[stat_dim].values]:
-            out[key] = scale.sel({stat_dim: key}).values.astype(float)
-            continue
-        name = _first(ds, (key, f"scale_{key}", f"ci_{key}"))
-        if key == "estimate" and name is None and scale is not None and scale.dims == ("level",):
-            name = "scale"
-        out[key] = ds[name].values.astype(float) if name else np.full(n, np.nan)
-    p = _first(ds, ("predicted_scale", "predicted", "prediction", "fisher_scale"))
-    out["predicted"] = ds[p].values.astype(float) if p else None
-    return out
-
-
-def _normalise(v, ref):
-    """``(v - ref[0]) / (ref[-1] - ref[0])``: psi_1 = 0, psi_p = 1."""
-    lo, hi = ref[0], ref[-1]
-    span = hi - lo if np.isfinite(hi - lo) and hi != lo else 1.0
-    return (v - lo) / span
-
-
-def plot_scale(ds):
-    """Measured scale (points with interval bars, one per level) vs the predicted scale.
-
-    The estimate's points carry ``gid`` ``"scale-estimate"`` and the prediction's line
-    ``"scale-predicted"``.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    a = scale_arrays(ds)
-    x, est = a["stimulus"], a["estimate"]
-    fig, ax = plt.subplots(figsize=(4.8, 3.8), layout="constrained")
-    y = _normalise(est, est)
-    lo, hi = _normalise(a["lower"], est), _normalise(a["upper"], est)
-    yerr = None
-    if np.isfinite(lo).any():
-        yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
-        yerr = np.nan_to_num(yerr)
-    cont = ax.errorbar(x, y, yerr=yerr, fmt="o", color="C0", ms=5, capsize=3,
-                       label="measured (MLDS, 95% bootstrap)")
-    cont[0].set_gid("scale-estimate")
-    if a["predicted"] is not None:
-        (ln,) = ax.plot(x, _normalise(a["predicted"], a["predicted"]), color="C3", lw=2,
-                        label="Fisher prediction")
-        ln.set_gid("scale-predicted")
-    title = "measured scale"
-    if a["predicted"] is not None:
-        model = ds.attrs.get("prediction_model")
-        title += " vs Fisher prediction" + (f" ({model})" if model else "")
-    ax.set(xlabel=str(ds["stimulus"].attrs.get("long_name", "stimulus")) if "stimulus" in ds else
-           "level", ylabel="perceptual scale (normalised)", title=title)
-    ax.legend(fontsize=8, frameon=False, loc="upper left")
-    sns.despine(ax=ax)
-    return fig
-
-
 def runs_test(ds) -> dict:
     """Runs-test numbers from the attrs (``p``, ``observed``, ``expected``), NaN when absent."""
     out = {}
     for key, names in (("p", ("runs_p", "runs_test_p", "runs_pvalue", "runs_test_pvalue")),
                        ("observed", ("runs_observed", "runs", "n_runs")),
                        ("expected", ("runs_expected", "runs_mean"))):
-        k = _first(ds, names, where=ds.attrs)
+        k = first_name(ds, names, where=ds.attrs)
         if k is None and any(n in ds.data_vars for n in names):
-            k2 = _first(ds, names)
+            k2 = first_name(ds, names)
             out[key] = float(np.asarray(ds[k2].values).ravel()[0])
         else:
             out[key] = float(ds.attrs[k]) if k is not None else float("nan")
@@ -132,8 +54,8 @@ def envelope_bounds(ds):
         if "lower" in bd and "upper" in bd:
             return (e.sel(bound="lower").values.astype(float),
                     e.sel(bound="upper").values.astype(float))
-    lo = _first(ds, ("envelope_lower", "envelope_lo"))
-    hi = _first(ds, ("envelope_upper", "envelope_hi"))
+    lo = first_name(ds, ("envelope_lower", "envelope_lo"))
+    hi = first_name(ds, ("envelope_upper", "envelope_hi"))
     if lo and hi:
         return ds[lo].values.astype(float).ravel(), ds[hi].values.astype(float).ravel()
     return None
@@ -144,7 +66,7 @@ def trial_table(ds):
     if "resp" not in ds.variables:
         return None
     resp = ds["resp"].values.astype(float)
-    name = _first(ds, ("S", "stim"))
+    name = first_name(ds, ("S", "stim"))
     if name is not None and ds[name].ndim == 2:
         stim = np.asarray(ds[name].transpose(ds["resp"].dims[0], ...).values)
     else:
@@ -165,7 +87,7 @@ def plot_diagnostics(ds):
     import seaborn as sns
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
-    res = _first(ds, ("residual_sorted", "deviance_residual", "residual", "residuals"))
+    res = first_name(ds, ("residual_sorted", "deviance_residual", "residual", "residuals"))
     env = envelope_bounds(ds)
     if res is not None:
         r = np.sort(ds[res].values.astype(float).ravel())

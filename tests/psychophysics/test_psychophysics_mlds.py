@@ -7,7 +7,8 @@ import pytest
 
 from brainattn.errors import ConfigError, DataError, OutputExistsError
 from brainattn.psychophysics.design import as_trials, make_design
-from brainattn.psychophysics.mlds import MLDS, fit_mlds, six_point_sets
+from brainattn.psychophysics.diagnostics import six_point_sets
+from brainattn.psychophysics.mlds import MLDS, fit_mlds
 from brainattn.psychophysics.observer import SimulatedObserver, simulate_experiment
 
 
@@ -66,7 +67,8 @@ def test_formula_recovers_exponent_and_lr_test(trials):
 def test_formula_batched_solver_equals_separate_fits(trials):
     import torch  # noqa: F401  (the built-in formulas are torch functions)
 
-    from brainattn.psychophysics.mlds import PARAMETRIC_SCALES, _grouped, solve_formula_batch
+    from brainattn.psychophysics._likelihood import _grouped
+    from brainattn.psychophysics.formula import PARAMETRIC_SCALES, solve_formula_batch
 
     base = fit_mlds(trials, "formula", formula="power")
     rng = np.random.default_rng(11)

@@ -300,12 +300,14 @@ def _table(rows, total: float) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from brainattn.options import seed_option, writable
+
     @app.command("demo")
     def demo_cmd(
-        out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder."),
+        out: Path = typer.Option(Path("demo-out"), "--out", callback=writable, help="Output folder."),
         quick: bool = typer.Option(False, "--quick", help="Small, fast version of every stage."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier demo output."),
-        seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
+        seed: int = seed_option(0, "Seed of every stage."),
     ):
         """Run every capability on embedded synthetic data and write OUT/report.html."""
         run_demo(out, quick=quick, overwrite=overwrite, seed=seed)

@@ -27,5 +27,9 @@ class OutputExistsError(BrainAttnError):
     """An output folder exists and is not empty, and ``overwrite`` was not given."""
 
 
+class OutputError(BrainAttnError):
+    """An output could not be written: read-only file system, no permission, disk full."""
+
+
 class ShapeError(BrainAttnError, ValueError):
     """Arrays or tensors have shapes that do not fit together."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import glob
 import io as _io
 import json
 import os
@@ -22,30 +24,108 @@ from typing import Any
 
 import numpy as np
 
-from brainattn.errors import DataError, OutputExistsError, UnsafeFileError
+from brainattn.errors import DataError, OutputError, OutputExistsError, UnsafeFileError
 
 # --------------------------------------------------------------------------------------------
 # atomic writes
+
+
+#: errno values of an output that cannot be written (as opposed to a bug in brainattn)
+_WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                 errno.EIO}
+
+
+def write_error(exc: BaseException, path: str | os.PathLike, tmp: str | os.PathLike | None = None,
+                *, creating: bool = False) -> OutputError | None:
+    """The :class:`OutputError` for ``exc`` raised while writing ``path`` (or ``tmp``), else None.
+
+    The message names the file the user asked for (the temporary name ``tmp`` in the OS error
+    is mapped back onto ``path``) and the cause (``Read-only file system``, ``No space left on
+    device``, ...). HDF5 reports a full disk or a refused file as an ``OSError`` without an
+    errno; its first line is the cause then. ``creating``: the error came from making the
+    folder or temporary file, so any OS error is about the output. Errors about other files
+    (an input read inside the ``with`` block) are left alone.
+    """
+    if not isinstance(exc, OSError) or isinstance(exc, BrokenPipeError):
+        return None
+    where = str(exc.filename) if exc.filename else str(path)
+    ours = str(path) if tmp is None else str(tmp)
+    if not creating:
+        if exc.errno is not None and exc.errno not in _WRITE_ERRNOS:
+            return None
+        if exc.filename and not (where.startswith(ours) or where.startswith(str(path))):
+            return None
+    if tmp is not None and where.startswith(str(tmp)):
+        where = str(path) + where[len(str(tmp)):]
+    elif Path(where).name.startswith(f".{Path(path).name}.") and where.endswith(".tmp"):
+        where = str(path)  # the temporary file or folder could not be made
+    text = str(exc)
+    cause = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
+    if exc.errno is None and "requested and" in cause and "written" in cause:
+        cause = f"No space left on device ({cause})"  # numpy's short-write report
+    return OutputError(f"cannot write {where}: {cause} (choose another output location, or free "
+                       "space or grant permission there)")
+
+
+def _tmp_prefix(path: Path) -> str:
+    # the writer's pid in the name lets a later run remove what a killed one left (kill -9)
+    return f".{path.name}.{os.getpid()}."
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove temporary siblings of ``path`` left by a process that no longer runs."""
+    try:
+        entries = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return
+    for p in entries:
+        pid = p.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched; an OS error
+    (read-only file system, permission denied, disk full) becomes an :class:`OutputError`
+    naming ``path`` and the cause. Temporary files of killed runs are removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(path)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(exc, path, creating=True) from exc
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        err = write_error(exc, path, tmp_path)
+        if err is not None:
+            raise err from exc
         raise
 
 
@@ -92,25 +172,40 @@ def _json_default(o):
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a whole output folder in a temporary sibling, then move it into place.
 
-    Refuses an existing non-empty ``path`` unless ``overwrite``; on failure nothing is left.
+    Refuses an existing non-empty ``path`` unless ``overwrite``; on failure nothing is left, and
+    an OS error while writing becomes an :class:`OutputError` naming the file and the cause.
     """
     path = Path(path)
     check_output_dir(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs follow the umask
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise write_error(exc, path, creating=True) from exc
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs follow the umask
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
+            # the old folder moves aside first: a crash between the two renames leaves it in a
+            # temporary sibling (removed by the next run), never a mix of old and new files
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        err = write_error(exc, path, tmp)
+        if err is not None:
+            raise err from exc
         raise
 
 
 def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Refuse an output folder that exists and is not empty, unless ``overwrite``."""
+    """Refuse an output folder that exists and is not empty, unless ``overwrite``, or that
+    cannot be written (see :func:`check_writable`)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"output {path}: exists and is not a folder")
@@ -118,6 +213,29 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Pat
         raise OutputExistsError(
             f"output folder {path} exists and is not empty; choose another folder or pass --overwrite"
         )
+    check_writable(path)
+    return path
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output ``path`` whose folder cannot be written.
+
+    Probes with a temporary file in the nearest existing ancestor of ``path`` (``os.access``
+    is not enough: it answers yes to root on a mount that refuses writes for other reasons).
+    Raises :class:`OutputError` naming ``path`` and the cause.
+    """
+    path = Path(path)
+    probe_dir = path.parent
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        raise OutputError(f"cannot write {path}: {cause} in {probe_dir} (choose another output "
+                          "location, or free space or grant permission there)") from exc
     return path
 
 

@@ -54,11 +54,12 @@ _FISHER = [
     "fisher_density",
     "bures_path",
     "fisher_bures_path",
+    "fisher_texture_path",
     "predicted_scale",
     "compare_scales",
 ]
 _STIMULI = ["log_gabor_spectrum", "gaussian_texture", "grating", "ot_interpolation",
-            "interpolate_textures", "save_png"]
+            "interpolate_textures", "image_spectrum", "texture_pair", "save_png"]
 _EXPORTS.update({n: "fisher" for n in _FISHER})
 _EXPORTS.update({n: "stimuli" for n in _STIMULI})
 

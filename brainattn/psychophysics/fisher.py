@@ -23,7 +23,9 @@ autograd: ``I = m'^T S^-1 m' + 1/2 tr(S^-1 S' S^-1 S')``; :func:`fisher_density`
 ``∫ p (d log p / ds)^2 dx`` on a grid for any differentiable (unnormalised) log density.
 Both are checked against the closed forms in the tests.  :func:`bures_path` /
 :func:`fisher_bures_path` give the optimal-transport (McCann) interpolation between two
-Gaussians and its Fisher information in closed form.
+Gaussians and its Fisher information in closed form; :func:`fisher_texture_path` that of the
+path between two stationary textures given by their power spectra, seen through an observer's
+internal white noise (the ``texture-path`` model).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "bures_path",
     "fisher_bures_path",
     "fisher_texture_path",
+    "fisher_texture_model",
     "predicted_scale",
     "compare_scales",
     "FISHER_MODELS",
@@ -243,17 +246,65 @@ def fisher_bures_path(mean0, cov0, mean1, cov1, t) -> np.ndarray:
     return out
 
 
-def fisher_texture_path(spectrum0: np.ndarray, spectrum1: np.ndarray, t) -> np.ndarray:
-    """Fisher information about ``t`` for OT interpolation between two zero-mean stationary
-    Gaussian textures given by their power spectra (any shape, same for both; every Fourier
-    coefficient is an independent Gaussian). Frequencies without power are ignored."""
+def fisher_texture_path(spectrum0: np.ndarray, spectrum1: np.ndarray, t, *, noise: float = 0.0,
+                        chunk: int = 64) -> np.ndarray:
+    """Fisher information about ``t`` along the OT path between two stationary Gaussian textures.
+
+    The textures are zero-mean Gaussian fields given by their power spectra ``S0``, ``S1`` (any
+    shape, the same for both; every Fourier coefficient an independent Gaussian). The OT map is
+    ``sqrt(S1 / S0)`` per frequency, so along the path the amplitude spectrum is
+    ``a_t = (1 - t) sqrt(S0) + t sqrt(S1)``.
+
+    ``noise`` is the observer's internal white noise, as a variance relative to the mean power
+    of the two textures per frequency (in the pixel domain: noise variance / texture variance).
+    The observed variance at a frequency is ``v_t = a_t^2 + n`` and
+
+        I(t) = sum_f 1/2 (v_t' / v_t)^2 = sum_f 2 a_t^2 (a1 - a0)^2 / (a_t^2 + n)^2.
+
+    With ``noise = 0`` this is the Bures-path information of :func:`fisher_bures_path`, and
+    frequencies without power in either texture are ignored; it is then dominated by the
+    frequencies where one spectrum is nearly zero (a ratio ``a1/a0`` without bound), so the
+    predicted scale of two textures with little overlapping power jumps at the ends of the
+    path. A positive noise bounds every frequency's share, as an observer's noise does.
+
+    Returns (n_t,) Fisher information, per unit ``t`` squared.
+    """
     S0 = np.asarray(spectrum0, float).ravel()
     S1 = np.asarray(spectrum1, float).ravel()
     if S0.shape != S1.shape:
         raise ConfigError(f"spectra have different shapes {np.shape(spectrum0)} and {np.shape(spectrum1)}")
-    keep = (S0 > 1e-300) & (S1 > 1e-300)
-    S0, S1 = S0[keep], S1[keep]
-    return fisher_bures_path(np.zeros(len(S0)), S0, np.zeros(len(S0)), S1, t)
+    if np.any(~np.isfinite(S0)) or np.any(~np.isfinite(S1)) or np.any(S0 < 0) or np.any(S1 < 0):
+        raise ConfigError("spectra: expected finite non-negative power at every frequency")
+    if isinstance(noise, bool) or not np.isfinite(noise) or noise < 0:
+        raise ConfigError(f"noise: expected a variance ratio >= 0, got {noise!r}")
+    ts = np.atleast_1d(np.asarray(t, dtype=float))
+    if noise == 0:
+        keep = (S0 > 1e-300) & (S1 > 1e-300)
+        if not keep.any():
+            raise ConfigError("spectra: no frequency has power in both textures; give a positive noise")
+        S0, S1, n = S0[keep], S1[keep], 0.0
+    else:
+        n = noise * 0.5 * (S0.mean() + S1.mean())
+        if not n > 0:
+            raise ConfigError("spectra: both textures have no power")
+    a0, a1 = np.sqrt(S0), np.sqrt(S1)
+    da2 = (a1 - a0) ** 2
+    out = np.empty(len(ts))
+    for i in range(0, len(ts), chunk):  # (chunk, n_freq) at a time: memory stays bounded
+        at2 = ((1 - ts[i:i + chunk, None]) * a0 + ts[i:i + chunk, None] * a1) ** 2
+        out[i:i + chunk] = np.sum(2 * at2 * da2 / (at2 + n) ** 2, axis=1)
+    return out
+
+
+def fisher_texture_model(t, *, spectra, noise: float = 0.01) -> np.ndarray:
+    """The ``texture-path`` model of :data:`FISHER_MODELS`: :func:`fisher_texture_path` of the
+    two spectra ``spectra = (S0, S1)`` at ``t`` (0: the first texture, 1: the second)."""
+    if not isinstance(spectra, (tuple, list)) or len(spectra) != 2:
+        raise ConfigError("texture-path: expected spectra=(S0, S1), the power spectra of the two end textures")
+    ts = np.asarray(t, dtype=float)
+    if np.any(ts < 0) or np.any(ts > 1):
+        raise ConfigError(f"texture-path: t must lie in [0, 1], got {np.atleast_1d(ts).tolist()}")
+    return fisher_texture_path(spectra[0], spectra[1], ts, noise=noise)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,6 +315,7 @@ FISHER_MODELS: dict[str, Callable[..., np.ndarray]] = {
     "mode-frequency": fisher_mode_frequency,
     "frequency-bandwidth": fisher_frequency_bandwidth,
     "orientation-bandwidth": fisher_orientation_bandwidth,
+    "texture-path": fisher_texture_model,
 }
 
 
@@ -274,7 +326,8 @@ def predicted_scale(fisher, levels, *, n_grid: int = 2001, **model_kw) -> np.nda
     ----------
     fisher : a name in :data:`FISHER_MODELS` or a callable ``I(s)`` on (n,) arrays.
     levels : (p,) increasing stimulus values.
-    model_kw : extra arguments of the named model (e.g. ``bandwidth`` for mode-frequency).
+    model_kw : extra arguments of the named model (``bandwidth`` for mode-frequency;
+        ``spectra=(S0, S1)`` and ``noise`` for texture-path, whose levels are ``t`` in [0, 1]).
 
     Returns
     -------

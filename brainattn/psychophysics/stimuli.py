@@ -25,6 +25,10 @@ __all__ = [
     "grating",
     "ot_interpolation",
     "interpolate_textures",
+    "image_spectrum",
+    "load_grey_image",
+    "load_spectrum",
+    "texture_pair",
     "to_luminance",
     "save_png",
 ]
@@ -165,24 +169,89 @@ def ot_interpolation(spectrum0: np.ndarray, spectrum1: np.ndarray, t, *, seed: i
     return np.clip(0.5 * (1.0 + contrast * X / sd0), 0, 1)
 
 
+def image_spectrum(image: np.ndarray) -> np.ndarray:
+    """Power spectrum (periodogram) of a grey image's zero-mean field, (H, W) on the FFT grid.
+
+    ``S = |F(x - mean x)|^2 / n_pixels``: its mean over frequencies is the image's pixel
+    variance, and :func:`ot_interpolation` of ``S`` with itself draws fields of that variance.
+    This is the Gaussian texture model of the image: its power spectrum with random phases.
+    """
+    im = np.asarray(image, dtype=float)
+    if im.ndim != 2 or im.shape[0] != im.shape[1] or im.shape[0] < 8:
+        raise ConfigError(f"image: expected a square grey image of at least 8x8 pixels, got shape {im.shape}")
+    if not np.all(np.isfinite(im)):
+        raise ConfigError("image: holds NaN or infinite values")
+    return np.abs(np.fft.fft2(im - im.mean())) ** 2 / im.size
+
+
 def interpolate_textures(image0: np.ndarray, image1: np.ndarray, t, *, seed: int | None = None) -> np.ndarray:
     """OT interpolation between the Gaussian models of two example images (luminance arrays).
 
-    Each image's model is its mean luminance and its power spectrum (periodogram); frames
-    are drawn with one noise sample along the path, the mean interpolated linearly.
+    Each image's model is its mean luminance and its power spectrum (:func:`image_spectrum`);
+    frames are drawn with one noise sample along the path, the mean interpolated linearly.
     Returns (n_t, H, W) luminance clipped to [0, 1].
     """
     im0 = np.asarray(image0, dtype=float)
     im1 = np.asarray(image1, dtype=float)
-    if im0.shape != im1.shape or im0.ndim != 2 or im0.shape[0] != im0.shape[1]:
+    if im0.shape != im1.shape:
         raise ConfigError(f"images: expected two square grey images of one shape, got {im0.shape} and {im1.shape}")
-    n = im0.size
-    S0 = np.abs(np.fft.fft2(im0 - im0.mean())) ** 2 / n
-    S1 = np.abs(np.fft.fft2(im1 - im1.mean())) ** 2 / n
+    S0, S1 = image_spectrum(im0), image_spectrum(im1)
     ts = np.atleast_1d(np.asarray(t, dtype=float))
     X = ot_interpolation(S0, S1, ts, seed=seed)
     means = (1 - ts) * im0.mean() + ts * im1.mean()
     return np.clip(X + means[:, None, None], 0, 1)
+
+
+def load_grey_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as grey luminance in [0, 1], (H, W) float64 (colour is converted to L)."""
+    from PIL import Image
+
+    from brainattn.errors import DataError
+
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("L"), dtype=float) / 255.0
+    except FileNotFoundError as exc:
+        raise DataError(f"image {p}: no such file") from exc
+    except OSError as exc:
+        raise DataError(f"image {p}: not a readable image ({exc})") from exc
+
+
+def load_spectrum(path: str | os.PathLike) -> np.ndarray:
+    """Read a power spectrum saved as a 2-d ``.npy`` array on the FFT grid (square, >= 0)."""
+    from brainattn.errors import DataError
+    from brainattn.io import load_npy
+
+    S = load_npy(path)
+    if S.ndim != 2 or S.shape[0] != S.shape[1] or not np.issubdtype(S.dtype, np.number):
+        raise DataError(f"{path}: expected a square 2-d numeric power spectrum, got shape {S.shape} ({S.dtype})")
+    S = S.astype(float)
+    if np.any(~np.isfinite(S)) or np.any(S < 0):
+        raise DataError(f"{path}: a power spectrum must be finite and non-negative at every frequency")
+    return S
+
+
+def texture_pair(images=None, spectra=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Power spectra of the two end textures of an interpolation, from two image files or two
+    ``.npy`` spectra (exactly one of the two pairs). Returns ``(S0, S1, images)`` with
+    ``images`` the (2, H, W) grey images, or None when spectra were given."""
+    from brainattn.errors import DataError
+
+    if (images is None) == (spectra is None):
+        raise ConfigError("give the two end textures as two images or as two power spectra, not both")
+    if images is not None:
+        ims = [load_grey_image(p) for p in images]
+        if ims[0].shape != ims[1].shape:
+            raise DataError(f"images {images[0]} and {images[1]}: sizes differ ({ims[0].shape} vs {ims[1].shape})")
+        for p, im in zip(images, ims, strict=True):
+            if im.shape[0] != im.shape[1] or im.shape[0] < 8:
+                raise DataError(f"image {p}: expected a square image of at least 8x8 pixels, got {im.shape}")
+        return image_spectrum(ims[0]), image_spectrum(ims[1]), np.stack(ims)
+    S0, S1 = load_spectrum(spectra[0]), load_spectrum(spectra[1])
+    if S0.shape != S1.shape:
+        raise DataError(f"spectra {spectra[0]} and {spectra[1]}: shapes differ ({S0.shape} vs {S1.shape})")
+    return S0, S1, None
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ from scipy import stats
 
 from brainattn.errors import ConfigError, DataError
 from brainattn.theory import semiotics as S
+from brainattn.theory.semiotics.experiment import _draw
 
 # A config small enough for a test (seconds), every stage still exercised.
 TINY = {
@@ -44,7 +45,7 @@ def trained_ae():
     torch.set_num_threads(1)
     cfg = S.validate_config(S.QUICK)
     data = S.load_dataset(cfg)
-    d = S._draw(cfg, data, 3, cfg["seed"])
+    d = _draw(cfg, data, 3, cfg["seed"])
     x_tr = torch.as_tensor(data["x"][d["tr"]]).unsqueeze(1)
     x_te = torch.as_tensor(data["x"][d["te"]]).unsqueeze(1)
     E, D = S.build_autoencoder(8, cfg["channels"], seed=1000 * cfg["seed"] + 3)
@@ -387,12 +388,12 @@ def test_stacked_training_equals_one_at_a_time():
 def test_draws_keep_agents_and_test_images_apart():
     cfg = S.validate_config({"R": [5], "n_test": 100})
     data = S.load_dataset(cfg)
-    d = S._draw(cfg, data, 5, 3)
+    d = _draw(cfg, data, 5, 3)
     assert len(d["tr"]) == len(d["tr_b"]) == 50 and len(d["te"]) == 100
     assert np.bincount(data["y"][d["te"]]).tolist() == [10] * 10
     sets = [set(d[k].tolist()) for k in ("tr", "tr_b", "te")]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
-    again = S._draw(cfg, data, 5, 3)
+    again = _draw(cfg, data, 5, 3)
     assert all(np.array_equal(d[k], again[k]) for k in d)
 
 

@@ -11,28 +11,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "brainattn"
 
 MAX_LINES = 800
 
 #: files allowed past MAX_LINES: path relative to the repository root -> why
-LONG_FILES: dict[str, str] = {
-    "brainattn/kernels/_triton.py": "being split by pass (forward, backward, host launch) by the "
-                                    "kernels engineer under issue 20; remove this entry then",
-}
-
-#: the one circle known today, through deferred imports only: encoders' estimators, training
-#: loop, run orchestration and DDP import each other inside functions (distributed -> run,
-#: training -> distributed, _base -> training, run -> the estimators). Issue 18 breaks it.
-KNOWN_DEFERRED_CIRCLE = {
-    "brainattn.encoders._base", "brainattn.encoders.distributed", "brainattn.encoders.factorized",
-    "brainattn.encoders.ridge", "brainattn.encoders.run", "brainattn.encoders.training",
-    "brainattn.encoders.transformer",
-}
-
+LONG_FILES: dict[str, str] = {}
 
 def _module_name(path: Path, root: Path) -> str:
     parts = path.relative_to(root).with_suffix("").parts
@@ -158,11 +143,8 @@ def test_no_import_cycle():
 
 def test_no_import_cycle_through_deferred_imports():
     cycles = import_cycles(import_graph(deferred=True))
-    others = [c for c in cycles if not set(c) <= KNOWN_DEFERRED_CIRCLE]
-    assert not others, "import circles (deferred imports included): " + "; ".join(
-        " <-> ".join(c) for c in others)
-    if cycles:
-        pytest.xfail("the known encoders circle (issue 18 breaks it): " + " <-> ".join(cycles[0]))
+    assert not cycles, "import circles (deferred imports included): " + "; ".join(
+        " <-> ".join(c) for c in cycles)
 
 
 def test_no_file_past_the_line_limit_without_a_reason():

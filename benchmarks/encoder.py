@@ -274,7 +274,7 @@ def profile_steps(step_loader_fn, dev, n: int) -> dict:
 def synth_data(cfg, workdir: Path, dev, n_images: int, seed=0):
     """The embedded synthetic cortex (``brainattn.data.synth``), one subject, ``n_images``
     images, features from the embedded Gabor backbone through brainattn's feature cache."""
-    from brainattn.data import open_algonauts, synth
+    from brainattn.data import open_algonauts, roi_labels, synth
     from brainattn.encoders.backbones import make_backbone
     from brainattn.encoders.cache import get_features
 
@@ -294,8 +294,7 @@ def synth_data(cfg, workdir: Path, dev, n_images: int, seed=0):
     feat_s = time.perf_counter() - t0
     Y = np.asarray(ds["betas"].values, np.float32)
     hemi = np.asarray(ds["hemisphere"].values).astype(str)
-    labels = {k[4:]: np.asarray(ds[k].values).astype(str) for k in ds.coords
-              if k.startswith("roi_")}
+    labels = roi_labels(ds)
     names, vq = assign_queries("rois", hemi, labels)
     perm = np.random.default_rng([seed, 9]).permutation(len(Y))
     n_val = max(2, len(Y) // 10)
@@ -533,7 +532,7 @@ def run_ridge(cfg, data: Data, dev):
     out = {"pooling_s": round(pool_s, 2), "features": "mean over tokens", "n_alphas_brainattn": 15}
     sync(dev)
     t0 = time.perf_counter()
-    est = RidgeEncoder(pool="mean", device=str(dev)).fit(pooled[:, None, :], Y, train_idx=data.tr)
+    est = RidgeEncoder(pool="mean", device=str(dev)).fit(pooled[data.tr][:, None, :], Y[data.tr])
     sync(dev)
     out["brainattn_s"] = round(time.perf_counter() - t0, 2)
     pred = est.predict(pooled[data.va][:, None, :])

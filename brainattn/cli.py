@@ -80,6 +80,23 @@ def _register_all() -> None:
 _register_all()
 
 
+def _accepted_range(exc) -> str:
+    """``; accepted: 0 <= x <= 99`` for an option declared with ``min``/``max``, else ``""``.
+
+    typer's message names only the bound that was crossed ("greater than or equal to 8"); the
+    user should see the whole range in the one line.
+    """
+    param = getattr(exc, "param", None)
+    lo, hi = getattr(param, "min", None), getattr(param, "max", None)
+    if lo is None and hi is None:
+        return ""
+    if lo is None:
+        return f"; accepted: x <= {hi}"
+    if hi is None:
+        return f"; accepted: x >= {lo}"
+    return f"; accepted: {lo} <= x <= {hi}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into ``error: ...`` and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -95,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        print(f"error: {exc.format_message()}{_accepted_range(exc)}{hint}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `brainattn ... | head`: the reader went away, not an error of ours
         with contextlib.suppress(Exception):

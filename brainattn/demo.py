@@ -152,7 +152,8 @@ def stage_psychophysics(ctx: DemoContext) -> str:
     trials_tmp = ctx.out / ".psychophysics-trials.csv"
     atomic_write_text(trials_tmp, csv.to_csv(index=False))
     trials = read_mlds_csv(trials_tmp, s)
-    res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"], seed=ctx.seed)
+    res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"],
+                   diagnostics=ctx.size["bootstrap"], seed=ctx.seed)
     res.prediction = compare_scales(res.psi, pred, s, bootstrap=res.boot_psi, model=PSY_MODEL)
     res.save(out, overwrite=ctx.overwrite, seed=ctx.seed)
     trials_tmp.replace(out / "trials.csv")
@@ -299,12 +300,14 @@ def _table(rows, total: float) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from brainattn.options import seed_option, writable
+
     @app.command("demo")
     def demo_cmd(
-        out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder."),
+        out: Path = typer.Option(Path("demo-out"), "--out", callback=writable, help="Output folder."),
         quick: bool = typer.Option(False, "--quick", help="Small, fast version of every stage."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier demo output."),
-        seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
+        seed: int = seed_option(0, "Seed of every stage."),
     ):
         """Run every capability on embedded synthetic data and write OUT/report.html."""
         run_demo(out, quick=quick, overwrite=overwrite, seed=seed)

@@ -220,7 +220,7 @@ def test_cli_on_a_full_or_read_only_tmpfs(ro):
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
     assert len(lines) == 1, res.stderr
     cause = "Read-only file system" if ro else "No space left on device"
-    assert lines[0].startswith("error: cannot write ") and cause in lines[0], lines
+    assert lines[0].startswith("error: ") and "cannot write " in lines[0] and cause in lines[0], lines
     assert "Traceback" not in res.stderr
     out = res.stdout.splitlines()
     assert "rc=2" in out and out[-1] == "rc=2"  # nothing at all is left on the mount

@@ -12,6 +12,7 @@ Public API::
     ncsnr(repeats), noise_ceiling(ncsnr, n=1), split_half_reliability(repeats, n=None)
     synth.generate(out, subjects=2, images=2000, seed=0, image_size=224, overwrite=False)
     summarize(root) -> dict (what ``brainattn data info`` prints)
+    roi_labels(ds, families=None) -> {family: (n_vertices,) str}, roi_families(ds), vertex_coords(ds)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from brainattn.data.noise_ceiling import (
     split_half_reliability,
 )
 from brainattn.data.readers import load_betas, load_labels
+from brainattn.data.rois import roi_families, roi_labels, vertex_coords
 
 # The Algonauts names are imported on first use (as in brainattn.encoders), so that
 # ``brainattn --help`` and argument errors do not pay for xarray and pandas.
@@ -43,6 +45,9 @@ __all__ = [
     "noise_ceiling_from_repeats",
     "split_half_reliability",
     "spearman_brown",
+    "roi_labels",
+    "roi_families",
+    "vertex_coords",
 ]
 
 

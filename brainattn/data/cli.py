@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from brainattn.options import existing_dir, seed_option, writable
+
 data_app = typer.Typer(
     help="fMRI data sets: the synthetic visual cortex and data set summaries.",
     no_args_is_help=True,
@@ -14,11 +16,12 @@ data_app = typer.Typer(
 
 @data_app.command("synth")
 def synth_cmd(
-    out: Path = typer.Option(..., "--out", help="Output folder (refused if not empty, see --overwrite)."),
+    out: Path = typer.Option(..., "--out", callback=writable,
+                             help="Output folder (refused if not empty, see --overwrite)."),
     subjects: int = typer.Option(2, "--subjects", min=1, max=99, help="Number of subjects."),
-    images: int = typer.Option(2000, "--images", min=8, help="Training images (with betas)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Random seed: same seed, identical files."),
-    image_size: int = typer.Option(224, "--image-size", min=32, help="Image side in pixels."),
+    images: int = typer.Option(2000, "--images", min=8, max=100_000, help="Training images (with betas)."),
+    seed: int = seed_option(0, "Random seed: same seed, identical files."),
+    image_size: int = typer.Option(224, "--image-size", min=32, max=1024, help="Image side in pixels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
 ):
     """Generate the embedded synthetic visual cortex in the Algonauts layout."""
@@ -32,7 +35,8 @@ def synth_cmd(
 
 @data_app.command("info")
 def info_cmd(
-    root: Path = typer.Argument(..., help="Data set folder (holding subjXX folders) or a subject folder."),
+    root: Path = typer.Argument(..., help="Data set folder (holding subjXX folders) or a subject folder.",
+                                callback=existing_dir("an Algonauts-layout data set root")),
     check_finite: bool = typer.Option(
         False, "--check-finite", help="Read all betas and count NaN/Inf values."
     ),

@@ -3,12 +3,15 @@ brain encoder, the ridge and factorized baselines, the training loop and metrics
 
 Public API::
 
-    TransformerBrainEncoder, SpatialFeatureEncoder, RidgeEncoder   (sklearn-style estimators)
-    assign_queries                                                   (vertex -> query map)
+    TransformerBrainEncoder, SpatialFeatureEncoder, RidgeEncoder   (scikit-learn estimators)
+    QueryAssignment, assign_queries, CPU_PRESET                      (vertex -> query map; small size)
+    split_images, Rows                                               (the image splitter; row views)
     GaborBackbone, TimmViTBackbone, make_backbone, get_features      (tokens, cache)
     pearson_per_column, noise_normalized, roi_medians, score_table   (metrics)
     brainattn.encoders.synthcheck: attention_in_box, roi_group_medians, demo_fit (ground truth)
-    fit_run, evaluate_run, predict_run                               (run folders, the CLI's core)
+    fit_run = prepare_run + fit_prepared + write_run, evaluate_run,  (run folders, the CLI's core)
+    predict_run
+    brainattn.encoders.multifit: fit_many (several fits over the GPUs)
 
 Run-folder files the report draws
 ---------------------------------
@@ -41,6 +44,10 @@ from __future__ import annotations
 _LAZY = {
     "TransformerBrainEncoder": "brainattn.encoders.transformer",
     "assign_queries": "brainattn.encoders.transformer",
+    "QueryAssignment": "brainattn.encoders.transformer",
+    "CPU_PRESET": "brainattn.encoders.transformer",
+    "split_images": "brainattn.encoders._base",
+    "Rows": "brainattn.encoders._base",
     "SpatialFeatureEncoder": "brainattn.encoders.factorized",
     "RidgeEncoder": "brainattn.encoders.ridge",
     "GaborBackbone": "brainattn.encoders.backbones",
@@ -52,6 +59,9 @@ _LAZY = {
     "roi_medians": "brainattn.encoders.metrics",
     "score_table": "brainattn.encoders.metrics",
     "fit_run": "brainattn.encoders.run",
+    "prepare_run": "brainattn.encoders.run",
+    "fit_prepared": "brainattn.encoders.run",
+    "write_run": "brainattn.encoders.run",
     "evaluate_run": "brainattn.encoders.run",
     "predict_run": "brainattn.encoders.run",
 }

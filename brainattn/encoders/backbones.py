@@ -12,6 +12,12 @@ Two kinds:
   through a fixed random projection (seeded, ``dim`` outputs, ReLU), concatenated with the
   54 raw features. Output ``(n_images, 196, dim + 54)``. This makes local shape/texture classes
   (and the categories of the synthetic cortex's objects) linearly readable per token.
+  Its stages (``layer`` 0-4, :data:`GABOR_STAGES`), all on the same token grid, so that a layer
+  sweep can ask which stage predicts which ROI: 0 ``colour`` (rectified R-G / B-Y opponency and
+  luminance, 5), 1 ``energy`` (Gabor energies, 3 scales x 4 orientations, 12), 2 ``context``
+  (all 18 local features pooled over 3 x 3 and 5 x 5 token neighbourhoods, 36), 3 ``projection``
+  (the ReLU random projection, ``dim``), 4 ``output`` (projection + the 54 log features: the
+  default, ``layer=-1``).
 
 * :class:`TimmViTBackbone`: any timm ViT (incl. DINOv2 ``vit_small_patch14_dinov2``,
   ``vit_base_patch14_dinov2``) built WITHOUT download, weights loaded only from a local file the
@@ -23,6 +29,10 @@ Two kinds:
 
 Both return float32 tensors ``(batch, n_tokens, dim)`` from :meth:`__call__` on a float image
 batch ``(batch, 3, H, W)`` in [0, 1]; ``grid`` is ``(rows, cols)`` with tokens in row-major order.
+Both also give several layers from ONE forward pass: ``layer_outputs(images, layers)`` (list of
+tensors, the same numbers as ``with_layer(l)(images)``), which the feature cache uses for layer
+sweeps; ``n_layers`` counts the layers (stages or blocks), ``with_layer(l)`` is the same backbone
+(shared weights) reading another layer.
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ import numpy as np
 from brainattn.errors import ConfigError, DataError, ShapeError, UnsafeFileError
 
 DEFAULT_BACKBONE = "gabor"
+
+#: the embedded backbone's stages, in depth order (``layer`` index = position)
+GABOR_STAGES = ("colour", "energy", "context", "projection", "output")
 
 
 def _torch():
@@ -81,8 +94,12 @@ class GaborBackbone:
 
     name = "gabor"
     n_raw = 54
+    n_layers = len(GABOR_STAGES)
+    #: channels of the 54 log features (``_raw``) each stage reads; ``None``: computed
+    _STAGE_CHANNELS = (list(range(12, 17)), list(range(12)), list(range(18, 54)), None, None)
 
-    def __init__(self, image_size: int = 224, patch: int = 16, dim: int = 202, seed: int = 0):
+    def __init__(self, image_size: int = 224, patch: int = 16, dim: int = 202, seed: int = 0,
+                 layer: int = -1):
         torch = _torch()
         if image_size % (4 * patch) and image_size % patch:
             raise ConfigError(f"image_size {image_size} must be a multiple of patch {patch}")
@@ -90,8 +107,9 @@ class GaborBackbone:
         self.patch = int(patch)
         self.dim = int(dim)
         self.seed = int(seed)
+        self.layer = self.check_layer(layer)
         self.grid = (self.image_size // self.patch, self.image_size // self.patch)
-        self.n_features = self.dim + self.n_raw
+        self.n_features = self._width(self.layer)
         self._kernels = _gabor_bank()
         g = torch.Generator().manual_seed(self.seed)
         self._proj = torch.randn(self.n_raw, self.dim, generator=g) / math.sqrt(self.n_raw)
@@ -102,9 +120,34 @@ class GaborBackbone:
         self._shift = self._raw(torch.rand(4, 3, self.image_size, self.image_size,
                                            generator=g)).mean((0, 1))
 
+    def check_layer(self, layer) -> int:
+        """Stage index 0..4 (negative counts from the end), or a ConfigError naming them."""
+        n = self.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+            raise ConfigError(f"--layer {layer!r}: the gabor backbone has {n} stages "
+                              f"({', '.join(f'{i} {s}' for i, s in enumerate(GABOR_STAGES))}); "
+                              f"use 0..{n - 1} or -1")
+        return int(layer) % n
+
+    def _width(self, layer: int) -> int:
+        ch = self._STAGE_CHANNELS[layer]
+        return len(ch) if ch is not None else self.dim + (self.n_raw if layer == 4 else 0)
+
+    def with_layer(self, layer: int) -> GaborBackbone:
+        """The same filters and projection, reading stage ``layer``."""
+        import copy
+
+        other = copy.copy(self)
+        other.layer = self.check_layer(layer)
+        other.n_features = self._width(other.layer)
+        return other
+
     def key(self) -> dict:
-        return {"backbone": self.name, "image_size": self.image_size, "patch": self.patch,
-                "dim": self.dim, "seed": self.seed, "version": 1}
+        key = {"backbone": self.name, "image_size": self.image_size, "patch": self.patch,
+               "dim": self.dim, "seed": self.seed, "version": 1}
+        if self.layer != self.n_layers - 1:  # the default stage keeps the caches written before
+            key["layer"] = self.layer
+        return key
 
     def _to(self, device) -> None:
         """Keep the fixed filters and projection on the images' device (CPU or CUDA)."""
@@ -145,12 +188,24 @@ class GaborBackbone:
             z = z - self._shift
         return z
 
-    def __call__(self, images):
-        """images (B, 3, image_size, image_size) float in [0, 1] -> (B, L, dim + 54) float32."""
+    def layer_outputs(self, images, layers) -> list:
+        """Stages ``layers`` of one pass: list of (B, L, width) float32 tensors."""
         torch = _torch()
+        layers = [self.check_layer(x) for x in layers]
         with torch.no_grad():
             z = self._raw(images.float())
-            return torch.cat([torch.relu(z @ self._proj + self._bias), z], -1)
+            proj = torch.relu(z @ self._proj + self._bias) if max(layers) >= 3 else None
+            out = []
+            for x in layers:
+                ch = self._STAGE_CHANNELS[x]
+                out.append(z[..., ch].contiguous() if ch is not None else
+                           proj if x == 3 else torch.cat([proj, z], -1))
+            return out
+
+    def __call__(self, images):
+        """images (B, 3, image_size, image_size) float in [0, 1] -> (B, L, n_features) float32
+        (stage ``layer``; the default stage 4 has ``dim + 54`` features)."""
+        return self.layer_outputs(images, [self.layer])[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,9 +306,9 @@ class TimmViTBackbone:
         patch = model.patch_embed.patch_size[0]
         if image_size % patch:
             raise ConfigError(f"--image-size {image_size}: must be a multiple of the patch size {patch}")
-        n_blocks = len(model.blocks)
-        if not -n_blocks <= layer < n_blocks:
-            raise ConfigError(f"--layer {layer}: {arch} has {n_blocks} blocks (use 0..{n_blocks - 1} or -1)")
+        self.arch = arch
+        self.n_layers = len(model.blocks)
+        layer = self.check_layer(layer)
         self.weights_digest = "random"
         if weights is not None:
             wpath = Path(weights)
@@ -263,9 +318,8 @@ class TimmViTBackbone:
         model.eval().requires_grad_(False)
         self.model = model.to(device)
         self.device = device
-        self.arch = arch
         self.name = arch
-        self.layer = layer % n_blocks
+        self.layer = layer
         self.stream = stream
         self.image_size = int(image_size)
         self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
@@ -278,24 +332,47 @@ class TimmViTBackbone:
         return {"backbone": self.arch, "weights": self.weights_digest, "layer": self.layer,
                 "stream": self.stream, "image_size": self.image_size}
 
-    def __call__(self, images):
+    def check_layer(self, layer) -> int:
+        """Block index (negative counts from the end), or a ConfigError naming the range."""
+        n = self.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+            raise ConfigError(f"--layer {layer!r}: {self.arch} has {n} blocks (use 0..{n - 1} or -1)")
+        return int(layer) % n
+
+    def with_layer(self, layer: int) -> TimmViTBackbone:
+        """The same model (shared, not copied), reading block ``layer``."""
+        import copy
+
+        other = copy.copy(self)
+        other.layer = self.check_layer(layer)
+        return other
+
+    def layer_outputs(self, images, layers) -> list:
+        """Tokens of blocks ``layers`` from one pass through the blocks up to the deepest one:
+        list of (B, L, dim) float32, each equal to ``with_layer(l)(images)``."""
         torch = _torch()
         m = self.model
+        layers = [self.check_layer(x) for x in layers]
+        want = set(layers)
+        got = {}
         with torch.no_grad():
             x = (images.float().to(self.device) - self.mean.to(self.device)) / self.std.to(self.device)
             x = m.patch_embed(x)
             x = m._pos_embed(x)
             x = m.patch_drop(x)
             x = m.norm_pre(x)
-            for blk in m.blocks[: self.layer]:
-                x = blk(x)
-            blk = m.blocks[self.layer]
-            if self.stream == "block":
-                x = blk(x)
-            else:
-                qkv = blk.attn.qkv(blk.norm1(x))
-                x = qkv[..., : qkv.shape[-1] // 3]
-            return x[:, m.num_prefix_tokens :].float()
+            for i, blk in enumerate(m.blocks[: max(layers) + 1]):
+                if self.stream == "q" and i in want:
+                    qkv = blk.attn.qkv(blk.norm1(x))
+                    got[i] = qkv[..., : qkv.shape[-1] // 3]
+                if self.stream == "block" or i < max(layers):
+                    x = blk(x)
+                if self.stream == "block" and i in want:
+                    got[i] = x
+            return [got[i][:, m.num_prefix_tokens :].float() for i in layers]
+
+    def __call__(self, images):
+        return self.layer_outputs(images, [self.layer])[0]
 
 
 def load_vit_weights(model, sd: dict, *, source: str) -> None:
@@ -337,7 +414,7 @@ def make_backbone(name: str = DEFAULT_BACKBONE, *, weights=None, layer: int = -1
     if name in ("gabor", "default"):
         if weights is not None:
             raise ConfigError("--weights: the embedded 'gabor' backbone takes no weights file")
-        return GaborBackbone(image_size=image_size or 224)
+        return GaborBackbone(image_size=image_size or 224, layer=layer)
     return TimmViTBackbone(name, weights, layer=layer, stream=stream, image_size=image_size or 224,
                            allow_random=allow_random, device=device)
 

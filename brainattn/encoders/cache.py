@@ -5,6 +5,10 @@ Layout: ``<cache_dir>/<dataset-tag>__<backbone>__<hash>/`` holding ``features.np
 token ``grid``, ``image_ids``). The folder is built in a temporary sibling and renamed, so an
 interrupted extraction leaves nothing behind and the next call starts again.
 
+A layer sweep (:func:`get_layer_features`) runs the backbone ONCE over the images and writes one
+such folder per layer, each under the key a single-layer extraction of that layer would use, so
+later fits of any one of those layers find their features in the cache.
+
 The default cache folder is ``$BRAINATTN_CACHE`` or ``~/.cache/brainattn/features``.
 """
 
@@ -93,31 +97,66 @@ def get_features(backbone, image_paths, *, image_ids=None, dataset_tag: str = ""
     The cache key is the data set identity (tag, image names and sizes) + ``backbone.key()``
     (name, weights digest, layer, stream, image size).
     """
-    from brainattn.encoders.backbones import load_images
+    return get_layer_features(backbone, [backbone.layer], image_paths, image_ids=image_ids,
+                              dataset_tag=dataset_tag, cache_dir=cache_dir,
+                              batch_size=batch_size, device=device)[backbone.layer]
 
-    image_paths = [str(p) for p in image_paths]
-    image_ids = [Path(p).stem for p in image_paths] if image_ids is None else list(image_ids)
-    key = {**dataset_key(image_paths, dataset_tag), **backbone.key()}
-    folder = cache_folder(cache_dir or default_cache_dir(), key)
+
+def _cached(folder: Path, key: dict) -> FeatureCache | None:
     if (folder / "meta.json").is_file():
         cache = FeatureCache(folder)
         if cache.key == json.loads(json.dumps(key)):
             return cache
+    return None
+
+
+def get_layer_features(backbone, layers, image_paths, *, image_ids=None, dataset_tag: str = "",
+                       cache_dir=None, batch_size: int = 32, device: str = "cpu"
+                       ) -> dict[int, FeatureCache]:
+    """Features of several layers of ``backbone``, ``{layer: FeatureCache}`` (layers resolved to
+    non-negative indices), the missing ones extracted together in one pass over the images
+    (:meth:`layer_outputs`); each layer's folder is the one :func:`get_features` of
+    ``backbone.with_layer(layer)`` reads and writes."""
+    from contextlib import ExitStack
+
+    from brainattn.encoders.backbones import load_images
+
+    image_paths = [str(p) for p in image_paths]
+    image_ids = [Path(p).stem for p in image_paths] if image_ids is None else list(image_ids)
+    layers = list(dict.fromkeys(backbone.check_layer(x) for x in layers))
+    if not layers:
+        raise DataError("no layers to extract features from")
+    root = cache_dir or default_cache_dir()
+    data_key = dataset_key(image_paths, dataset_tag)
+    keys = {x: {**data_key, **backbone.with_layer(x).key()} for x in layers}
+    out = {x: _cached(cache_folder(root, keys[x]), keys[x]) for x in layers}
+    missing = [x for x in layers if out[x] is None]
+    if not missing:
+        return out
     n = len(image_paths)
     if n == 0:
         raise DataError("no images to extract features from")
-    with atomic_dir(folder, overwrite=True) as tmp:
-        mm = None
-        for s in progress(range(0, n, batch_size), desc=f"features {backbone.name}",
+    with ExitStack() as stack:  # every layer's folder appears only when all are complete
+        tmps = {x: stack.enter_context(atomic_dir(cache_folder(root, keys[x]), overwrite=True))
+                for x in missing}
+        mms: dict = {}
+        desc = f"features {backbone.name}" + (f" layers {missing}" if len(missing) > 1 else "")
+        for s in progress(range(0, n, batch_size), desc=desc,
                           total=(n + batch_size - 1) // batch_size):
-            imgs = load_images(image_paths[s : s + batch_size], backbone.image_size)
-            f = backbone(imgs.to(device)).cpu().numpy()
-            if mm is None:
-                mm = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
-                                               shape=(n, *f.shape[1:]))
-            mm[s : s + len(f)] = f.astype(np.float16)
-        mm.flush()
-        del mm
-        atomic_write_json(tmp / "meta.json", {"key": key, "grid": list(backbone.grid),
-                                              "image_ids": image_ids})
-    return FeatureCache(folder)
+            imgs = load_images(image_paths[s : s + batch_size], backbone.image_size).to(device)
+            feats = (backbone.layer_outputs(imgs, missing) if len(missing) > 1
+                     else [backbone.with_layer(missing[0])(imgs)])
+            for x, f in zip(missing, feats, strict=True):
+                f = f.cpu().numpy()
+                if x not in mms:
+                    mms[x] = np.lib.format.open_memmap(tmps[x] / "features.npy", mode="w+",
+                                                       dtype=np.float16, shape=(n, *f.shape[1:]))
+                mms[x][s : s + len(f)] = f.astype(np.float16)
+        for x in missing:
+            mms[x].flush()
+            atomic_write_json(tmps[x] / "meta.json", {"key": keys[x], "grid": list(backbone.grid),
+                                                      "image_ids": image_ids})
+        mms.clear()
+    for x in missing:
+        out[x] = FeatureCache(cache_folder(root, keys[x]))
+    return out

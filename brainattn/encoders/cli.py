@@ -29,13 +29,19 @@ def register(app: typer.Typer) -> None:
         roi_families: str = typer.Option(None, "--roi-families",
                                          help="Comma-separated ROI families for the queries, in "
                                               "priority order (default: all but streams)."),
-        prf_bias: bool = typer.Option(False, "--prf-bias", help="Learn a Gaussian pRF prior."),
+        preset: str = typer.Option(None, "--preset",
+                                   help="cpu: the small transformer for machines without CUDA "
+                                        "(width 128, 8 heads, ffn 256, pRF bias, batch 32, lr "
+                                        "2e-3; brainattn.encoders.transformer.CPU_PRESET). "
+                                        "Options given explicitly win."),
+        prf_bias: bool = typer.Option(None, "--prf-bias/--no-prf-bias",
+                                      help="Learn a Gaussian pRF prior (default off)."),
         epochs: int = typer.Option(None, "--epochs"),
         batch_size: int = typer.Option(None, "--batch-size"),
         lr: float = typer.Option(None, "--lr"),
-        width: int = typer.Option(768, "--width"),
-        heads: int = typer.Option(16, "--heads"),
-        ffn: int = typer.Option(1024, "--ffn"),
+        width: int = typer.Option(None, "--width", help="Decoder width (default 768)."),
+        heads: int = typer.Option(None, "--heads", help="Attention heads (default 16)."),
+        ffn: int = typer.Option(None, "--ffn", help="Feed-forward width (default 1024)."),
         layers: int = typer.Option(1, "--layers"),
         dropout: float = typer.Option(0.1, "--dropout"),
         patience: int = typer.Option(5, "--patience", help="Early-stopping patience (epochs)."),
@@ -55,10 +61,12 @@ def register(app: typer.Typer) -> None:
 
         Under ``torchrun --nproc_per_node=N -m brainattn fit ...`` the fit is data-parallel
         (DDP); several subjects/backbones/layers run one fit per GPU (see
-        brainattn.encoders.distributed)."""
+        brainattn.encoders.multifit). Without CUDA a transformer fit of the published size
+        says how long it will take before it starts; --preset cpu is the small model."""
         import itertools
 
         from brainattn.encoders import distributed as D
+        from brainattn.encoders.multifit import fit_many
         from brainattn.encoders.run import fit_run
         from brainattn.errors import ConfigError
 
@@ -76,12 +84,12 @@ def register(app: typer.Typer) -> None:
         common = dict(overwrite=overwrite, resume=resume, cache_dir=cache, model=model,
                       weights=weights, stream=stream,
                       image_size=image_size, queries=queries, roi_families=roi_families,
-                      prf_bias=prf_bias, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
+                      preset=preset, prf_bias=prf_bias, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
                       heads=heads, ffn=ffn, layers=layers, dropout=dropout, patience=patience,
                       pool=pool, n_components=n_components, val_fraction=val_fraction,
                       test_fraction=test_fraction, seed=seed, device=device)
         if len(fits) > 1:
-            for path in D.fit_many(data, out, fits, log=typer.echo, **common):
+            for path in fit_many(data, out, fits, log=typer.echo, **common):
                 typer.echo(f"wrote {path}")
             return
         dist = D.init_distributed(device)

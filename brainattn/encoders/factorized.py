@@ -20,8 +20,6 @@ Two ways to fit (``method``):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -63,20 +61,18 @@ class FactorizedModule(EncoderModule):
 class SpatialFeatureEncoder(TorchEncoder):
     """Factorized (where x what) encoder, scikit-learn style.
 
-    Parameters: ``smoothness`` (weight of the map smoothness penalty), ``map_lr`` (learning
-    rate multiplier of the map logits), and the training parameters of
-    :class:`~brainattn.encoders.transformer.TransformerBrainEncoder`.
+    Parameters: ``method`` (``fwrf``: closed form over candidate Gaussian maps; ``sgd``:
+    free-form maps trained by gradient descent), ``n_centers``, ``sizes``, ``alphas``,
+    ``n_components`` (fwRF's candidate grid, ridge penalties and feature PCA size),
+    ``smoothness`` (weight of the map smoothness penalty, ``sgd``), ``map_lr`` (learning rate
+    multiplier of the map logits, ``sgd``), ``grid`` (token grid, default square), and the
+    training parameters of :class:`~brainattn.encoders.transformer.TransformerBrainEncoder`.
     Learned: ``module_`` (``maps()`` gives (n_vertices, rows, cols)), ``history_``.
     """
 
-    _param_names = ("method", "n_centers", "sizes", "alphas", "n_components", "smoothness", "map_lr", "epochs", "batch_size", "lr", "weight_decay",
-                    "grad_clip", "schedule", "warmup", "patience", "val_fraction", "seed",
-                    "device", "amp")
-
     def __init__(self, method: str = "fwrf", n_centers: int = 8, sizes=(0.1, 0.2, 0.4),
                  alphas=(1.0, 10.0, 100.0, 1e3, 1e4), n_components: int = 64,
-                 smoothness: float = 0.1,
-                 map_lr: float = 20.0, epochs: int = 30,
+                 smoothness: float = 0.1, map_lr: float = 20.0, grid=None, epochs: int = 30,
                  batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 1e-3,
                  grad_clip: float | None = None, schedule: str = "cosine", warmup: int = 0,
                  patience: int | None = 5, val_fraction: float = 0.1, seed: int = 0,
@@ -88,6 +84,7 @@ class SpatialFeatureEncoder(TorchEncoder):
         self.n_components = n_components
         self.smoothness = smoothness
         self.map_lr = map_lr
+        self.grid = grid
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -101,13 +98,15 @@ class SpatialFeatureEncoder(TorchEncoder):
         self.device = device
         self.amp = amp
 
-    def _build(self, n_tokens, n_features, n_vertices, *, grid=None, **_):
-        if grid is None:
-            side = int(round(math.sqrt(n_tokens)))
-            if side * side != n_tokens:
-                raise ShapeError(f"{n_tokens} tokens are not a square grid; pass grid=(rows, cols)")
-            grid = (side, side)
-        return FactorizedModule(n_tokens, n_features, n_vertices, grid=grid, seed=self.seed)
+    @staticmethod
+    def _module_class():
+        return FactorizedModule
+
+    def _build(self, n_tokens, n_features, n_vertices):
+        from brainattn.encoders.transformer import token_grid
+
+        return FactorizedModule(n_tokens, n_features, n_vertices,
+                                grid=token_grid(n_tokens, self.grid), seed=self.seed)
 
     def _optimizer(self, module):
         return torch.optim.AdamW(
@@ -121,28 +120,32 @@ class SpatialFeatureEncoder(TorchEncoder):
             return None
         return lambda m: lam * m.smoothness_penalty()
 
-    def fit(self, X, Y, *, grid=None, train_idx=None, val_idx=None, log=None, **kw):
+    def fit(self, X, Y, *, ckpt_dir=None, resume: bool = False, log=None,
+            stop_after: int | None = None):
+        """Fit (``sgd``: the shared training loop, see :meth:`TorchEncoder.fit
+        <brainattn.encoders._base.TorchEncoder.fit>`; ``fwrf``: closed form on the same seeded
+        train/validation split, no checkpoints)."""
         if self.method == "sgd":
-            return super().fit(X, Y, grid=grid, train_idx=train_idx, val_idx=val_idx, log=log,
-                               **kw)
+            return super().fit(X, Y, ckpt_dir=ckpt_dir, resume=resume, log=log,
+                               stop_after=stop_after)
         if self.method != "fwrf":
             raise ConfigError(f"method {self.method!r}: expected 'fwrf' or 'sgd'")
-        from brainattn.encoders._base import check_targets, feature_stats, split_indices
+        import time
+
+        from brainattn.encoders._base import feature_stats, split_images, stage_targets
         from brainattn.encoders.backbones import check_tokens
 
+        t0 = time.perf_counter()
         check_tokens(X)
-        Y = check_targets(Y, X.shape[0])
-        if train_idx is None or val_idx is None:
-            train_idx, val_idx = split_indices(X.shape[0], self.val_fraction, self.seed)
-        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-        module = self._build(X.shape[1], X.shape[2], Y.shape[1], grid=grid)
-        fmean, fstd = feature_stats(X, train_idx)
-        ytr = Y[train_idx]
-        module.set_normalisation(fmean, fstd, ytr.mean(0), ytr.std(0))
         dev = self._device()
-        fit_fwrf(module, X, ((Y - ytr.mean(0)) / ytr.std(0)).astype(np.float32), train_idx,
-                 val_idx, centers=self.n_centers, sizes=self.sizes, alphas=self.alphas,
-                 n_components=self.n_components, device=dev, log=log)
+        train_idx, val_idx = split_images(X.shape[0], self.val_fraction, self.seed)
+        Yz, ymean, ystd = stage_targets(Y, X.shape[0], train_idx, dev)
+        module = self._build(X.shape[1], X.shape[2], Yz.shape[1])
+        fmean, fstd = feature_stats(X, train_idx, device=dev)
+        module.set_normalisation(fmean, fstd, ymean, ystd)
+        self.setup_seconds_ = time.perf_counter() - t0
+        fit_fwrf(module, X, Yz, train_idx, val_idx, centers=self.n_centers, sizes=self.sizes,
+                 alphas=self.alphas, n_components=self.n_components, device=dev, log=log)
         self.module_ = module.to(dev).eval()
         self.history_ = []
         self.best_epoch_ = -1
@@ -195,7 +198,7 @@ def fit_fwrf(module: FactorizedModule, X, Yz, train_idx, val_idx, *, centers: in
     C = X.shape[2]
 
     def tokens(rows):
-        x = torch.as_tensor(np.asarray(X[np.sort(rows)], dtype=np.float32), device=dev)
+        x = torch.from_numpy(np.asarray(X[np.sort(rows)])).to(dev).float()
         return (x - fmean) / fstd
 
     # channel PCA from (up to) 256 training images' tokens
@@ -210,7 +213,7 @@ def fit_fwrf(module: FactorizedModule, X, Yz, train_idx, val_idx, *, centers: in
     for s in range(0, len(idx), chunk):
         rows = order[s : s + chunk]
         R[torch.as_tensor(rows, device=dev)] = tokens(idx[rows]) @ Pc
-    Y = torch.as_tensor(Yz[idx], device=dev)
+    Y = torch.as_tensor(Yz, device=dev)[torch.as_tensor(idx, device=dev)]
     Ytr, Yva = Y[:n_tr], Y[n_tr:]
     V = Y.shape[1]
     alphas = torch.as_tensor(list(alphas), dtype=torch.float32, device=dev)

@@ -1,7 +1,7 @@
 """Per-vertex accuracy of an encoding model on held-out images.
 
-Plain functions on arrays. Pearson r is computed column-wise in one vectorised pass (on the GPU
-when one is present, float64 on the CPU); the noise-ceiling-normalised accuracy is the
+Plain functions on arrays. Pearson r is computed column-wise in one vectorised float64 pass (on
+the GPU when one is present, or where torch inputs already are); the noise-ceiling-normalised accuracy is the
 Algonauts-2023 score: ``r < 0 -> 0``, then ``100 * r**2 / NC`` with NC as a fraction of
 variance (NSD ships it in percent, so ``100 * r**2 / (NC% / 100)``), capped at 100.
 
@@ -26,8 +26,11 @@ STATUS_NONFINITE = "nonfinite"
 METRICS = ("pearson_r", "r2", "noise_normalized")
 
 
-def _as_2d(name: str, a) -> np.ndarray | object:
+def _as_2d(name: str, a):
     if hasattr(a, "detach"):
+        if a.ndim != 2:
+            raise ShapeError(f"{name}: expected a 2-D array (n_images, n_vertices), got shape "
+                             f"{tuple(a.shape)}")
         return a
     a = np.asarray(a)
     if a.ndim != 2:
@@ -35,22 +38,43 @@ def _as_2d(name: str, a) -> np.ndarray | object:
     return a
 
 
-def pearson_per_column(pred, true, *, device: str = "auto", batch: int = 65536) -> np.ndarray:
-    """Pearson r between matching columns of ``pred`` and ``true``.
+def _pearson_torch(p, t):
+    """Column-wise r of two float tensors (n, v) in float64 on their device; NaN where a column
+    is constant or holds NaN/Inf."""
+    import torch
+
+    p, t = p.double(), t.double()
+    finite = torch.isfinite(p).all(0) & torch.isfinite(t).all(0)
+    # exactly constant columns: centring in float64 leaves rounding noise that would give an
+    # arbitrary r, so they are found by max == min
+    const = (p.amax(0) == p.amin(0)) | (t.amax(0) == t.amin(0))
+    p = p - p.mean(0)
+    t = t - t.mean(0)
+    r = (p * t).sum(0) / torch.sqrt((p * p).sum(0) * (t * t).sum(0))
+    r = torch.where(finite & ~const, r, torch.full_like(r, float("nan")))
+    return r.clamp(-1.0, 1.0)
+
+
+def pearson_per_column(pred, true, *, device: str = "auto", batch: int = 65536):
+    """Pearson r between matching columns of ``pred`` and ``true``: the one implementation of
+    r in brainattn (training's validation score, ``scores.nc``, estimators' ``score``).
 
     Parameters
     ----------
-    pred, true : array (n_images, n_vertices)
+    pred, true : array (n_images, n_vertices), NumPy or torch
         Predicted and measured responses (any units; r is scale-free).
-    device : "auto" puts the computation on CUDA when present (float32 there, two-pass
-        centring), else NumPy float64.
+    device : for NumPy input, where to compute: "auto" puts it on CUDA when present, else the
+        CPU; torch tensors are scored on their own device (``pred``'s), with no host copy.
     batch : vertices per chunk (memory knob).
 
     Returns
     -------
-    r : float64 array (n_vertices,), NaN where a column is constant or holds NaN/Inf
-        (see :func:`vertex_status`).
+    r : float64, (n_vertices,): a NumPy array for NumPy input, a tensor on the input's device
+        for torch input. NaN where a column is constant or holds NaN/Inf (see
+        :func:`vertex_status`); computed in float64 with two-pass centring.
     """
+    import torch
+
     pred = _as_2d("pred", pred)
     true = _as_2d("true", true)
     if tuple(pred.shape) != tuple(true.shape):
@@ -61,40 +85,22 @@ def pearson_per_column(pred, true, *, device: str = "auto", batch: int = 65536) 
     n, v = pred.shape
     if n < 2:
         raise ShapeError(f"pearson r needs at least 2 images, got {n}")
-    use_torch = False
-    if device != "cpu":
-        try:
-            import torch
+    if torch.is_tensor(pred) or torch.is_tensor(true):
+        dev = pred.device if torch.is_tensor(pred) else true.device
+        p_all = torch.as_tensor(pred, device=dev)
+        t_all = torch.as_tensor(true, device=dev)
+        return torch.cat([_pearson_torch(p_all[:, s : s + batch], t_all[:, s : s + batch])
+                          for s in range(0, v, batch)]) if v else torch.zeros(0, dtype=torch.float64)
+    from brainattn.utils import resolve_device
 
-            from brainattn.utils import resolve_device
-
-            dev = resolve_device(device)
-            use_torch = dev.type == "cuda"
-        except ImportError:  # pragma: no cover
-            use_torch = False
+    dev = resolve_device(device)
     out = np.empty(v, dtype=np.float64)
     for s in range(0, v, batch):
         e = min(v, s + batch)
-        if use_torch:
-            p = torch.as_tensor(np.asarray(pred[:, s:e]), device=dev, dtype=torch.float32)
-            t = torch.as_tensor(np.asarray(true[:, s:e]), device=dev, dtype=torch.float32)
-            p = p - p.mean(0)
-            t = t - t.mean(0)
-            num = (p * t).sum(0)
-            den = torch.sqrt((p * p).sum(0) * (t * t).sum(0))
-            r = (num / den).double().cpu().numpy()
-        else:
-            p = np.asarray(pred[:, s:e], dtype=np.float64)
-            t = np.asarray(true[:, s:e], dtype=np.float64)
-            p = p - p.mean(0)
-            t = t - t.mean(0)
-            num = (p * t).sum(0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                r = num / np.sqrt((p * p).sum(0) * (t * t).sum(0))
-        out[s:e] = r
-    status = vertex_status(pred, true)
-    out[status != STATUS_OK] = np.nan
-    return np.clip(out, -1.0, 1.0)
+        p = torch.as_tensor(np.asarray(pred[:, s:e]), device=dev)
+        t = torch.as_tensor(np.asarray(true[:, s:e]), device=dev)
+        out[s:e] = _pearson_torch(p, t).cpu().numpy()
+    return out
 
 
 def _column_flags(a) -> tuple[np.ndarray, np.ndarray]:
@@ -194,15 +200,13 @@ def score_table(
     if nc is not None:
         data["noise_ceiling"] = (("vertex",), nc, {"units": "%"})
     ds = xr.Dataset(data, coords=coords)
-    fams = roi_families
-    if fams is None:
-        fams = [k[4:] for k in coords if k.startswith("roi_")]
+    from brainattn.data.rois import roi_families as families_of
+    from brainattn.data.rois import roi_labels
+
+    have = families_of(ds)
+    fams = have if roi_families is None else [f for f in roi_families if f in have]
     rows, fam_of, name_of, count = [], [], [], []
-    for fam in fams:
-        key = f"roi_{fam}"
-        if key not in coords:
-            continue
-        labels = np.asarray(coords[key][1])
+    for fam, labels in roi_labels(ds, fams).items():
         meds = {m: roi_medians(table[:, i], labels) for i, m in enumerate(METRICS)}
         for roi in meds[METRICS[0]]:
             rows.append([meds[m][roi][0] for m in METRICS])

@@ -1,15 +1,27 @@
-"""Ridge baseline: himalaya ``RidgeCV`` with one alpha per vertex chosen by cross-validation.
+"""Ridge baseline: one alpha per vertex chosen by K-fold cross-validation, as himalaya's
+``RidgeCV(solver="svd", local_alpha=True)``.
 
 Features are reduced per image before the regression, as the user picks:
 
-* ``pool="mean"``: the mean over tokens, (n_images, n_features);
+* ``pool="mean"``: the mean over tokens, (n_images, n_features), computed where the fit runs
+  (the GPU when there is one), chunk by chunk from the array or memory map;
 * ``pool="pca"``: the whole flattened token grid, (n_images, n_tokens * n_features), projected
   on its first ``n_components`` principal components (fitted on the training images).
 
-The reduced features are z-scored with training statistics; himalaya fits with an intercept.
-Backend: ``torch_cuda`` when the device is CUDA, else ``torch`` (CPU), both float32. Learned state is kept
-as plain arrays (``coef_`` (n_reduced, n_vertices), ``intercept_``, ``alphas_``), so a saved
-model predicts without himalaya.
+The reduced features are z-scored with training statistics; the fit has an intercept. Learned
+state is kept as plain arrays (``coef_`` (n_reduced, n_vertices), ``intercept_``, ``alphas_``),
+so a saved model predicts without himalaya.
+
+The solver (:func:`solve_ridge_cv`) is a plain function on torch tensors (CPU or GPU). It is
+himalaya's ``solve_ridge_cv_svd`` (``RidgeCV(solver="svd", fit_intercept=True)``) in what it
+computes -- the same folds (scikit-learn's ``KFold(cv)``), the same score (``l2_neg_loss``, the
+negative MSE, averaged over folds), the same rule (first best mean score per target); the tests
+check alphas and predictions against himalaya's -- but not in how: it forms the validation
+predictions in feature space, one ``U^T Y`` (rank x targets) per fold and one (n_val x rank) x
+(rank x targets) product per alpha, where himalaya's solver multiplies an (n_val x n_train)
+matrix per alpha into Y, n_train / rank times the work (9x at Algonauts size: 8,857 images,
+768 features); and its refit with a per-target alpha would materialise (features x images x
+targets). Here the refit applies each target's alpha to one SVD of all rows.
 """
 
 from __future__ import annotations
@@ -18,40 +30,115 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
 
-from brainattn.encoders._base import check_targets
 from brainattn.encoders.backbones import check_tokens
 from brainattn.errors import ConfigError, DataError, ShapeError
 from brainattn.utils import resolve_device
 
+#: the default candidate alphas (z-scored features; per-vertex choice)
+DEFAULT_ALPHAS = tuple(np.logspace(-1, 6, 15).tolist())
 
-def reduce_features(X, pool: str, *, chunk: int = 256) -> np.ndarray:
-    """(n_images, n_tokens, n_features) -> pooled (n, C) or flattened (n, L*C), float32."""
+
+def pool_tokens(X, pool: str, *, device="cpu", chunk: int = 128) -> torch.Tensor:
+    """(n_images, n_tokens, n_features) -> float32 tensor on ``device``: the mean over tokens
+    (n, C) for ``pool="mean"`` (rows read in chunks, summed on ``device``), or the flattened
+    grid (n, L*C) for ``pool="pca"``."""
     check_tokens(X)
-    if pool == "mean":
-        out = np.empty((X.shape[0], X.shape[2]), np.float32)
-        for s in range(0, X.shape[0], chunk):
-            out[s : s + chunk] = np.asarray(X[s : s + chunk], np.float32).mean(1)
-        return out
-    if pool == "pca":
-        return np.asarray(X, np.float32).reshape(X.shape[0], -1)
-    raise ConfigError(f"pool {pool!r}: expected 'mean' or 'pca'")
+    dev = torch.device(device)
+    if pool not in ("mean", "pca"):
+        raise ConfigError(f"pool {pool!r}: expected 'mean' or 'pca'")
+    width = X.shape[2] if pool == "mean" else X.shape[1] * X.shape[2]
+    out = torch.empty((X.shape[0], width), dtype=torch.float32, device=dev)
+    for s in range(0, X.shape[0], chunk):
+        x = X[s : s + chunk]
+        x = (x.to(dev) if torch.is_tensor(x) else torch.from_numpy(np.asarray(x)).to(dev)).float()
+        out[s : s + len(x)] = x.mean(1) if pool == "mean" else x.reshape(len(x), -1)
+    return out
 
 
-class RidgeEncoder:
+def solve_ridge_cv(X, Y, alphas, *, cv: int = 5, n_targets_batch: int | None = None):
+    """Ridge with an intercept and one alpha per target picked by ``cv``-fold CV.
+
+    Parameters
+    ----------
+    X : (n, p) float tensor; Y : (n, t) float tensor, on the same device.
+    alphas : candidate penalties (n_alphas,).
+    cv : folds (scikit-learn's ``KFold(cv)``, unshuffled, as himalaya's ``RidgeCV(cv=5)``).
+    n_targets_batch : targets per batch (memory knob; default all).
+
+    Returns
+    -------
+    coef (p, t), intercept (t,), best_alphas (t,), cv_scores (t,) (mean over folds of the
+    negative mean squared error at the chosen alpha) -- tensors on X's device.
+    """
+    from sklearn.model_selection import KFold
+
+    n, t = Y.shape
+    if X.shape[0] != n:
+        raise ShapeError(f"ridge: X has {X.shape[0]} rows and Y {n}; they must match")
+    if n < max(2, cv):
+        raise ShapeError(f"ridge cross-validation needs at least {max(2, cv)} training images")
+    dev = X.device
+    a = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=X.dtype, device=dev)
+    if a.ndim != 1 or not len(a) or bool((a <= 0).any()):
+        raise ConfigError(f"alphas: expected positive numbers, got {np.asarray(alphas).tolist()}")
+    batch = int(n_targets_batch or t)
+    scores = torch.zeros((len(a), t), dtype=torch.float64, device=dev)
+
+    def svd_centred(rows):
+        x = X[rows]
+        mu = x.mean(0)
+        U, s, Vt = torch.linalg.svd(x - mu, full_matrices=False)
+        return mu, U, s, Vt
+
+    folds = list(KFold(int(cv)).split(np.arange(n)))
+    for train, test in folds:
+        tr = torch.as_tensor(train, device=dev)
+        te = torch.as_tensor(test, device=dev)
+        mu, U, s, Vt = svd_centred(tr)
+        A = (X[te] - mu) @ Vt.T  # validation features in the SVD basis (n_val, rank)
+        d = s[None] / (s[None] ** 2 + a[:, None])  # (n_alphas, rank)
+        for b in range(0, t, batch):
+            ytr = Y[tr, b : b + batch]
+            ym = ytr.mean(0)
+            UtY = U.T @ (ytr - ym)  # (rank, batch)
+            yte = Y[te, b : b + batch] - ym
+            for k in range(len(a)):
+                err = yte - (A * d[k]) @ UtY  # himalaya's l2_neg_loss: -mean squared error
+                scores[k, b : b + batch] -= err.square().mean(0).double()
+    scores /= len(folds)
+    best = scores.argmax(0)  # first maximum: the smallest alpha among ties, as himalaya
+    mu_x, U, s, Vt = svd_centred(slice(None))
+    mu_y = Y.mean(0)
+    coef = torch.empty((X.shape[1], t), dtype=X.dtype, device=dev)
+    d = s[None] / (s[None] ** 2 + a[:, None])
+    for b in range(0, t, batch):
+        UtY = U.T @ (Y[:, b : b + batch] - mu_y[b : b + batch])
+        coef[:, b : b + batch] = Vt.T @ (d[best[b : b + batch]].T * UtY)
+    intercept = mu_y - mu_x @ coef
+    return coef, intercept, a[best], scores.gather(0, best[None])[0]
+
+
+class RidgeEncoder(RegressorMixin, BaseEstimator):
     """Ridge regression from (pooled or PCA-reduced) tokens to every vertex.
 
     Parameters
     ----------
     pool : ``mean`` | ``pca``.
     n_components : PCA size for ``pool="pca"``.
-    alphas : candidate alphas (per-vertex choice by ``cv``-fold cross-validation).
+    alphas : candidate alphas (per-vertex choice by ``cv``-fold cross-validation); default
+        :data:`DEFAULT_ALPHAS`, 15 values from 0.1 to 1e6.
     cv : folds.
     n_targets_batch : vertices per solver batch (memory knob, himalaya's).
-    device : ``auto`` uses himalaya's torch_cuda backend on a GPU.
-    """
+    seed : randomised PCA's seed.
+    device : ``auto`` fits on the GPU when there is one.
 
-    _param_names = ("pool", "n_components", "alphas", "cv", "n_targets_batch", "seed", "device")
+    Learned: ``coef_`` (n_reduced, n_vertices), ``intercept_``, ``alphas_`` (per vertex),
+    ``cv_scores_``, ``x_mean_``/``x_std_`` (z-scoring), ``pca_mean_``/``pca_components_``
+    (``pca``), ``n_features_in_``, ``n_tokens_in_``. ``score`` is the mean Pearson r.
+    """
 
     def __init__(self, pool: str = "mean", n_components: int = 256, alphas=None, cv: int = 5,
                  n_targets_batch: int | None = None, seed: int = 0, device: str = "auto"):
@@ -63,71 +150,57 @@ class RidgeEncoder:
         self.seed = seed
         self.device = device
 
-    def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in self._param_names}
-
-    def set_params(self, **params):
-        for k, v in params.items():
-            if k not in self._param_names:
-                raise ConfigError(f"RidgeEncoder: unknown parameter {k!r}")
-            setattr(self, k, v)
-        return self
-
     def _alphas(self) -> np.ndarray:
-        return np.asarray(self.alphas if self.alphas is not None else np.logspace(-1, 6, 15),
+        return np.asarray(self.alphas if self.alphas is not None else DEFAULT_ALPHAS,
                           dtype=np.float64)
 
-    def _reduce(self, X) -> np.ndarray:
-        Z = reduce_features(X, self.pool)
+    def _reduce(self, X, device) -> torch.Tensor:
+        Z = pool_tokens(X, self.pool, device=device)
         if self.pool == "pca":
-            Z = (Z - self.pca_mean_) @ self.pca_components_.T
-        return (Z - self.x_mean_) / self.x_std_
+            Z = (Z - torch.as_tensor(self.pca_mean_, device=Z.device)) \
+                @ torch.as_tensor(self.pca_components_, device=Z.device).T
+        return (Z - torch.as_tensor(self.x_mean_, device=Z.device)) \
+            / torch.as_tensor(self.x_std_, device=Z.device)
 
-    def fit(self, X, Y, *, train_idx=None, **_):
-        """Fit on rows ``train_idx`` (default all) of tokens ``X`` and betas ``Y``."""
-        from himalaya.backend import get_backend, set_backend
-        from himalaya.ridge import RidgeCV
+    def fit(self, X, Y):
+        """Fit on tokens ``X`` (n_images, n_tokens, n_features) and betas ``Y``
+        (n_images, n_vertices), all rows (cross-validation inside picks the alphas)."""
+        from brainattn.encoders._base import stage_targets
 
         check_tokens(X)
-        Y = check_targets(Y, X.shape[0])
-        idx = np.sort(np.arange(X.shape[0]) if train_idx is None else np.asarray(train_idx))
-        Z = reduce_features(X[idx], self.pool)
-        Ytr = np.asarray(Y[idx], np.float32)  # the torch backends work in float32
+        dev = resolve_device(self.device)
+        n = X.shape[0]
+        # checked on the device and z-scored (per-target scaling changes no alpha choice: each
+        # target's CV error scales by its variance); undone on the coefficients below
+        Yz, ymean, ystd = stage_targets(Y, n, np.arange(n), dev)
+        Z = pool_tokens(X, self.pool, device=dev)
         if self.pool == "pca":
             k = min(int(self.n_components), Z.shape[0] - 1, Z.shape[1])
             if k < 1:
                 raise ShapeError("pool='pca' needs at least 2 training images")
-            self.pca_mean_ = Z.mean(0).astype(np.float32)
-            import torch
-
-            g = torch.Generator().manual_seed(int(self.seed))
-            Zc = torch.from_numpy(Z - self.pca_mean_)
+            mean = Z.mean(0)
+            g = torch.Generator(device="cpu").manual_seed(int(self.seed))
+            Zc = Z - mean
             # randomised range finder + exact SVD of the small projected matrix
-            omega = torch.randn(Zc.shape[1], min(Zc.shape[1], k + 10), generator=g)
+            omega = torch.randn(Zc.shape[1], min(Zc.shape[1], k + 10), generator=g).to(dev)
             Qm, _ = torch.linalg.qr(Zc @ omega)
             for _ in range(2):
                 Qm, _ = torch.linalg.qr(Zc @ (Zc.T @ Qm))
             _, _, vt = torch.linalg.svd(Qm.T @ Zc, full_matrices=False)
-            self.pca_components_ = vt[:k].numpy().astype(np.float32)
-            Z = (Z - self.pca_mean_) @ self.pca_components_.T
-        self.x_mean_ = Z.mean(0).astype(np.float32)
-        self.x_std_ = (Z.std(0) + 1e-6).astype(np.float32)
-        Z = ((Z - self.x_mean_) / self.x_std_).astype(np.float32)
-        dev = resolve_device(self.device)
-        old = get_backend()
-        backend = set_backend("torch_cuda" if dev.type == "cuda" else "torch", on_error="warn")
-        try:
-            params = {"n_targets_batch": self.n_targets_batch} if self.n_targets_batch else None
-            cv = min(int(self.cv), Z.shape[0])
-            if cv < 2:
-                raise ShapeError("ridge cross-validation needs at least 2 training images")
-            model = RidgeCV(alphas=self._alphas(), cv=cv, fit_intercept=True, solver_params=params)
-            model.fit(Z, Ytr)
-            self.coef_ = np.asarray(backend.to_numpy(model.coef_), np.float32)
-            self.intercept_ = np.asarray(backend.to_numpy(model.intercept_), np.float32)
-            self.alphas_ = np.asarray(backend.to_numpy(model.best_alphas_), np.float32)
-        finally:
-            set_backend(old)
+            self.pca_mean_ = mean.cpu().numpy()
+            self.pca_components_ = vt[:k].cpu().numpy()
+            Z = Zc @ vt[:k].T
+        x_mean = Z.mean(0)
+        x_std = Z.std(0, correction=0) + 1e-6
+        coef, intercept, best, cv_scores = solve_ridge_cv(
+            (Z - x_mean) / x_std, Yz, self._alphas(), cv=min(int(self.cv), n),
+            n_targets_batch=self.n_targets_batch)
+        self.coef_ = (coef * ystd).cpu().numpy()
+        self.intercept_ = (intercept * ystd + ymean).cpu().numpy()
+        self.alphas_ = best.cpu().numpy()
+        self.cv_scores_ = (cv_scores * ystd.double() ** 2).cpu().numpy()
+        self.x_mean_ = x_mean.cpu().numpy()
+        self.x_std_ = x_std.cpu().numpy()
         for k in self._arrays:  # C-contiguous float32: a reloaded model predicts bit-identically
             if hasattr(self, k):
                 setattr(self, k, np.ascontiguousarray(getattr(self, k), dtype=np.float32))
@@ -136,20 +209,27 @@ class RidgeEncoder:
         return self
 
     def predict(self, X) -> np.ndarray:
+        """Predicted betas (n_images, n_vertices) float32, computed on ``device``."""
         if not hasattr(self, "coef_"):
             raise ConfigError("RidgeEncoder is not fitted; call fit first")
         check_tokens(X)
-        if X.shape[1:] != (self.n_tokens_in_, self.n_features_in_):
+        if tuple(X.shape[1:]) != (self.n_tokens_in_, self.n_features_in_):
             raise ShapeError(f"features have shape {tuple(X.shape[1:])} per image; the model was "
                              f"fitted on {(self.n_tokens_in_, self.n_features_in_)}")
-        return (self._reduce(X) @ self.coef_ + self.intercept_).astype(np.float32)
+        dev = resolve_device(self.device)
+        Z = self._reduce(X, dev)
+        pred = Z @ torch.as_tensor(self.coef_, device=dev) \
+            + torch.as_tensor(self.intercept_, device=dev)
+        return pred.cpu().numpy()
 
     def score(self, X, Y) -> float:
+        """Mean Pearson r over vertices (NaN vertices skipped)."""
         from brainattn.encoders.metrics import pearson_per_column
 
-        return float(np.nanmean(pearson_per_column(self.predict(X), Y)))
+        return float(np.nanmean(pearson_per_column(self.predict(X), np.asarray(Y))))
 
-    _arrays = ("coef_", "intercept_", "alphas_", "x_mean_", "x_std_", "pca_mean_", "pca_components_")
+    _arrays = ("coef_", "intercept_", "alphas_", "cv_scores_", "x_mean_", "x_std_", "pca_mean_",
+               "pca_components_")
 
     def save(self, folder) -> None:
         from safetensors.numpy import save_file
@@ -161,7 +241,7 @@ class RidgeEncoder:
                 for k in self._arrays if hasattr(self, k)}
         with atomic_path(folder / "model.safetensors") as tmp:
             save_file(arrs, str(tmp))
-        params = {**self.get_params(), "alphas": self._alphas().tolist()}
+        params = {**self.get_params(deep=False), "alphas": self._alphas().tolist()}
         atomic_write_json(folder / "model.json", {
             "class": "RidgeEncoder", "params": params, "n_features_in": self.n_features_in_,
             "n_tokens_in": self.n_tokens_in_})
@@ -174,7 +254,7 @@ class RidgeEncoder:
         if not (folder / "model.json").is_file():
             raise DataError(f"{folder}: no model.json (not a brainattn run folder?)")
         meta = json.loads((folder / "model.json").read_text())
-        est = cls(**meta["params"])
+        est = cls(**{**meta["params"], "device": device})
         for k, v in load_file(str(folder / "model.safetensors")).items():
             setattr(est, k, v)
         est.n_features_in_ = meta["n_features_in"]

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +30,31 @@ from brainattn.io import atomic_write_json, atomic_write_text, check_output_dir,
 
 MODELS = ("transformer", "ridge", "factorized")
 
+#: ``--preset`` values: named sets of transformer options (explicit options win)
+PRESETS = ("cpu",)
+
 #: options of :func:`fit_run` and their defaults (also the keys of config.json)
 DEFAULTS = {
     "model": "transformer", "subject": "subj01", "backbone": "gabor", "weights": None,
     "layer": -1, "stream": "block", "image_size": None, "queries": "rois", "roi_families": None,
-    "epochs": None, "batch_size": None, "lr": None, "width": 768, "heads": 16, "ffn": 1024,
-    "layers": 1, "dropout": 0.1, "prf_bias": False, "pool": "mean", "n_components": 256,
-    "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "device": "auto",
+    "preset": None, "epochs": None, "batch_size": None, "lr": None, "width": 768, "heads": 16,
+    "ffn": 1024, "layers": 1, "dropout": 0.1, "prf_bias": False, "pool": "mean",
+    "n_components": 256, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "device": "auto",
     "n_attention_images": 32, "patience": 5,
 }
 
-#: options of the demo's fits (``brainattn demo`` reads this): the CPU setting measured in
-#: benchmarks/RESULTS.md (section encoders), which meets the issue's science targets on the
-#: synthetic cortex with all three models fitted in about 3 minutes on 2 cores.
-DEMO_OPTIONS = {
-    "transformer": {"width": 128, "heads": 8, "ffn": 256, "prf_bias": True, "epochs": 15,
-                    "batch_size": 32, "lr": 0.002},
-}
+
+def _cpu_preset() -> dict:
+    from brainattn.encoders.transformer import CPU_PRESET
+
+    return dict(CPU_PRESET)
+
+
+#: options of the demo's fits (``brainattn demo`` reads this): the transformer's CPU preset
+#: (:data:`brainattn.encoders.transformer.CPU_PRESET`, ``brainattn fit --preset cpu``), which
+#: meets the science targets on the synthetic cortex with all three models fitted in about 3
+#: minutes on 2 cores (benchmarks/RESULTS.md, section encoders).
+DEMO_OPTIONS = {"transformer": _cpu_preset()}
 
 
 class _Log:
@@ -76,43 +85,26 @@ def open_dataset(data, subject: str):
     return open_algonauts(data, subject=subject)
 
 
-def split_images(n: int, val_fraction: float, test_fraction: float, seed: int):
-    """Seeded train / val / test split of ``n`` images (sorted index arrays)."""
-    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 < f < 0.5:
-            raise ConfigError(f"--{name.replace('_', '-')} {f}: expected a number in (0, 0.5)")
-    perm = np.random.default_rng([seed, 1234]).permutation(n)
-    n_test = max(2, int(round(n * test_fraction)))
-    n_val = max(2, int(round(n * val_fraction)))
-    if n - n_test - n_val < 4:
-        raise DataError(f"{n} images are too few for a train/val/test split")
-    return (np.sort(perm[n_test + n_val :]), np.sort(perm[n_test : n_test + n_val]),
-            np.sort(perm[:n_test]))
-
-
-def _roi_coords(ds) -> dict:
-    return {k[4:]: np.asarray(ds[k].values).astype(str) for k in ds.coords if k.startswith("roi_")}
-
-
-def _vertex_coords(ds) -> dict:
-    out = {}
-    for k in ("hemisphere", "hemi_vertex"):
-        if k in ds.coords:
-            out[k] = np.asarray(ds[k].values)
-    for k in ds.coords:
-        if k.startswith("roi_"):
-            out[k] = np.asarray(ds[k].values).astype(str)
-    return out
-
-
 def resolve_config(**options) -> dict:
+    """Every option of a fit: ``DEFAULTS``, then the ``preset``'s values, then ``options``
+    (None = not given), then the model's defaults for epochs, batch size and LR."""
     cfg = dict(DEFAULTS)
     unknown = set(options) - set(cfg)
     if unknown:
         raise ConfigError(f"unknown options: {', '.join(sorted(unknown))}")
+    preset = options.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+        if options.get("model", cfg["model"]) == "transformer":
+            cfg.update(_cpu_preset())
     cfg.update({k: v for k, v in options.items() if v is not None or k in ("weights",)})
     if cfg["model"] not in MODELS:
         raise ConfigError(f"--model {cfg['model']!r}: expected one of {', '.join(MODELS)}")
+    for name in ("val_fraction", "test_fraction"):
+        if not 0 < cfg[name] < 0.5:
+            raise ConfigError(f"--{name.replace('_', '-')} {cfg[name]}: expected a number in "
+                              "(0, 0.5)")
     if cfg["weights"] is not None:
         cfg["weights"] = str(Path(cfg["weights"]).resolve())
     if cfg["epochs"] is None:
@@ -124,15 +116,25 @@ def resolve_config(**options) -> dict:
     return cfg
 
 
-def make_estimator(cfg: dict):
+def make_estimator(cfg: dict, ds=None, grid=None):
+    """The estimator a run's options describe, as a user would build it: the data set's
+    hemispheres and ROI labels (:func:`brainattn.data.roi_labels`) set the transformer's
+    queries, ``grid`` the token grid."""
+    from brainattn.data.rois import roi_labels
     from brainattn.encoders.factorized import SpatialFeatureEncoder
     from brainattn.encoders.ridge import RidgeEncoder
     from brainattn.encoders.transformer import TransformerBrainEncoder
 
     common = {"epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
-              "seed": cfg["seed"], "device": cfg["device"], "patience": cfg["patience"]}
+              "val_fraction": cfg["val_fraction"], "seed": cfg["seed"], "device": cfg["device"],
+              "patience": cfg["patience"], "grid": None if grid is None else tuple(grid)}
     if cfg["model"] == "transformer":
-        return TransformerBrainEncoder(queries=cfg["queries"], width=cfg["width"],
+        hemi = roi = None
+        if ds is not None:
+            hemi = ds["hemisphere"].values if "hemisphere" in ds.coords else None
+            roi = roi_labels(ds)
+        return TransformerBrainEncoder(queries=cfg["queries"], hemisphere=hemi, roi_labels=roi,
+                                       roi_families=cfg["roi_families"], width=cfg["width"],
                                        heads=cfg["heads"], ffn=cfg["ffn"], layers=cfg["layers"],
                                        dropout=cfg["dropout"], prf_bias=cfg["prf_bias"], **common)
     if cfg["model"] == "factorized":
@@ -175,43 +177,42 @@ def features_for(ds, cfg: dict, *, cache_dir=None, log=None):
     return bb, cache
 
 
-def fit_run(data, out, *, resume: bool = False, **kw) -> Path:
-    """Fit one model on one subject and write the run folder ``out`` (see module docstring).
+@dataclass
+class PreparedRun:
+    """Everything :func:`prepare_run` readied for one fit: the resolved options ``cfg``, the
+    data set ``ds``, tokens ``X`` (memory map) with their ``grid``, ``betas`` (n_images,
+    n_vertices), the images to fit on (``fit_idx``: train + validation) and the held-out
+    ``test_idx``, the unfitted ``estimator``, the run folder ``out`` and its ``log``."""
 
-    A fresh fit that fails on bad input before its first checkpoint leaves no folder behind.
-    """
-    import shutil
-
-    from brainattn.encoders import distributed as D
-    from brainattn.errors import BrainAttnError
-
-    out = Path(out)
-    existed = out.exists()
-    try:
-        return _fit_run(data, out, resume=resume, **kw)
-    except BrainAttnError:
-        dist = D.current()
-        if (not resume and (dist is None or dist.is_main)
-                and not (out / "checkpoint" / "state.json").is_file()
-                and (out / "config.json").is_file()):
-            if existed:
-                for f in ("config.json", "fit.log", "split.json"):
-                    (out / f).unlink(missing_ok=True)
-            else:
-                shutil.rmtree(out, ignore_errors=True)
-        raise
+    out: Path
+    cfg: dict
+    ds: object
+    X: object
+    grid: tuple
+    betas: np.ndarray
+    fit_idx: np.ndarray
+    test_idx: np.ndarray
+    estimator: object
+    log: object
+    resume: bool = False
+    main: bool = True
+    fit_seconds: float = float("nan")
 
 
-def _fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_dir=None,
-             echo: bool = True, stop_after: int | None = None, **options) -> Path:
-    """Body of :func:`fit_run`.
+def prepare_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_dir=None,
+                echo: bool = True, **options) -> PreparedRun:
+    """Validate the options, open the data set, ready the run folder (``config.json``,
+    ``fit.log``), extract or reuse the features, split off the test images and build the
+    estimator (see :func:`fit_run`).
 
     Under torchrun (after :func:`brainattn.encoders.distributed.init_distributed`) every rank
-    calls this: all validate, rank 0 extracts features and writes every file, all train.
+    calls this: all validate, rank 0 extracts features and writes every file.
     """
     import xarray as xr
 
+    from brainattn.data.rois import roi_labels
     from brainattn.encoders import distributed as D
+    from brainattn.encoders._base import check_targets, split_images
 
     dist = D.current()
     main = dist is None or dist.is_main
@@ -242,17 +243,8 @@ def _fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     ds = open_dataset(data, cfg["subject"])
     n_images = ds.sizes["image"]
-    roi = _roi_coords(ds)
-    families = cfg["roi_families"]
-    if isinstance(families, str):
-        families = [f for f in families.split(",") if f]
-    for f in families or []:
-        if f not in roi:
-            raise DataError(f"--roi-families: family {f!r} is not in the data set (it has: "
-                            f"{', '.join(roi) or 'none'})")
+    roi_labels(ds, cfg["roi_families"])  # a family the data set lacks: say so before any work
     betas = np.asarray(ds["betas"].values, dtype=np.float32)
-    from brainattn.encoders._base import check_targets
-
     check_targets(betas, n_images)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -263,54 +255,105 @@ def _fit_run(data, out, *, overwrite: bool = False, resume: bool = False, cache_
         f"{betas.shape[1]} vertices")
     if dist is not None and not main:
         dist.barrier()  # rank 0 fills the feature cache first
-    bb, cache = features_for(ds, cfg, cache_dir=cache_dir, log=log)
+    _, cache = features_for(ds, cfg, cache_dir=cache_dir, log=log)
     if dist is not None and main:
         dist.barrier()
     X = cache.features
     if X.shape[0] != n_images:
         raise DataError(f"features hold {X.shape[0]} images, betas {n_images}; delete {cache.path}")
-    tr, va, te = split_images(n_images, cfg["val_fraction"], cfg["test_fraction"], cfg["seed"])
-    if main:
-        atomic_write_json(out / "split.json", {"train": tr, "val": va, "test": te})
-    est = make_estimator(cfg)
-    t0 = time.perf_counter()
-    kw = {}
+    fit_idx, test_idx = split_images(n_images, cfg["test_fraction"], cfg["seed"])
+    est = make_estimator(cfg, ds, cache.grid)
     if cfg["model"] == "transformer":
-        from brainattn.encoders.transformer import assign_queries
+        qa = est.query_assignment(betas.shape[1])
+        log(f"{len(qa.names)} queries ({cfg['queries']})")
+    return PreparedRun(out=out, cfg=cfg, ds=ds, X=X, grid=tuple(cache.grid), betas=betas,
+                       fit_idx=fit_idx, test_idx=test_idx, estimator=est, log=log,
+                       resume=resume, main=main)
 
-        hemi = ds["hemisphere"].values if "hemisphere" in ds.coords else np.full(betas.shape[1], "lh")
-        names, vq = assign_queries(cfg["queries"], hemi, roi, families)
-        kw = {"vertex_query": vq, "query_names": names, "grid": cache.grid}
-        log(f"{len(names)} queries ({cfg['queries']})")
-    elif cfg["model"] == "factorized":
-        kw = {"grid": cache.grid}
-    if cfg["model"] == "ridge":
-        if not main:  # one closed-form fit; the other ranks have nothing to do
-            return out
-        est.fit(X, betas, train_idx=np.concatenate([tr, va]))
+
+def fit_prepared(run: PreparedRun, *, stop_after: int | None = None) -> bool:
+    """Fit ``run.estimator`` on the train + validation images (the estimator splits off its
+    validation set itself; transformer and factorized fits checkpoint every epoch into
+    ``out/checkpoint``). Returns whether the fit finished (False: stopped, ``--resume``)."""
+    from brainattn.encoders._base import Rows
+
+    X = Rows(run.X, run.fit_idx)
+    Y = run.betas[run.fit_idx]
+    est = run.estimator
+    t0 = time.perf_counter()
+    if run.cfg["model"] == "ridge":
+        if not run.main:  # one closed-form fit; the other ranks have nothing to do
+            return False
+        est.fit(X, Y)
     else:
-        est.fit(X, betas, train_idx=tr, val_idx=va, ckpt_dir=out / "checkpoint", resume=resume,
-                log=log, stop_after=stop_after, **kw)
+        est.fit(X, Y, ckpt_dir=run.out / "checkpoint", resume=run.resume, log=run.log,
+                stop_after=stop_after)
         if not est.finished_:
-            log("stopped before the last epoch; continue with --resume")
-            return out
-        if not main:  # rank 0 writes the results
-            return out
+            run.log("stopped before the last epoch; continue with --resume")
+            return False
+    run.fit_seconds = time.perf_counter() - t0
+    run.log(f"fitted in {run.fit_seconds:.1f} s")
+    return True
+
+
+def write_run(run: PreparedRun) -> Path:
+    """Write a fitted run's files (rank 0 only): model, ``split.json``, ``history.csv``,
+    ``scores.nc`` (test images), ``attention.nc`` (transformer); remove the checkpoint."""
+    import shutil
+
+    est, cfg, out = run.estimator, run.cfg, run.out
+    if not run.main:
+        return out
+    if hasattr(est, "train_idx_"):
+        split = {"train": run.fit_idx[est.train_idx_], "val": run.fit_idx[est.val_idx_]}
+    else:  # ridge: every fitted image trains (its CV folds pick the alphas)
+        split = {"train": run.fit_idx, "val": np.zeros(0, np.int64)}
+    atomic_write_json(out / "split.json", {**split, "test": run.test_idx})
+    if getattr(est, "history_", None):
         _write_history(out / "history.csv", est.history_)
-    fit_s = time.perf_counter() - t0
-    log(f"fitted in {fit_s:.1f} s")
     est.save(out)
-    scores = _scores(est, X, betas, te, ds, cfg, fit_seconds=fit_s)
+    scores = _scores(est, run.X, run.betas, run.test_idx, run.ds, cfg,
+                     fit_seconds=run.fit_seconds)
     save_netcdf(scores, out / "scores.nc", seed=cfg["seed"])
-    log(_summary(scores))
+    run.log(_summary(scores))
     if cfg["model"] == "transformer" and cfg["n_attention_images"] > 0:
-        att = attention_dataset(est, X, te[: cfg["n_attention_images"]], ds, cache.grid)
+        att = attention_dataset(est, run.X, run.test_idx[: cfg["n_attention_images"]], run.ds,
+                                run.grid)
         save_netcdf(att, out / "attention.nc", seed=cfg["seed"])
     if (out / "checkpoint").is_dir():
-        import shutil
-
         shutil.rmtree(out / "checkpoint")
     return out
+
+
+def fit_run(data, out, *, resume: bool = False, stop_after: int | None = None, **kw) -> Path:
+    """Fit one model on one subject and write the run folder ``out`` (see module docstring):
+    :func:`prepare_run`, :func:`fit_prepared`, :func:`write_run`.
+
+    A fresh fit that fails on bad input before its first checkpoint leaves no folder behind.
+    """
+    import shutil
+
+    from brainattn.encoders import distributed as D
+    from brainattn.errors import BrainAttnError
+
+    out = Path(out)
+    existed = out.exists()
+    try:
+        run = prepare_run(data, out, resume=resume, **kw)
+        if fit_prepared(run, stop_after=stop_after):
+            write_run(run)
+        return out
+    except BrainAttnError:
+        dist = D.current()
+        if (not resume and (dist is None or dist.is_main)
+                and not (out / "checkpoint" / "state.json").is_file()
+                and (out / "config.json").is_file()):
+            if existed:
+                for f in ("config.json", "fit.log", "split.json"):
+                    (out / f).unlink(missing_ok=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -324,11 +367,13 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def _scores(est, X, betas, test_idx, ds, cfg, **attrs):
+    from brainattn.data.rois import vertex_coords
+    from brainattn.encoders._base import Rows
     from brainattn.encoders.metrics import score_table
 
-    pred = est.predict(X[test_idx] if not isinstance(X, np.ndarray) else X[test_idx])
+    pred = est.predict(Rows(X, test_idx))
     nc = ds["noise_ceiling"].values if "noise_ceiling" in ds else None
-    return score_table(pred, betas[test_idx], noise_ceiling=nc, vertex_coords=_vertex_coords(ds),
+    return score_table(pred, betas[test_idx], noise_ceiling=nc, vertex_coords=vertex_coords(ds),
                        device=cfg["device"],
                        attrs={"model": cfg["model"], "subject": str(ds.attrs.get("subject", "")),
                               "backbone": cfg["backbone"], "split": "test",
@@ -351,8 +396,10 @@ def attention_dataset(est, X, idx, ds, grid):
     queries (``vertices``/``hybrid`` modes) are averaged over each ROI (``query`` = ROI then)."""
     import xarray as xr
 
+    from brainattn.encoders._base import Rows
+
     idx = np.asarray(idx)
-    maps = est.attention_maps(X[idx])
+    maps = est.attention_maps(Rows(X, idx))
     names = list(est.query_names_)
     keys = [n.split("#", 1)[0] for n in names]  # per-vertex queries: <hemi>:<roi>#<vertex>
     if len(set(keys)) < len(keys):

@@ -36,7 +36,8 @@ class ArrayLoader:
     Parameters
     ----------
     X : (N, L, C) array or memmap (float16/32); rows ``indices`` are used.
-    Y : (N, V) float array (z-scored targets) or None (prediction only).
+    Y : (N, V) float array or tensor (z-scored targets; a tensor stays on its device) or None
+        (prediction only).
     indices : int array of the rows to iterate over.
     batch_size : the *global* batch: with ``world_size`` processes each takes
         ``batch_size // world_size`` rows of every batch (see :meth:`shard`).
@@ -83,8 +84,18 @@ class ArrayLoader:
             for s in range(0, len(self.indices), 256):  # chunked: no second full host copy
                 self._X[s : s + 256] = self._read(X, self.indices[s : s + 256]).to(dev)
         self._local = self.where != "stream"
-        self._Y = None if Y is None else torch.as_tensor(np.asarray(Y)[self.indices], dtype=torch.float32)
+        if Y is None:
+            self._Y = None
+        elif torch.is_tensor(Y):  # already staged (e.g. on the device): indexed where it is
+            self._Y = Y[torch.as_tensor(self.indices, device=Y.device)].float()
+        else:
+            self._Y = torch.as_tensor(np.asarray(Y)[self.indices], dtype=torch.float32)
         self._Yd = None if self._Y is None else self._Y.to(self.device)
+
+    def resident(self) -> torch.Tensor | None:
+        """The selected rows as held (float16, (len(indices), ...), on the device or in host
+        memory), or None when they are streamed from the array."""
+        return self._X if self._local else None
 
     @staticmethod
     def _read(X, rows, out=None) -> torch.Tensor:
@@ -475,11 +486,10 @@ def evaluate(model, loader, *, device="cpu", amp: bool = False, dist=None) -> di
         rows = torch.cat(dist.gather_rows(pos.to(dist._comm_device()), keep_device=True))
         full[rows.to(dev)] = torch.cat(dist.gather_rows(pred, keep_device=True)).to(dev)
         pred = full
-    pred, y = pred.double(), y.double()
-    mse = float(((pred - y) ** 2).mean())
-    p = pred - pred.mean(0)
-    t = y - y.mean(0)
-    r = (p * t).sum(0) / torch.sqrt((p * p).sum(0) * (t * t).sum(0))
+    from brainattn.encoders.metrics import pearson_per_column
+
+    mse = float(((pred.double() - y.double()) ** 2).mean())
+    r = pearson_per_column(pred, y)  # float64 where the targets are
     r = r[torch.isfinite(r)]
     return {"val_loss": mse, "val_mean_r": float(r.mean()) if len(r) else float("nan"),
             "val_median_r": float(r.median()) if len(r) else float("nan")}

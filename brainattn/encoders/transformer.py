@@ -36,6 +36,8 @@ for unlabelled vertices; ``hemis`` -- one query per hemisphere; ``vertices`` -- 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -303,15 +305,66 @@ class TransformerModule(EncoderModule):
         return self.readout(out)
 
 
+@dataclass(frozen=True, eq=False)
+class QueryAssignment:
+    """Which query each vertex reads from, fixed in advance: ``names`` (n_queries,) str and
+    ``vertex_query`` (n_vertices,) int in ``0..n_queries-1``. Pass it as
+    ``TransformerBrainEncoder(queries=...)``; :meth:`from_labels` builds one from a query mode
+    and ROI labels (:func:`assign_queries`)."""
+
+    names: tuple
+    vertex_query: np.ndarray
+
+    def __post_init__(self):
+        vq = np.asarray(self.vertex_query)
+        if vq.ndim != 1 or vq.dtype.kind not in "iu":
+            raise ShapeError(f"vertex_query: expected a 1-D int array, got {vq.dtype} {vq.shape}")
+        if len(vq) and (vq.min() < 0 or vq.max() >= len(self.names)):
+            raise ShapeError(f"vertex_query: values must lie in 0..{len(self.names) - 1} "
+                             f"(one per query name)")
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        object.__setattr__(self, "vertex_query", vq.astype(np.int64))
+
+    @classmethod
+    def from_labels(cls, mode: str, hemisphere, roi_labels=None, families=None):
+        names, vq = assign_queries(mode, hemisphere, roi_labels, families)
+        return cls(tuple(names), vq)
+
+    def digest(self) -> str:
+        import hashlib
+
+        h = hashlib.sha1("\n".join(self.names).encode())
+        h.update(np.ascontiguousarray(self.vertex_query).tobytes())
+        return f"queries:{h.hexdigest()[:16]}:{len(self.names)}x{len(self.vertex_query)}"
+
+    def __repr__(self) -> str:
+        return f"QueryAssignment({len(self.names)} queries, {len(self.vertex_query)} vertices)"
+
+
+#: the documented CPU preset of ``brainattn fit --model transformer --preset cpu`` (and of the
+#: demo): a 128-wide decoder that meets the science targets on the synthetic cortex in minutes
+#: on 2 cores (benchmarks/RESULTS.md)
+CPU_PRESET = {"width": 128, "heads": 8, "ffn": 256, "prf_bias": True, "epochs": 15,
+              "batch_size": 32, "lr": 0.002}
+
+
 class TransformerBrainEncoder(TorchEncoder):
     """Transformer brain encoder, scikit-learn style.
 
     Parameters
     ----------
-    queries : ``rois`` | ``hemis`` | ``vertices`` (needs ``vertex_query`` in :meth:`fit`
-        unless ``hemis``/``vertices`` can be derived from ``hemisphere``).
+    queries : how vertices are assigned to queries: a mode, ``rois`` (one query per ROI per
+        hemisphere plus one ``other`` per hemisphere), ``hemis``, ``vertices`` or ``hybrid``
+        (see :func:`assign_queries`), applied to ``hemisphere`` and ``roi_labels``; or a
+        :class:`QueryAssignment`. Without labels ``rois``/``hemis`` give one query per
+        hemisphere present (one in all if ``hemisphere`` is None).
+    hemisphere : (n_vertices,) ``lh``/``rh`` per vertex, or None (one hemisphere).
+    roi_labels : ``{family: (n_vertices,) ROI name}`` (:func:`brainattn.data.roi_labels`).
+    roi_families : families used for the queries, in priority order (default: all but
+        ``streams``).
+    grid : (rows, cols) of the token grid (default: the square root of the token count).
     width, heads, ffn, layers, dropout : decoder size (defaults as published: 768, 16, 1024, 1,
-        0.1).
+        0.1); :data:`CPU_PRESET` is the small size for machines without CUDA.
     prf_bias : learn a Gaussian pRF prior (centre, size) per head and query.
     epochs, batch_size, lr, weight_decay, grad_clip, schedule ('cosine'|'step'|'constant'),
     warmup (epochs), patience (early stopping on validation mean r; None = off),
@@ -319,20 +372,22 @@ class TransformerBrainEncoder(TorchEncoder):
     training step as a CUDA graph: None = on a single CUDA device, else eager; True on a CPU or
     under DDP is an error).
 
-    Learned: ``module_``, ``history_``, ``best_epoch_``, ``query_names_``, ``vertex_query_``.
+    Learned: ``module_``, ``history_``, ``best_epoch_``, ``query_names_``, ``vertex_query_``
+    and those of :class:`~brainattn.encoders._base.TorchEncoder`.
     """
 
-    _param_names = ("queries", "width", "heads", "ffn", "layers", "dropout", "prf_bias",
-                    "epochs", "batch_size", "lr", "weight_decay", "grad_clip", "schedule",
-                    "warmup", "patience", "val_fraction", "seed", "device", "amp", "cuda_graph")
-
-    def __init__(self, queries: str = "rois", width: int = 768, heads: int = 16, ffn: int = 1024,
+    def __init__(self, queries="rois", hemisphere=None, roi_labels=None, roi_families=None,
+                 grid=None, width: int = 768, heads: int = 16, ffn: int = 1024,
                  layers: int = 1, dropout: float = 0.1, prf_bias: bool = False, epochs: int = 15,
                  batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-4,
                  grad_clip: float | None = 0.1, schedule: str = "cosine", warmup: int = 0,
                  patience: int | None = 5, val_fraction: float = 0.1, seed: int = 0,
                  device: str = "auto", amp: bool = True, cuda_graph: bool | None = None):
         self.queries = queries
+        self.hemisphere = hemisphere
+        self.roi_labels = roi_labels
+        self.roi_families = roi_families
+        self.grid = grid
         self.width = width
         self.heads = heads
         self.ffn = ffn
@@ -353,24 +408,44 @@ class TransformerBrainEncoder(TorchEncoder):
         self.amp = amp
         self.cuda_graph = cuda_graph
 
-    def _build(self, n_tokens, n_features, n_vertices, *, vertex_query=None, grid=None,
-               query_names=None, **_):
-        if vertex_query is None:
-            vertex_query = np.arange(n_vertices) if self.queries == "vertices" else np.zeros(n_vertices, int)
-        if grid is None:
-            side = int(round(math.sqrt(n_tokens)))
-            if side * side != n_tokens:
-                raise ShapeError(f"{n_tokens} tokens are not a square grid; pass grid=(rows, cols)")
-            grid = (side, side)
-        return TransformerModule(n_tokens, n_features, n_vertices, vertex_query=vertex_query,
-                                 grid=grid, width=self.width, heads=self.heads, ffn=self.ffn,
-                                 layers=self.layers, dropout=self.dropout, prf_bias=self.prf_bias,
-                                 seed=self.seed, query_names=query_names)
+    def query_assignment(self, n_vertices: int) -> QueryAssignment:
+        """The :class:`QueryAssignment` these parameters give for ``n_vertices`` vertices."""
+        if isinstance(self.queries, QueryAssignment):
+            qa = self.queries
+        else:
+            hemi = (np.full(n_vertices, "lh") if self.hemisphere is None
+                    else np.asarray(self.hemisphere).astype(str))
+            if hemi.shape != (n_vertices,):
+                raise ShapeError(f"hemisphere has {hemi.shape[0]} entries for {n_vertices} "
+                                 "vertices")
+            families = self.roi_families
+            if isinstance(families, str):
+                families = [f for f in families.split(",") if f]
+            qa = QueryAssignment.from_labels(self.queries, hemi, self.roi_labels, families)
+        if len(qa.vertex_query) != n_vertices:
+            raise ShapeError(f"queries assign {len(qa.vertex_query)} vertices; the betas hold "
+                             f"{n_vertices}")
+        return qa
 
-    def fit(self, X, Y, *, vertex_query=None, query_names=None, grid=None, **kw):
-        """Fit; ``vertex_query`` (n_vertices,) int maps vertices to queries (see
-        :func:`assign_queries`); default one shared query (or one per vertex in ``vertices``)."""
-        super().fit(X, Y, vertex_query=vertex_query, query_names=query_names, grid=grid, **kw)
+    @staticmethod
+    def _module_class():
+        return TransformerModule
+
+    def _build(self, n_tokens, n_features, n_vertices):
+        qa = self.query_assignment(n_vertices)
+        return TransformerModule(n_tokens, n_features, n_vertices, vertex_query=qa.vertex_query,
+                                 grid=token_grid(n_tokens, self.grid), width=self.width,
+                                 heads=self.heads, ffn=self.ffn, layers=self.layers,
+                                 dropout=self.dropout, prf_bias=self.prf_bias, seed=self.seed,
+                                 query_names=list(qa.names))
+
+    def _before_training(self, module, train_loader, device, log) -> None:
+        if device.type == "cpu":
+            cpu_time_notice(self, module, train_loader, log)
+
+    def fit(self, X, Y, **kw):
+        """Fit (see :meth:`TorchEncoder.fit <brainattn.encoders._base.TorchEncoder.fit>`)."""
+        super().fit(X, Y, **kw)
         self.query_names_ = self.module_.query_names
         self.vertex_query_ = self.module_.vertex_query.cpu().numpy()
         return self
@@ -398,4 +473,49 @@ class TransformerBrainEncoder(TorchEncoder):
         est = super().load(folder, device)
         est.query_names_ = est.module_.query_names
         est.vertex_query_ = est.module_.vertex_query.cpu().numpy()
+        # the saved assignment stands in for the labels it came from: a refit of the loaded
+        # estimator (clone) builds the same queries
+        est.queries = QueryAssignment(tuple(est.query_names_), est.vertex_query_)
+        est.hemisphere = est.roi_labels = est.roi_families = None
         return est
+
+
+def token_grid(n_tokens: int, grid=None) -> tuple[int, int]:
+    """``grid`` as (rows, cols), checked against ``n_tokens``; default the square grid."""
+    if grid is None:
+        side = int(round(math.sqrt(n_tokens)))
+        if side * side != n_tokens:
+            raise ShapeError(f"{n_tokens} tokens are not a square grid; pass grid=(rows, cols)")
+        return (side, side)
+    rows, cols = (int(g) for g in grid)
+    if rows * cols != n_tokens:
+        raise ShapeError(f"grid {(rows, cols)} does not hold {n_tokens} tokens")
+    return (rows, cols)
+
+
+def cpu_time_notice(est, module, loader, log, *, threshold_s: float = 300.0) -> float:
+    """Time one training step on the CPU (forward + backward on one batch, nothing updated,
+    random state restored) and, when the whole fit would take longer than ``threshold_s``,
+    say how long before it starts and which preset is small. Returns the estimate (s)."""
+    import warnings
+
+    x, y = next(iter(loader))
+    rng = torch.get_rng_state()
+    module.train()
+    t0 = time.perf_counter()
+    loss = torch.mean((module(x).float() - y) ** 2)
+    loss.backward()
+    step_s = time.perf_counter() - t0
+    module.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    total = step_s * len(loader) * int(est.epochs)
+    if total > threshold_s:
+        msg = (f"on the CPU this fit takes about {total / 60:.0f} min ({est.epochs} epochs x "
+               f"{len(loader)} steps x {step_s:.2f} s a step, measured); a CUDA GPU takes seconds "
+               "per epoch. For a small model use `brainattn fit --preset cpu` "
+               "(TransformerBrainEncoder(**brainattn.encoders.transformer.CPU_PRESET): width "
+               f"{CPU_PRESET['width']}, {CPU_PRESET['heads']} heads, ffn {CPU_PRESET['ffn']})")
+        log(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return total
+

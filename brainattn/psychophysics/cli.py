@@ -11,6 +11,7 @@ import numpy as np
 import typer
 
 from brainattn.errors import ConfigError
+from brainattn.options import existing_file, finite, in_range, positive, seed_option, writable
 
 scale_app = typer.Typer(help="Difference scaling (MLDS): fit, simulate and predict perceptual scales.",
                         no_args_is_help=True)
@@ -93,65 +94,93 @@ def _path_t(s: np.ndarray) -> np.ndarray:
 
 @scale_app.command("fit")
 def scale_fit(
-    trials: Path = typer.Argument(..., help="CSV of trials: resp,S1,S2,S3[,S4] (R MLDS) or a long table."),
-    out: Path = typer.Option(Path("scale-out"), "--out", "-o", help="Output folder (scale.nc, summary.txt, scale.png)."),
-    method: str = typer.Option("glm", help="glm (psi_1=0, sigma=1), optim (psi_1=0, psi_p=1) or formula."),
+    trials: Path = typer.Argument(..., help="CSV of trials: resp,S1,S2,S3[,S4] (R MLDS) or a long table.",
+                                  callback=existing_file("a CSV of trials")),
+    out: Path = typer.Option(Path("scale-out"), "--out", "-o", callback=writable,
+                             help="Output folder (scale.nc, summary.txt, scale.png)."),
+    method: str = typer.Option("glm", help="glm (R's glm: psi_1=0, sigma=1), optim (R's optim: psi_1=0, psi_p=1, "
+                               "interior values in [0, 1]), optim-unconstrained (the glm fit divided by psi_p) "
+                               "or formula."),
     link: str = typer.Option("probit", help="probit, logit, cauchit, cloglog or loglog."),
     table: str = typer.Option("mlds", "--format", help="mlds (level indices) or long (stimulus values in s1..s4)."),
     stimulus: str = typer.Option(None, help="Comma-separated stimulus values of the levels (mlds format)."),
     lapse: str = typer.Option(None, help="Lapse rate in [0, 0.5), 'lower,upper' asymptotes, 'fit' or 'fit-both'."),
-    firth: bool = typer.Option(False, "--firth", help="Bias-reduced (Jeffreys/Firth) fit for separated data."),
-    formula: str = typer.Option(None, help="Parametric scale for --method formula: power, log or saturating."),
-    bootstrap: int = typer.Option(0, "--bootstrap", "-b", help="Parametric bootstrap replicates (0: Wald intervals)."),
+    firth: str = typer.Option(None, "--firth", help="Bias reduction, named as brglm2 names it: AS_mean "
+                              "(mean-bias-reducing adjusted score, R's brglm of the MLDS vignette) or "
+                              "MPL_Jeffreys (Jeffreys-penalised likelihood); finite for separated data."),
+    formula: str = typer.Option(None, help="Scale for --method formula: power, log, saturating or an expression "
+                                "in the stimulus s, e.g. '(s / max(s))^gamma' (R's '~ (sx/max(sx))^p[1]' too)."),
+    p0: str = typer.Option(None, "--p0", help="Comma-separated start values of the formula's parameters [1 each]."),
+    bootstrap: int = typer.Option(0, "--bootstrap", "-b", min=0, max=100_000,
+                                  help="Parametric bootstrap replicates (0: Wald intervals)."),
+    diagnostics: int = typer.Option(0, "--diagnostics", min=0, max=100_000,
+                                    help="Simulations for binom.diagnostics (residual envelope, runs test) and the "
+                                    "six-point test (0: none)."),
+    diagnostics_refit: str = typer.Option("link", "--diagnostics-refit", help="link (refit simulations with the "
+                                          "fit's link) or probit (R's binom.diagnostics as shipped)."),
+    by: str = typer.Option(None, "--by", help="Fit each value of this column separately (e.g. an observer "
+                           "column); one output folder per value under --out."),
     predict: str = typer.Option(None, help="Add a Fisher prediction: mode-frequency, frequency-bandwidth, orientation-bandwidth, texture-path."),
-    bandwidth: float = typer.Option(None, help="Octave bandwidth for --predict mode-frequency [1]."),
+    bandwidth: float = typer.Option(None, callback=positive, help="Octave bandwidth for --predict mode-frequency [1]."),
     images: tuple[Path, Path] = typer.Option(None, "--images", help="texture-path: the two end textures A B (first and last level)."),
     spectra: tuple[Path, Path] = typer.Option(None, "--spectra", help="texture-path: their power spectra A.npy B.npy instead."),
-    noise: float = typer.Option(None, help="texture-path: observer noise variance / texture variance [0.01]."),
-    seed: int = typer.Option(0, help="Random seed of the bootstrap."),
+    noise: float = typer.Option(None, callback=positive,
+                                help="texture-path: observer noise variance / texture variance [0.01]."),
+    seed: int = seed_option(0, "Random seed of the bootstrap and the diagnostics."),
     engine: str = typer.Option("numpy", help="glm solver: numpy (batched IRLS) or statsmodels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ):
     """Fit a perceptual scale to difference-scaling trials and save scale.nc, summary.txt, scale.png."""
     from brainattn.io import check_output_dir
-    from brainattn.psychophysics.design import read_long_table, read_mlds_csv
+    from brainattn.psychophysics.design import read_trial_tables
     from brainattn.psychophysics.fisher import compare_scales, predicted_scale
     from brainattn.psychophysics.mlds import fit_mlds
 
     check_output_dir(out, overwrite=overwrite)
     if table not in ("mlds", "long"):
         raise ConfigError(f"--format: expected 'mlds' or 'long', got {table!r}")
-    if table == "long":
-        if stimulus is not None:
-            raise ConfigError("--stimulus: not used with --format long (the table holds the values)")
-        tr = read_long_table(trials)
-    else:
-        tr = read_mlds_csv(trials, _floats(stimulus, "--stimulus"))
-    res = fit_mlds(tr, method, link, lapse=_lapse(lapse), firth=firth, formula=formula,
-                   bootstrap=bootstrap, seed=seed, engine=engine)
-    if predict is not None:
-        kw, _ = _model_kw(predict, bandwidth, images, spectra, noise)
-        at = _path_t(np.asarray(tr.stimulus, float)) if predict == "texture-path" else tr.stimulus
-        pred = predicted_scale(predict, at, **kw)
-        res.prediction = compare_scales(res.psi, pred, tr.stimulus, bootstrap=res.boot_psi, model=predict)
-    res.save(out, overwrite=overwrite, seed=seed)
-    typer.echo(res.summary())
-    typer.echo(f"wrote {out}/scale.nc, {out}/summary.txt, {out}/scale.png")
+    if table == "long" and stimulus is not None:
+        raise ConfigError("--stimulus: not used with --format long (the table holds the values)")
+    groups, ignored = read_trial_tables(trials, table, _floats(stimulus, "--stimulus"), by=by)
+    if ignored:
+        cols = ", ".join(f"'{c}' ({n} distinct values)" for c, n in ignored)
+        typer.echo(f"note: column(s) {cols} not used: all rows are fitted together; fit each value "
+                   "separately with --by COLUMN", err=True)
+    start = None if p0 is None else _floats(p0, "--p0")
+    results = []
+    for label, tr in groups:
+        res = fit_mlds(tr, method, link, lapse=_lapse(lapse), firth=firth or False, formula=formula, p0=start,
+                       bootstrap=bootstrap, diagnostics=diagnostics, diagnostics_refit=diagnostics_refit,
+                       seed=seed, engine=engine)
+        if predict is not None:
+            kw, _ = _model_kw(predict, bandwidth, images, spectra, noise)
+            at = _path_t(np.asarray(tr.stimulus, float)) if predict == "texture-path" else tr.stimulus
+            pred = predicted_scale(predict, at, **kw)
+            res.prediction = compare_scales(res.psi, pred, tr.stimulus, bootstrap=res.boot_psi, model=predict)
+        results.append((label, res))
+    for label, res in results:
+        where = out if label is None else out / label
+        res.save(where, overwrite=overwrite, seed=seed)
+        if label is not None:
+            typer.echo(f"[{label}]")
+        typer.echo(res.summary())
+        typer.echo(f"wrote {where}/scale.nc, {where}/summary.txt, {where}/scale.png")
 
 
 @scale_app.command("simulate")
 def scale_simulate(
-    out: Path = typer.Option(Path("trials.csv"), "--out", "-o", help="CSV file to write (R MLDS columns)."),
-    levels: int = typer.Option(11, help="Number of stimulus levels."),
+    out: Path = typer.Option(Path("trials.csv"), "--out", "-o", callback=writable,
+                             help="CSV file to write (R MLDS columns)."),
+    levels: int = typer.Option(11, min=3, max=1000, help="Number of stimulus levels."),
     design: str = typer.Option("quadruple", help="triad or quadruple."),
-    repeats: int = typer.Option(1, help="Times each triad/quadruple is run."),
-    max_gap: int = typer.Option(None, help="Keep trials whose intervals span at most this many steps."),
+    repeats: int = typer.Option(1, min=1, max=10_000, help="Times each triad/quadruple is run."),
+    max_gap: int = typer.Option(None, min=1, help="Keep trials whose intervals span at most this many steps."),
     scale: str = typer.Option("power:2", help="Observer scale: power:GAMMA, log, linear or values:v1,v2,..."),
-    sigma: float = typer.Option(0.1, help="Decision noise sd (scale normalised to 0..1)."),
-    lapse: float = typer.Option(0.0, help="Lapse rate (random guesses)."),
+    sigma: float = typer.Option(0.1, callback=positive, help="Decision noise sd (scale normalised to 0..1)."),
+    lapse: float = typer.Option(0.0, callback=in_range(0, 1, high_open=True), help="Lapse rate (random guesses), in [0, 1)."),
     stimulus_range: str = typer.Option("1,5", "--range", help="low,high stimulus values (levels evenly spaced)."),
-    swap: float = typer.Option(0.5, help="Probability a trial is presented in descending order."),
-    seed: int = typer.Option(0, help="Random seed."),
+    swap: float = typer.Option(0.5, min=0, max=1, help="Probability a trial is presented in descending order."),
+    seed: int = seed_option(0, "Random seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ):
     """Simulate an observer answering a full design; write its trials as an R-MLDS CSV."""
@@ -201,12 +230,15 @@ def scale_predict(
     model: str = typer.Option(..., "--model", "-m", help="mode-frequency, frequency-bandwidth, orientation-bandwidth or texture-path."),
     stimulus: str = typer.Option(None, help="Comma-separated stimulus values (texture-path: t in [0, 1])."),
     stimulus_range: str = typer.Option(None, "--range", help="low,high (with --levels)."),
-    levels: int = typer.Option(None, help="Number of evenly spaced levels in --range (texture-path: from t=0 to 1 [13])."),
-    bandwidth: float = typer.Option(None, help="Octave bandwidth for mode-frequency [1]."),
+    levels: int = typer.Option(None, min=2, max=10_000,
+                               help="Number of evenly spaced levels in --range (texture-path: from t=0 to 1 [13])."),
+    bandwidth: float = typer.Option(None, callback=positive, help="Octave bandwidth for mode-frequency [1]."),
     images: tuple[Path, Path] = typer.Option(None, "--images", help="texture-path: the two end textures A B (square images, same size)."),
     spectra: tuple[Path, Path] = typer.Option(None, "--spectra", help="texture-path: their power spectra A.npy B.npy instead."),
-    noise: float = typer.Option(None, help="texture-path: observer noise variance / texture variance [0.01]."),
-    out: Path = typer.Option(None, "--out", "-o", help="Folder for predicted.nc and predicted.csv."),
+    noise: float = typer.Option(None, callback=positive,
+                                help="texture-path: observer noise variance / texture variance [0.01]."),
+    out: Path = typer.Option(None, "--out", "-o", callback=writable,
+                             help="Folder for predicted.nc and predicted.csv."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ):
     """Predict a perceptual scale from the Fisher information of a stimulus model.
@@ -272,15 +304,15 @@ def _write_images(out: Path, frames: np.ndarray, names: list[str], overwrite: bo
 
 @stimuli_app.command("texture")
 def stimuli_texture(
-    out: Path = typer.Option(Path("textures"), "--out", "-o", help="Output folder."),
-    size: int = typer.Option(256, help="Image size in pixels."),
+    out: Path = typer.Option(Path("textures"), "--out", "-o", callback=writable, help="Output folder."),
+    size: int = typer.Option(256, min=8, max=4096, help="Image size in pixels."),
     sf_mode: str = typer.Option("8", help="Mode spatial frequency(ies), cycles/unit, comma-separated."),
     sf_bandwidth: str = typer.Option("1", help="Octave bandwidth(s), comma-separated."),
-    orientation: float = typer.Option(0.0, help="Orientation, deg."),
+    orientation: float = typer.Option(0.0, callback=finite, help="Orientation, deg."),
     orientation_bandwidth: str = typer.Option("10", help="Orientation bandwidth(s), deg ('inf': isotropic)."),
-    contrast: float = typer.Option(0.2, help="RMS contrast."),
-    pixels_per_unit: float = typer.Option(None, help="Pixels per unit [image width]."),
-    seed: int = typer.Option(0, help="Noise seed (shared by all images)."),
+    contrast: float = typer.Option(0.2, min=0, max=1, help="RMS contrast."),
+    pixels_per_unit: float = typer.Option(None, callback=positive, help="Pixels per unit [image width]."),
+    seed: int = seed_option(0, "Noise seed (shared by all images)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
     """Log-Gabor Gaussian random-field textures; one image per value of the varied parameter."""
@@ -308,13 +340,13 @@ def stimuli_texture(
 
 @stimuli_app.command("grating")
 def stimuli_grating(
-    out: Path = typer.Option(Path("gratings"), "--out", "-o", help="Output folder."),
-    size: int = typer.Option(256, help="Image size in pixels."),
+    out: Path = typer.Option(Path("gratings"), "--out", "-o", callback=writable, help="Output folder."),
+    size: int = typer.Option(256, min=8, max=4096, help="Image size in pixels."),
     frequency: str = typer.Option("8", help="Frequency(ies), cycles/unit, comma-separated."),
-    orientation: float = typer.Option(0.0, help="Orientation, deg."),
-    phase: float = typer.Option(0.0, help="Phase, deg."),
-    contrast: float = typer.Option(0.5, help="Michelson contrast."),
-    pixels_per_unit: float = typer.Option(None, help="Pixels per unit [image width]."),
+    orientation: float = typer.Option(0.0, callback=finite, help="Orientation, deg."),
+    phase: float = typer.Option(0.0, callback=finite, help="Phase, deg."),
+    contrast: float = typer.Option(0.5, min=0, max=1, help="Michelson contrast."),
+    pixels_per_unit: float = typer.Option(None, callback=positive, help="Pixels per unit [image width]."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
     """Sinusoidal gratings, one per frequency."""
@@ -329,17 +361,18 @@ def stimuli_grating(
 
 @stimuli_app.command("interpolate")
 def stimuli_interpolate(
-    out: Path = typer.Option(Path("interpolation"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("interpolation"), "--out", "-o", callback=writable, help="Output folder."),
     images: tuple[Path, Path] = typer.Option(None, "--images", help="Two texture images A B (square, same size): the path's ends."),
     spectra: tuple[Path, Path] = typer.Option(None, "--spectra", help="Two power spectra A.npy B.npy (square, FFT grid) instead."),
-    size: int = typer.Option(None, help="Image size in pixels, log-Gabor ends [256]."),
-    levels: int = typer.Option(13, help="Number of frames from t=0 to t=1."),
+    size: int = typer.Option(None, min=8, max=4096, help="Image size in pixels, log-Gabor ends [256]."),
+    levels: int = typer.Option(13, min=2, max=10_000, help="Number of frames from t=0 to t=1."),
     sf_mode: str = typer.Option(None, help="Mode frequencies of the two log-Gabor end textures: a,b [4,16]."),
     sf_bandwidth: str = typer.Option(None, help="Octave bandwidths of the two end textures: a,b [1,1]."),
     orientation: str = typer.Option(None, help="Orientations of the two end textures, deg: a,b [0,90]."),
     orientation_bandwidth: str = typer.Option(None, help="Orientation bandwidths, deg: a,b [10,10]."),
-    contrast: float = typer.Option(0.2, help="RMS contrast of the first frame (same gain for all; not with --images)."),
-    seed: int = typer.Option(0, help="Noise seed."),
+    contrast: float = typer.Option(0.2, min=0, max=1,
+                                   help="RMS contrast of the first frame (same gain for all; not with --images)."),
+    seed: int = seed_option(0, "Noise seed."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
     """Frames along the Gaussian optimal-transport path between two textures.

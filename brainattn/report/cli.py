@@ -6,19 +6,22 @@ from pathlib import Path
 
 import typer
 
+from brainattn.options import existing_dirs, writable
+
 
 def report(
     run_dirs: list[Path] = typer.Argument(
-        ..., help="Run folders (brainattn fit/scale fit/simulate outputs) or a demo folder."
+        ..., help="Run folders (brainattn fit/scale fit/simulate outputs) or a demo folder.",
+        callback=existing_dirs("a brainattn run or demo folder"),
     ),
     out: Path = typer.Option(
-        None, "--out", "-o",
+        None, "--out", "-o", callback=writable,
         help="HTML file to write (default: RUN_DIR/report.html; ./report.html for several folders)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
     svg: bool = typer.Option(True, "--svg/--no-svg", help="Also save every figure as SVG."),
     screenshot: Path = typer.Option(
-        None, "--screenshot", help="Also save a PNG screenshot of the page (needs chromium)."
+        None, "--screenshot", callback=writable, help="Also save a PNG screenshot of the page (needs chromium)."
     ),
 ):
     """Draw every result in RUN_DIR... into one self-contained HTML report (opens offline)."""

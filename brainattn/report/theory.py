@@ -1,9 +1,10 @@
 """Theory section: each simulation's curves with the analytic prediction overlaid.
 
 Reads ``results.nc`` written by ``brainattn simulate NAME``. The simulation is named by
-``attrs["simulation"]`` (or the run's ``config.json``/folder name); its module
-``brainattn.theory.<name>`` draws it with ``plot(ds)`` and tabulates it with ``summary(ds)``.
-When the module cannot draw it (not installed, or an error), the run's own ``figure.png`` is
+``attrs["simulation"]`` (or the run's ``config.json``/folder name); the registries name what
+draws and tabulates it: :data:`brainattn.report.theory_figures.FIGURES` (name -> figure
+function) and :data:`SUMMARIES` (name -> the module's ``summary(ds)``). When no registered
+function can draw it (an unknown simulation, or an error), the run's own ``figure.png`` is
 embedded instead and the page says so.
 """
 
@@ -23,6 +24,8 @@ from brainattn.report.figures import (
     provenance_of,
     render,
 )
+from brainattn.report.theory_figures import FIGURES
+from brainattn.theory import SIMULATIONS
 
 TEXT = (
     "Theory simulations, each with its analytic prediction beside the simulated curve: "
@@ -57,13 +60,16 @@ def simulation_name(ds, run: Run) -> str:
     return str(ds.attrs.get("simulation") or ds.attrs.get("name") or run.label)
 
 
-def _module(name: str):
-    if not name.isidentifier():
-        return None
-    try:
-        return importlib.import_module(f"brainattn.theory.{name}")
-    except ImportError:
-        return None
+def _summary_of(name: str):
+    def summary(ds):  # imported when a run of it is drawn: torch is not needed before
+        return importlib.import_module(f"brainattn.theory.{name}").summary(ds)
+
+    summary.__doc__ = f"``brainattn.theory.{name}.summary``"
+    return summary
+
+
+#: simulation name -> the table of its headline numbers (the module's ``summary``)
+SUMMARIES = {name: _summary_of(name) for name in SIMULATIONS}
 
 
 def plot_generic(ds):
@@ -88,7 +94,7 @@ def plot_generic(ds):
 
 
 def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: bool = True) -> Section:
-    """Draw each theory run with its module's ``plot`` (and ``summary`` as a table)."""
+    """Draw each theory run with its registered figure (and summary as a table)."""
     sec = Section("theory", "Theory", TEXT, missing=list(missing or []))
     for run in runs:
         sec.missing.extend(run.missing)
@@ -98,25 +104,24 @@ def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: boo
             sec.provenance.append(provenance_of(ds, run.files["results.nc"]))
         name = simulation_name(ds, run) if ds is not None else run.label
         caption = DESCRIPTIONS.get(name, f"Simulation {name}.")
-        mod = _module(name)
+        figure, table = FIGURES.get(name), SUMMARIES.get(name)
         drawn = False
         if ds is not None:
             dsd = _decode_attrs(ds)
-            if mod is not None and hasattr(mod, "plot"):
+            if figure is not None:
                 import matplotlib.pyplot as plt
 
                 try:
-                    with plt.rc_context():  # a module's seaborn theme must not restyle the page
-                        fig = mod.plot(dsd)
+                    with plt.rc_context():  # a figure's seaborn theme must not restyle the page
+                        fig = figure(dsd)
                         sec.figures.append(render(fig, f"theory-{name}", caption, svg=svg))
                     drawn = True
                 except Exception as exc:  # a drawing bug must not lose the rest of the page
-                    sec.missing.append(f"{name}: brainattn.theory.{name}.plot failed "
-                                       f"({type(exc).__name__}: {exc})")
+                    sec.missing.append(f"{name}: its figure failed ({type(exc).__name__}: {exc})")
             tabled = False
-            if mod is not None and hasattr(mod, "summary"):
+            if table is not None:
                 try:
-                    sec.tables.append((f"{name}: summary", mod.summary(dsd)))
+                    sec.tables.append((f"{name}: summary", table(dsd)))
                     tabled = True
                 except Exception as exc:
                     sec.missing.append(f"{name}: summary failed ({type(exc).__name__}: {exc})")
@@ -139,7 +144,8 @@ def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: boo
                                                   " (the run's own figure.png)", png, None, size))
                 drawn = True
         if not drawn and ds is not None:
-            if mod is None:
-                sec.missing.append(f"{name}: no module brainattn.theory.{name}; drawn generically")
+            if figure is None:
+                sec.missing.append(f"{name}: no figure registered for this simulation; drawn "
+                                   "generically")
             sec.figures.append(render(plot_generic(ds), f"theory-{name}", caption, svg=svg))
     return sec

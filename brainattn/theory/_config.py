@@ -166,6 +166,159 @@ def cpu_threads(device, n: int = 1):
 
 
 # --------------------------------------------------------------------------------------------
+# checks of single values, shared by the validators below (messages name the key)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _keys(config: Any, schema: dict[str, Any], name: str, *, fill: bool) -> dict[str, Any]:
+    """``config`` as a new dict with exactly the keys of ``schema``.
+
+    Unknown keys are refused; missing keys take the schema's values when ``fill``, else are
+    refused too.
+    """
+    if config is None and fill:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of keys to values, got {type(config).__name__}")
+    valid = ", ".join(sorted(schema))
+    unknown = sorted(set(config) - set(schema))
+    if unknown:
+        raise ConfigError(f"config key {unknown[0]!r}: unknown for {name}; valid keys: {valid}")
+    missing = sorted(set(schema) - set(config))
+    if missing and not fill:
+        raise ConfigError(f"config key {missing[0]!r}: missing (expected keys: {valid})")
+    return {**copy.deepcopy(schema), **copy.deepcopy(config)}
+
+
+def _int(config: dict, key: str, lo: int = 1) -> int:
+    v = config[key]
+    if not _is_int(v) or v < lo:
+        raise ConfigError(f"config key {key!r}: expected an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _int_list(config: dict, key: str, lo: int = 1) -> list[int]:
+    vals = config[key]
+    if _is_int(vals):
+        vals = [vals]
+    if not isinstance(vals, (list, tuple)) or not vals:
+        raise ConfigError(f"config key {key!r}: expected a non-empty list of integers, got {vals!r}")
+    for v in vals:
+        if not _is_int(v) or v < lo:
+            raise ConfigError(f"config key {key!r}: expected integers >= {lo}, got {v!r}")
+    return [int(v) for v in vals]
+
+
+def _number(config: dict, key: str, lo: float = -math.inf, hi: float = math.inf, *,
+            lo_open: bool = False, hi_open: bool = False) -> float:
+    """A finite number in the interval from ``lo`` to ``hi`` (ends closed unless ``*_open``)."""
+    v = config[key]
+    ok = (_is_num(v) and math.isfinite(v) and (v > lo if lo_open else v >= lo)
+          and (v < hi if hi_open else v <= hi))
+    if not ok:
+        if math.isinf(lo) and math.isinf(hi):
+            want = "a finite number"
+        elif math.isinf(hi):
+            want = f"a number {'>' if lo_open else '>='} {lo:g}"
+        elif math.isinf(lo):
+            want = f"a number {'<' if hi_open else '<='} {hi:g}"
+        else:
+            want = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ConfigError(f"config key {key!r}: expected {want}, got {v!r}")
+    return float(v)
+
+
+def _bool(config: dict, key: str) -> bool:
+    if not isinstance(config[key], bool):
+        raise ConfigError(f"config key {key!r}: expected true or false, got {config[key]!r}")
+    return config[key]
+
+
+# --------------------------------------------------------------------------------------------
+# pavlovian (the keys of PAVLOVIAN_QUICK are the schema)
+
+PAVLOVIAN_QUICK: dict[str, Any] = {
+    "seed": 0,
+    # capacity sweep over d_k and the load N / d_k
+    "d_k": [32, 64, 128, 256],
+    "load": [2.0 ** (e / 2) for e in range(-8, 7)],  # N / d_k from 1/16 to 8
+    "n_trials": 32,
+    "n_queries": 32,
+    "error_rate": 0.05,
+    "worst_case_threshold": 1.0,
+    "worst_case_trials": 200,
+    # learning rules on the same streams
+    "rules_d_k": 64,
+    "rules_n": [8, 16, 32, 48, 64, 96, 128, 256],
+    "rules_trials": 32,
+    "delta_lr": 1.0,
+    "delta_epochs": 10,
+    "decay": 0.97,
+    "softmax_beta": None,  # None: sqrt(rules_d_k)
+    # error propagation through layers and heads
+    "prop_d_k": 64,
+    "prop_n": 16,
+    "prop_layers": 6,
+    "prop_heads": [1, 2, 4, 8, 16],
+    "prop_trials": 128,
+    # memory knob: at most this many floats per batched (trials, N, d_k) key tensor
+    "max_batch_elements": 2**23,
+}
+
+PAVLOVIAN_FULL: dict[str, Any] = {
+    **PAVLOVIAN_QUICK,
+    "d_k": [32, 64, 128, 256, 512, 1024],
+    "n_trials": 1000,
+    "n_queries": 128,
+    "worst_case_trials": 1000,
+    "rules_d_k": 256,
+    "rules_n": [32, 64, 128, 192, 256, 384, 512, 1024],
+    "rules_trials": 256,
+    "delta_epochs": 20,
+    "decay": 0.99,
+    "prop_d_k": 256,
+    "prop_n": 64,
+    "prop_layers": 10,
+    "prop_heads": [1, 2, 4, 8, 16, 32],
+    "prop_trials": 1000,
+    "max_batch_elements": 2**28,
+}
+
+
+def validate_pavlovian(config: dict[str, Any]) -> dict[str, Any]:
+    """Check every value of a pavlovian config (all keys required); ``ConfigError`` names the key."""
+    c = _keys(config, PAVLOVIAN_QUICK, "pavlovian", fill=False)
+    c["seed"] = _int(c, "seed", 0)
+    c["d_k"] = _int_list(c, "d_k")
+    loads = c["load"]
+    if not isinstance(loads, (list, tuple)) or not loads or any(
+        not _is_num(x) or not x > 0 for x in loads
+    ):
+        raise ConfigError(f"config key 'load': expected a non-empty list of N/d_k > 0, got {loads!r}")
+    c["load"] = sorted(float(x) for x in loads)
+    for key in ("n_trials", "n_queries", "worst_case_trials", "rules_d_k", "rules_trials",
+                "delta_epochs", "prop_d_k", "prop_n", "prop_layers", "prop_trials",
+                "max_batch_elements"):
+        c[key] = _int(c, key)
+    c["error_rate"] = _number(c, "error_rate", 0.0, 0.5, lo_open=True, hi_open=True)
+    c["worst_case_threshold"] = _number(c, "worst_case_threshold", 0.0, lo_open=True)
+    c["delta_lr"] = _number(c, "delta_lr", 0.0, 2.0, lo_open=True, hi_open=True)
+    c["decay"] = _number(c, "decay", 0.0, 1.0, lo_open=True)
+    c["rules_n"] = sorted(_int_list(c, "rules_n"))
+    c["prop_heads"] = sorted(_int_list(c, "prop_heads"))
+    if c["softmax_beta"] is not None:
+        c["softmax_beta"] = _number(c, "softmax_beta", 0.0, lo_open=True)
+    return c
+
+
+# --------------------------------------------------------------------------------------------
 # semiotics (the keys of SEMIOTICS_QUICK are the schema)
 
 SEMIOTICS_DATASETS = ("digits", "mnist-bundled", "mnist")
@@ -228,88 +381,37 @@ SEMIOTICS_FULL: dict[str, Any] = {
     "cpu_threads": None,  # leave torch's default
 }
 
-_SEMIOTICS_INT_KEYS = {
-    "n_seeds": 1,
-    "seed": 0,
-    "channels": 1,
-    "ae_steps": 1,
-    "vanilla_steps": 1,
-    "stochastic_steps": 1,
-    "n_copies": 1,
-    "mlp_steps": 1,
-    "agent_steps": 1,
-    "n_boot": 1,
-    "batch_size": 1,
-}
-_SEMIOTICS_POS_FLOAT_KEYS = ("ae_lr", "tol", "mlp_lr")
-_SEMIOTICS_NONNEG_FLOAT_KEYS = (
-    "aug_noise",
-    "aug_shift",
-    "aug_rotate",
-    "aug_scale",
-    "aug_contrast",
-    "aug_blur",
-    "mlp_weight_decay",
-)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
 
 def validate_semiotics(config: dict | None) -> dict:
-    """Return a complete config (missing keys from :data:`QUICK`) or raise ``ConfigError``.
+    """A complete semiotics config (missing keys from ``SEMIOTICS_QUICK``) or ``ConfigError``.
 
-    Unknown keys and impossible values (non-positive steps, ``R`` larger than the smallest
-    class of the training pool, ``decay <= 1``, ...) raise with a message naming the key.
-    ``check_data`` also loads the data set to compare ``R`` with the class sizes.
+    Unknown keys and impossible values (non-positive steps, ``decay <= 1``, ...) raise with a
+    message naming the key; :func:`check_semiotics_data` compares ``R`` with the data set.
     """
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"config: expected a mapping of keys to values, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(SEMIOTICS_QUICK))
-    if unknown:
-        raise ConfigError(
-            f"config key {unknown[0]!r}: unknown for semiotics; known keys: {', '.join(SEMIOTICS_QUICK)}"
-        )
-    cfg = {**copy.deepcopy(SEMIOTICS_QUICK), **copy.deepcopy(config)}
+    cfg = _keys(config, SEMIOTICS_QUICK, "semiotics", fill=True)
     if cfg["dataset"] not in SEMIOTICS_DATASETS:
         raise ConfigError(f"config key 'dataset': expected one of {', '.join(SEMIOTICS_DATASETS)}, "
                           f"got {cfg['dataset']!r}")
-    ppc = cfg["pool_per_class"]
-    if ppc is not None and (not _is_int(ppc) or ppc < 2):
-        raise ConfigError(f"config key 'pool_per_class': expected an integer >= 2 or null, got {ppc!r}")
+    if cfg["pool_per_class"] is not None:
+        _int(cfg, "pool_per_class", 2)
     if cfg["dataset"] == "mnist" and not cfg["mnist_dir"]:
         raise ConfigError("config key 'mnist_dir': dataset 'mnist' needs the folder of the IDX files")
     if cfg["mnist_dir"] is not None and not isinstance(cfg["mnist_dir"], (str, os.PathLike)):
         raise ConfigError(f"config key 'mnist_dir': expected a folder path, got {cfg['mnist_dir']!r}")
-    for key, lo in _SEMIOTICS_INT_KEYS.items():
-        v = cfg[key]
-        if not _is_int(v) or v < lo:
-            raise ConfigError(f"config key {key!r}: expected an integer >= {lo}, got {v!r}")
-    for key in _SEMIOTICS_POS_FLOAT_KEYS:
-        v = cfg[key]
-        if not _is_num(v) or not math.isfinite(v) or v <= 0:
-            raise ConfigError(f"config key {key!r}: expected a positive number, got {v!r}")
-    for key in _SEMIOTICS_NONNEG_FLOAT_KEYS:
-        v = cfg[key]
-        if not _is_num(v) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"config key {key!r}: expected a number >= 0, got {v!r}")
-    if not _is_num(cfg["decay"]) or not math.isfinite(cfg["decay"]) or cfg["decay"] <= 1:
-        raise ConfigError(f"config key 'decay': expected a number > 1, got {cfg['decay']!r}")
-    if not _is_num(cfg["ci"]) or not 0 < cfg["ci"] < 1:
-        raise ConfigError(f"config key 'ci': expected a number in (0, 1), got {cfg['ci']!r}")
-    if cfg["cpu_threads"] is not None and (not _is_int(cfg["cpu_threads"]) or cfg["cpu_threads"] < 1):
-        raise ConfigError(
-            f"config key 'cpu_threads': expected a positive integer or null, got {cfg['cpu_threads']!r}"
-        )
-    if not isinstance(cfg["agents"], bool):
-        raise ConfigError(f"config key 'agents': expected true or false, got {cfg['agents']!r}")
+    for key in ("n_seeds", "channels", "ae_steps", "vanilla_steps", "stochastic_steps", "n_copies",
+                "mlp_steps", "agent_steps", "n_boot", "batch_size"):
+        _int(cfg, key)
+    _int(cfg, "seed", 0)
+    for key in ("ae_lr", "tol", "mlp_lr"):
+        _number(cfg, key, 0.0, lo_open=True)
+    for key in ("aug_noise", "aug_shift", "aug_rotate", "aug_scale", "aug_contrast", "aug_blur",
+                "mlp_weight_decay"):
+        _number(cfg, key, 0.0)
+    _number(cfg, "decay", 1.0, lo_open=True)
+    _number(cfg, "ci", 0.0, 1.0, lo_open=True, hi_open=True)
+    if cfg["cpu_threads"] is not None:
+        _int(cfg, "cpu_threads")
+    _bool(cfg, "agents")
     if cfg["n_test"] is not None and (not _is_int(cfg["n_test"]) or 0 < cfg["n_test"] < 10
                                       or cfg["n_test"] < 0):
         raise ConfigError(
@@ -321,14 +423,10 @@ def validate_semiotics(config: dict | None) -> dict:
     if not isinstance(hidden, (list, tuple)) or not all(_is_int(h) and h >= 1 for h in hidden):
         raise ConfigError(f"config key 'mlp_hidden': expected a list of positive integers, got {hidden!r}")
     cfg["mlp_hidden"] = [int(h) for h in hidden]
-    rs = cfg["R"]
-    if _is_int(rs):
-        rs = [rs]
-    if not isinstance(rs, (list, tuple)) or not rs or not all(_is_int(r) and r >= 1 for r in rs):
-        raise ConfigError(f"config key 'R': expected a list of positive integers, got {cfg['R']!r}")
+    rs = _int_list(cfg, "R")
     if len(set(rs)) != len(rs):
         raise ConfigError(f"config key 'R': values must be distinct, got {list(rs)!r}")
-    cfg["R"] = sorted(int(r) for r in rs)
+    cfg["R"] = sorted(rs)
     return cfg
 
 
@@ -346,7 +444,94 @@ def check_semiotics_data(cfg: dict, smallest_class: int) -> None:
         )
 
 
+# --------------------------------------------------------------------------------------------
+# consciousness (the keys of CONSCIOUSNESS_QUICK are the schema)
+
+CONSCIOUSNESS_QUICK: dict[str, Any] = {
+    "seed": 0,
+    "n_seeds": 5,
+    "n_variables": 8,
+    "factor_size": 2,
+    "n_distractors": 8,
+    "n_distractor_types": 16,
+    "d_id": 32,
+    "d_model": 32,
+    "d_state": 16,
+    "hidden": 64,
+    "n_queries": 1,
+    "k_values": [1, 2, 3, 4],
+    "mode": "straight_through",
+    "key_from_identity": True,
+    "noise": 0.1,
+    "ood_shift": 3.0,
+    "ood_scale": 2.0,
+    "ood_novel_types": False,
+    "steps": 200,
+    "anneal_fraction": 0.5,
+    "batch_size": 64,
+    "lr": 0.003,
+    "n_test": 2000,
+}
+
+CONSCIOUSNESS_FULL: dict[str, Any] = {
+    **CONSCIOUSNESS_QUICK,
+    "n_seeds": 10,
+    "n_variables": 24,
+    "factor_size": 3,
+    "n_distractors": 24,
+    "n_distractor_types": 64,
+    "d_id": 32,
+    "d_model": 64,
+    "d_state": 32,
+    "hidden": 128,
+    "k_values": [1, 2, 3, 4, 6],
+    "steps": 2000,
+    "batch_size": 256,
+    "n_test": 10000,
+}
+
+
+def validate_consciousness(config: dict[str, Any]) -> dict[str, Any]:
+    """Check a consciousness config (all keys required); ``ConfigError`` names the key."""
+    c = _keys(config, CONSCIOUSNESS_QUICK, "consciousness", fill=False)
+    c["seed"] = _int(c, "seed", 0)
+    for key in ("n_seeds", "n_distractor_types", "d_id", "d_model", "d_state", "hidden",
+                "n_queries", "steps", "batch_size", "n_test"):
+        c[key] = _int(c, key)
+    c["n_variables"] = _int(c, "n_variables", 2)
+    c["n_distractors"] = _int(c, "n_distractors", 0)
+    c["factor_size"] = _int(c, "factor_size")
+    if c["factor_size"] > c["n_variables"] - 1:
+        raise ConfigError(
+            f"config key 'factor_size': {c['factor_size']} parents need at least "
+            f"{c['factor_size'] + 1} variables (n_variables is {c['n_variables']})"
+        )
+    n_el = c["n_variables"] + c["n_distractors"]
+    ks = _int_list(c, "k_values")
+    for k in ks:
+        if k > n_el:
+            raise ConfigError(
+                f"config key 'k_values': k={k} is larger than the number of elements "
+                f"({n_el} = n_variables + n_distractors)"
+            )
+    c["k_values"] = sorted(ks)
+    if c["mode"] not in ("straight_through", "soft"):
+        raise ConfigError(f"config key 'mode': {c['mode']!r}; expected 'straight_through' or 'soft'")
+    _bool(c, "key_from_identity")
+    _bool(c, "ood_novel_types")
+    c["noise"] = _number(c, "noise", 0.0)
+    c["ood_shift"] = _number(c, "ood_shift")
+    c["ood_scale"] = _number(c, "ood_scale", 0.0, lo_open=True)
+    c["lr"] = _number(c, "lr", 0.0, lo_open=True)
+    c["anneal_fraction"] = _number(c, "anneal_fraction", 0.0, 1.0)
+    return c
+
+
 __all__ = [
+    "CONSCIOUSNESS_FULL",
+    "CONSCIOUSNESS_QUICK",
+    "PAVLOVIAN_FULL",
+    "PAVLOVIAN_QUICK",
     "SCALES",
     "SEMIOTICS_DATASETS",
     "SEMIOTICS_FULL",
@@ -356,5 +541,7 @@ __all__ = [
     "merge_config",
     "read_config_file",
     "resolve_config",
+    "validate_consciousness",
+    "validate_pavlovian",
     "validate_semiotics",
 ]

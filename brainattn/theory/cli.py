@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from brainattn.options import existing_file, seed_option, writable
 from brainattn.theory import SIMULATIONS
 
 _HELP = {
@@ -70,6 +71,7 @@ def run_simulation(
         check_output_dir,
         save_netcdf,
     )
+    from brainattn.report.theory_figures import FIGURES
     from brainattn.theory._config import resolve_config
     from brainattn.utils import resolve_device, seed_everything
 
@@ -86,7 +88,7 @@ def run_simulation(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_netcdf(ds, tmp / "results.nc", seed=int(config.get("seed", 0)), simulation=name,
                     scale=scale, config_file=str(config_file) if config_file else "")
-        fig = module.plot(ds)
+        fig = FIGURES[name](ds)
         try:
             fig.savefig(tmp / "figure.png", dpi=150)
             fig.savefig(tmp / "figure.svg")
@@ -100,14 +102,15 @@ def run_simulation(
 
 def _make_command(name: str):
     def command(
-        out: Path = typer.Option(..., "--out", "-o", help="Output folder (results.nc, figure.png/.svg, "
+        out: Path = typer.Option(..., "--out", "-o", callback=writable, help="Output folder (results.nc, figure.png/.svg, "
                                  "config.json, summary.csv); must be new or empty unless --overwrite."),
-        config: Path = typer.Option(None, "--config", "-c", help="JSON or TOML file of config keys "
+        config: Path = typer.Option(None, "--config", "-c",
+                                    callback=existing_file("a .json or .toml config"), help="JSON or TOML file of config keys "
                                     "replacing the preset's (see config.json of a previous run)."),
         scale: str = typer.Option("quick", "--scale", help="quick (minutes on a CPU) or full "
                                   "(publication-size sweep, for a GPU)."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
-        seed: int = typer.Option(None, "--seed", help="Random seed (default: the config's, 0)."),
+        seed: int = seed_option(None, "Random seed (default: the config's, 0)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     ):
         run_simulation(name, scale=scale, config_file=config, device=device, seed=seed, out=out,

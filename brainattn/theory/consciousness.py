@@ -55,52 +55,12 @@ import torch
 from torch import nn
 
 from brainattn.errors import ConfigError, ShapeError
+from brainattn.report.theory_figures import plot_consciousness as plot
+from brainattn.theory._config import CONSCIOUSNESS_FULL as FULL
+from brainattn.theory._config import CONSCIOUSNESS_QUICK as QUICK
+from brainattn.theory._config import validate_consciousness as validate_config
 
 MODES = ("straight_through", "soft", "dense")
-
-QUICK: dict[str, Any] = {
-    "seed": 0,
-    "n_seeds": 5,
-    "n_variables": 8,
-    "factor_size": 2,
-    "n_distractors": 8,
-    "n_distractor_types": 16,
-    "d_id": 32,
-    "d_model": 32,
-    "d_state": 16,
-    "hidden": 64,
-    "n_queries": 1,
-    "k_values": [1, 2, 3, 4],
-    "mode": "straight_through",
-    "key_from_identity": True,
-    "noise": 0.1,
-    "ood_shift": 3.0,
-    "ood_scale": 2.0,
-    "ood_novel_types": False,
-    "steps": 200,
-    "anneal_fraction": 0.5,
-    "batch_size": 64,
-    "lr": 0.003,
-    "n_test": 2000,
-}
-
-FULL: dict[str, Any] = {
-    **QUICK,
-    "n_seeds": 10,
-    "n_variables": 24,
-    "factor_size": 3,
-    "n_distractors": 24,
-    "n_distractor_types": 64,
-    "d_id": 32,
-    "d_model": 64,
-    "d_state": 32,
-    "hidden": 128,
-    "k_values": [1, 2, 3, 4, 6],
-    "steps": 2000,
-    "batch_size": 256,
-    "n_test": 10000,
-}
-
 
 # --------------------------------------------------------------------------------------------
 # the bottleneck module
@@ -202,7 +162,7 @@ class ConsciousnessBottleneck(nn.Module):
         kk = min(self.k, n)
         selected = scores.topk(kk, dim=-1).indices
         if self.mode == "dense":
-            from brainattn.theory.pavlovian import _attention_fn
+            from brainattn.theory.pavlovian.memory import _attention_fn
 
             q = self.queries.expand(elements.shape[0], -1, -1)
             pooled = _attention_fn()(q[:, None], keys[:, None], vals[:, None], scale=scale)[:, 0]
@@ -396,76 +356,7 @@ def evaluate_model(model: ConsciousnessBottleneck, world: FactorGraphWorld, *, n
 
 
 # --------------------------------------------------------------------------------------------
-# config validation and the driver
-
-
-def _int(config, key, lo=1):
-    v = config[key]
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ConfigError(f"config key {key!r}: expected an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
-def _num(config, key, lo=0.0, strict=True):
-    v = config[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
-        v <= lo if strict else v < lo
-    ):
-        op = ">" if strict else ">="
-        raise ConfigError(f"config key {key!r}: expected a number {op} {lo}, got {v!r}")
-    return float(v)
-
-
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Check a consciousness config; raise :class:`ConfigError` naming the key."""
-    unknown = sorted(set(config) - set(QUICK))
-    if unknown:
-        raise ConfigError(f"config key {unknown[0]!r}: unknown; valid keys: {', '.join(sorted(QUICK))}")
-    missing = sorted(set(QUICK) - set(config))
-    if missing:
-        raise ConfigError(f"config key {missing[0]!r}: missing")
-    c = dict(config)
-    c["seed"] = _int(config, "seed", 0)
-    for key in ("n_seeds", "n_distractor_types", "d_id", "d_model", "d_state", "hidden",
-                "n_queries", "steps", "batch_size", "n_test"):
-        c[key] = _int(config, key)
-    c["n_variables"] = _int(config, "n_variables", 2)
-    c["n_distractors"] = _int(config, "n_distractors", 0)
-    c["factor_size"] = _int(config, "factor_size")
-    if c["factor_size"] > c["n_variables"] - 1:
-        raise ConfigError(
-            f"config key 'factor_size': {c['factor_size']} parents need at least "
-            f"{c['factor_size'] + 1} variables (n_variables is {c['n_variables']})"
-        )
-    n_el = c["n_variables"] + c["n_distractors"]
-    ks = config["k_values"]
-    if not isinstance(ks, (list, tuple)) or not ks:
-        raise ConfigError(f"config key 'k_values': expected a non-empty list of integers, got {ks!r}")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"config key 'k_values': expected integers >= 1, got {k!r}")
-        if k > n_el:
-            raise ConfigError(
-                f"config key 'k_values': k={k} is larger than the number of elements "
-                f"({n_el} = n_variables + n_distractors)"
-            )
-    c["k_values"] = sorted(int(k) for k in ks)
-    if config["mode"] not in ("straight_through", "soft"):
-        raise ConfigError(f"config key 'mode': {config['mode']!r}; expected 'straight_through' or 'soft'")
-    for key in ("key_from_identity", "ood_novel_types"):
-        if not isinstance(config[key], bool):
-            raise ConfigError(f"config key {key!r}: expected true or false, got {config[key]!r}")
-    c["noise"] = _num(config, "noise", 0.0, strict=False)
-    shift = config["ood_shift"]
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift):
-        raise ConfigError(f"config key 'ood_shift': expected a finite number, got {shift!r}")
-    c["ood_shift"] = float(shift)
-    c["ood_scale"] = _num(config, "ood_scale")
-    c["lr"] = _num(config, "lr")
-    c["anneal_fraction"] = _num(config, "anneal_fraction", 0.0, strict=False)
-    if c["anneal_fraction"] > 1:
-        raise ConfigError(f"config key 'anneal_fraction': expected a number in [0, 1], got {c['anneal_fraction']!r}")
-    return c
+# the driver
 
 
 def _models(c) -> list[tuple[str, int, str]]:
@@ -599,59 +490,6 @@ def summary(ds):
             "oracle_error": float(ds["error_oracle"].mean()),
         })
     return pd.DataFrame(rows)
-
-
-def plot(ds):
-    """Three panels: errors in/out of distribution per model, selection vs k, selection frequency
-    of parents / other variables / distractors."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    rows = []
-    for m in ds["model"].values:
-        for s in ds["seed"].values:
-            for tag, name in (("id", "in distribution"), ("ood", "shifted distractors")):
-                rows.append({"model": str(m), "seed": int(s), "test": name,
-                             "error": float(ds[f"error_{tag}"].sel(model=m, seed=s))})
-    df = pd.DataFrame(rows)
-    sns.pointplot(data=df, x="model", y="error", hue="test", ax=axes[0], dodge=0.3,
-                  errorbar=("se", 2), linestyles="none")
-    axes[0].axhline(float(ds["error_oracle"].mean()), color="k", lw=0.8, ls="--", label="noise floor")
-    axes[0].set(yscale="log", ylabel="relative MSE", title="prediction error (mean +- 2 s.e. over seeds)")
-    axes[0].legend(fontsize=7)
-
-    sel_rows = []
-    for m in ds["model"].values:
-        if m == "dense":
-            continue
-        for s in ds["seed"].values:
-            for q in ("exact", "precision", "recall"):
-                sel_rows.append({"k": int(ds["k"].sel(model=m)), "measure": q,
-                                 "value": float(ds[f"selection_{q}_id"].sel(model=m, seed=s))})
-    sns.lineplot(data=pd.DataFrame(sel_rows), x="k", y="value", hue="measure", marker="o",
-                 ax=axes[1], errorbar=("se", 2))
-    axes[1].axvline(ds.attrs["factor_size"], color="k", lw=0.5, ls=":")
-    axes[1].set(ylim=(-0.02, 1.02), title="recovered selection vs true parents")
-
-    cat_rows = []
-    tp = ds["true_parent"].values
-    for m in ds["model"].values:
-        f = ds["selection_freq"].sel(model=m).values  # (seed, variable)
-        for s in range(f.shape[0]):
-            cat_rows.append({"model": str(m), "element": "parents", "freq": f[s][tp[s]].mean()})
-            cat_rows.append({"model": str(m), "element": "other variables",
-                             "freq": f[s][~tp[s]].mean()})
-            cat_rows.append({"model": str(m), "element": "distractors",
-                             "freq": float(ds["distractor_freq"].sel(model=m).values[s])})
-    sns.barplot(data=pd.DataFrame(cat_rows), x="model", y="freq", hue="element", ax=axes[2],
-                errorbar=("se", 2))
-    axes[2].set(ylabel="fraction of cases selected", title="what enters the conscious state")
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
 
 
 __all__ = [

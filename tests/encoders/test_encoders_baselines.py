@@ -29,6 +29,27 @@ def test_ridge_matches_sklearn_at_the_chosen_alpha_and_alphas_follow_snr():
         np.testing.assert_allclose(est.predict(X[200:])[:, j], ref.predict(Zt), rtol=1e-3, atol=1e-3)
 
 
+def test_ridge_cv_picks_himalayas_alphas_and_predicts_as_himalaya():
+    """The CV solver computes what himalaya's RidgeCV(solver="svd", fit_intercept=True)
+    computes (same folds, score and rule), in feature space."""
+    from himalaya.backend import set_backend
+    from himalaya.ridge import RidgeCV
+
+    X, Y = _pooled_problem(n=300)
+    Y = np.concatenate([Y, Y[:, :1] * 3 + 1], 1)  # a rescaled copy: the same alpha
+    alphas = np.logspace(-2, 5, 12)
+    est = RidgeEncoder(pool="mean", alphas=alphas, cv=5, device="cpu").fit(X, Y)
+    Z = X.mean(1)
+    Zs = (Z - Z.mean(0)) / (Z.std(0) + 1e-6)
+    set_backend("numpy")
+    ref = RidgeCV(alphas=alphas, cv=5, fit_intercept=True).fit(Zs.astype(np.float64),
+                                                              Y.astype(np.float64))
+    np.testing.assert_allclose(est.alphas_, ref.best_alphas_, rtol=1e-5)
+    assert est.alphas_[3] == est.alphas_[0]
+    np.testing.assert_allclose(est.predict(X[:20]), ref.predict(Zs[:20]), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(est.cv_scores_, ref.cv_scores_, rtol=1e-3)
+
+
 def test_ridge_pca_recovers_a_token_specific_signal(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((300, 9, 4)).astype(np.float32)
@@ -52,7 +73,7 @@ def test_factorized_recovers_planted_maps_and_features(method, tmp_path):
     Y = np.stack([X[:, t] @ what[k] for k, t in enumerate(where)], 1)
     Y = Y + 0.3 * rng.standard_normal(Y.shape) * Y.std(0)
     est = SpatialFeatureEncoder(method=method, epochs=40, lr=1e-2, patience=None, smoothness=0.0,
-                                device="cpu").fit(X[:500], Y[:500], grid=grid)
+                                grid=grid, device="cpu").fit(X[:500], Y[:500])
     maps = est.maps().reshape(3, -1)
     assert maps.argmax(1).tolist() == where
     r = [np.corrcoef(est.predict(X[500:])[:, j], Y[500:, j])[0, 1] for j in range(3)]

@@ -280,14 +280,16 @@ def test_backend_choice_and_gloo_fallback(monkeypatch):
 
 
 def test_plan_fits_rule():
-    assert D.plan_fits(1, 1) == "sequential"
-    assert D.plan_fits(8, 0) == "sequential"
-    assert D.plan_fits(1, 2) == "ddp"
-    assert D.plan_fits(3, 4) == "ddp"
-    assert D.plan_fits(2, 2) == "independent"
-    assert D.plan_fits(16, 8) == "independent"
-    assert D.assign_fits(5, 2, 0) == [0, 2, 4] and D.assign_fits(5, 2, 1) == [1, 3]
-    assert D.fit_name("subj01", "gabor", -1) == "subj01__gabor__layer-1"
+    from brainattn.encoders import multifit as M
+
+    assert M.plan_fits(1, 1) == "sequential"
+    assert M.plan_fits(8, 0) == "sequential"
+    assert M.plan_fits(1, 2) == "ddp"
+    assert M.plan_fits(3, 4) == "ddp"
+    assert M.plan_fits(2, 2) == "independent"
+    assert M.plan_fits(16, 8) == "independent"
+    assert M.assign_fits(5, 2, 0) == [0, 2, 4] and M.assign_fits(5, 2, 1) == [1, 3]
+    assert M.fit_name("subj01", "gabor", -1) == "subj01__gabor__layer-1"
 
 
 def test_not_under_torchrun_means_single_process(monkeypatch):
@@ -322,9 +324,11 @@ def test_several_fits_in_one_call_get_one_folder_each(work, tmp_path):
     _, common = work
     ds = common.tiny_dataset(str(tmp_path / "data"))
     fits = [{"subject": s, "backbone": "gabor", "layer": -1} for s in ("subj01", "subj02")]
+    from brainattn.encoders.multifit import fit_many
+
     said = []
-    runs = D.fit_many(ds, tmp_path / "out", fits, log=said.append, model="ridge", image_size=32,
-                      cache_dir=tmp_path / "cache", echo=False, device="cpu")
+    runs = fit_many(ds, tmp_path / "out", fits, log=said.append, model="ridge", image_size=32,
+                    cache_dir=tmp_path / "cache", echo=False, device="cpu")
     assert [r.name for r in runs] == ["subj01__gabor__layer-1", "subj02__gabor__layer-1"]
     for r in runs:
         assert (r / "scores.nc").is_file() and (r / "model.safetensors").is_file()

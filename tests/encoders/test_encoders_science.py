@@ -13,15 +13,16 @@ N_IMAGES = 360
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    from brainattn.data import open_algonauts
+    from brainattn.data import open_algonauts, roi_labels, vertex_coords
     from brainattn.data.synth import generate, load_ground_truth
+    from brainattn.encoders import split_images
     from brainattn.encoders.backbones import GaborBackbone
     from brainattn.encoders.cache import get_features
     from brainattn.encoders.factorized import SpatialFeatureEncoder
     from brainattn.encoders.metrics import score_table
     from brainattn.encoders.ridge import RidgeEncoder
-    from brainattn.encoders.run import _vertex_coords, attention_dataset, split_images
-    from brainattn.encoders.transformer import TransformerBrainEncoder, assign_queries
+    from brainattn.encoders.run import attention_dataset
+    from brainattn.encoders.transformer import TransformerBrainEncoder
 
     root = tmp_path_factory.mktemp("sci") / "data"
     generate(root, subjects=1, images=N_IMAGES, seed=1, image_size=112, n_ev_roi=25,
@@ -33,22 +34,21 @@ def fitted(tmp_path_factory):
                          cache_dir=tmp_path_factory.mktemp("cache"))
     X = np.asarray(cache.features, np.float32)
     Y = ds["betas"].values
-    tr, va, te = split_images(len(Y), 0.12, 0.2, 0)
-    roi = {k[4:]: ds[k].values.astype(str) for k in ds.coords if k.startswith("roi_")}
-    names, vq = assign_queries("rois", ds["hemisphere"].values, roi)
+    fit, te = split_images(len(Y), 0.2, 0)
+    roi = roi_labels(ds)
     models = {
-        "ridge": RidgeEncoder(device="cpu").fit(X, Y, train_idx=np.concatenate([tr, va])),
-        "factorized": SpatialFeatureEncoder(device="cpu").fit(X, Y, train_idx=tr, val_idx=va,
-                                                              grid=cache.grid),
+        "ridge": RidgeEncoder(device="cpu").fit(X[fit], Y[fit]),
+        "factorized": SpatialFeatureEncoder(val_fraction=0.15, grid=cache.grid,
+                                            device="cpu").fit(X[fit], Y[fit]),
         "transformer": TransformerBrainEncoder(
-            width=64, heads=4, ffn=128, prf_bias=True, epochs=30, batch_size=16, lr=2e-3,
-            patience=None, device="cpu", seed=0,
-        ).fit(X, Y, train_idx=tr, val_idx=va, vertex_query=vq, query_names=names,
-              grid=cache.grid),
+            queries="rois", hemisphere=ds["hemisphere"].values, roi_labels=roi,
+            grid=cache.grid, width=64, heads=4, ffn=128, prf_bias=True, epochs=30,
+            batch_size=16, lr=2e-3, patience=None, val_fraction=0.15, device="cpu", seed=0,
+        ).fit(X[fit], Y[fit]),
     }
     nc = ds["noise_ceiling"].values
     scores = {m: score_table(e.predict(X[te]), Y[te], noise_ceiling=nc,
-                             vertex_coords=_vertex_coords(ds), device="cpu")
+                             vertex_coords=vertex_coords(ds), device="cpu")
               for m, e in models.items()}
     att = attention_dataset(models["transformer"], X, te, ds, cache.grid)
     return scores, att, gt, roi

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from brainattn.encoders.transformer import (
+    QueryAssignment,
     TransformerBrainEncoder,
     TransformerModule,
     assign_queries,
@@ -93,9 +94,10 @@ def _planted_routing(n=500, grid=4, c=6, seed=0):
 @pytest.mark.slow
 def test_transformer_learns_to_route_and_attention_finds_the_target():
     X, Y, where = _planted_routing()
-    est = TransformerBrainEncoder(width=32, heads=4, ffn=64, dropout=0.0, epochs=25,
+    est = TransformerBrainEncoder(queries=QueryAssignment(("route", "fixed"), np.array([0, 1])),
+                                  width=32, heads=4, ffn=64, dropout=0.0, epochs=25,
                                   batch_size=32, lr=3e-3, patience=None, device="cpu", seed=0)
-    est.fit(X[:400], Y[:400], vertex_query=np.array([0, 1]), query_names=["route", "fixed"])
+    est.fit(X[:400], Y[:400])
     r = [np.corrcoef(est.predict(X[400:])[:, j], Y[400:, j])[0, 1] for j in range(2)]
     assert r[0] > 0.8 and r[1] > 0.8, r
     maps = est.attention_maps(X[400:]).reshape(100, 2, -1)
@@ -106,9 +108,9 @@ def test_transformer_learns_to_route_and_attention_finds_the_target():
 
 def test_save_load_predicts_identically(tmp_path):
     X, Y, _ = _planted_routing(n=80)
-    est = TransformerBrainEncoder(width=16, heads=2, ffn=32, epochs=1, batch_size=16,
-                                  device="cpu", prf_bias=True)
-    est.fit(X, Y, vertex_query=np.array([0, 1]))
+    est = TransformerBrainEncoder(queries="vertices", width=16, heads=2, ffn=32, epochs=1,
+                                  batch_size=16, device="cpu", prf_bias=True)
+    est.fit(X, Y)
     est.save(tmp_path)
     again = TransformerBrainEncoder.load(tmp_path)
     np.testing.assert_array_equal(est.predict(X[:7]), again.predict(X[:7]))

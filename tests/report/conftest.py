@@ -1,10 +1,9 @@
 """Fixtures of the report tests: ``fakes`` (the builders in ``fakes_report.py``) and a fake
-theory module ``brainattn.theory.fakesim`` registered for every test."""
+theory simulation ``fakesim`` (figure and summary) registered for every test."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,18 @@ def fakes():
     return _fakes
 
 
+def _register_fakesim(mp: pytest.MonkeyPatch) -> None:
+    from brainattn.report.theory import SUMMARIES
+    from brainattn.report.theory_figures import FIGURES
+
+    plot, summary = _fakes.fake_simulation()
+    mp.setitem(FIGURES, "fakesim", plot)
+    mp.setitem(SUMMARIES, "fakesim", summary)
+
+
 @pytest.fixture(autouse=True)
-def fake_theory_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "brainattn.theory.fakesim", _fakes.fake_module())
+def fake_theory_simulation(monkeypatch):
+    _register_fakesim(monkeypatch)
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +41,6 @@ def demo_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     _fakes.make_demo(root)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "brainattn.theory.fakesim", _fakes.fake_module())
+        _register_fakesim(mp)
         out = build_report(root)
     return root, out, out.read_text(encoding="utf-8")

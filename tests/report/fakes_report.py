@@ -2,15 +2,14 @@
 
 ``make_demo(root)`` writes a demo folder: ``encoders/{transformer,ridge}`` (scores.nc,
 attention.nc for the transformer, history.csv, config.json), ``psychophysics`` (scale.nc,
-summary.txt) and ``theory/fakesim`` (results.nc of a fake simulation module registered as
-``brainattn.theory.fakesim``). Every number drawn is known to the tests.
+summary.txt) and ``theory/fakesim`` (results.nc of a fake simulation whose figure and summary
+the tests register; ``fake_simulation``). Every number drawn is known to the tests.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import types
 from pathlib import Path
 
 import matplotlib
@@ -144,14 +143,14 @@ def make_theory():
     )
 
 
-def fake_module():
-    mod = types.ModuleType("brainattn.theory.fakesim")
+def fake_simulation():
+    """The figure and summary functions of the fake simulation ``fakesim``."""
 
     def plot(ds):
         import matplotlib.pyplot as plt
 
-        assert isinstance(ds.attrs["config"], dict)  # JSON attrs decoded for the module
-        plt.rcParams["axes.facecolor"] = "#ff0000"  # a module restyling matplotlib globally
+        assert isinstance(ds.attrs["config"], dict)  # JSON attrs decoded for the figure
+        plt.rcParams["axes.facecolor"] = "#ff0000"  # a figure restyling matplotlib globally
         fig, ax = plt.subplots()
         (ln,) = ax.plot(ds["n"], ds["simulated"], "o")
         ln.set_gid("fakesim-simulated")
@@ -161,8 +160,7 @@ def fake_module():
     def summary(ds):
         return pd.DataFrame({"n": ds["n"].values, "simulated": ds["simulated"].values})
 
-    mod.plot, mod.summary = plot, summary
-    return mod
+    return plot, summary
 
 
 SEED = 7

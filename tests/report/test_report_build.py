@@ -119,7 +119,7 @@ def test_overwrite_replaces_report_and_figures(tmp_path, fakes):
     assert sorted(p.name for p in (run / "figures").iterdir()) == ["theory-fakesim.png"]
 
 
-def test_theory_module_plot_and_summary_are_used(tmp_path, fakes):
+def test_theory_registered_figure_and_summary_are_used(tmp_path, fakes):
     import matplotlib.pyplot as plt
 
     fakes.make_demo(tmp_path, parts=("theory",))
@@ -131,7 +131,7 @@ def test_theory_module_plot_and_summary_are_used(tmp_path, fakes):
     assert summary.count("<tr") == 1 + 8  # header + one row per n
 
 
-def test_theory_without_module_falls_back_to_its_figure_png(tmp_path, fakes):
+def test_theory_without_registered_figure_falls_back_to_its_figure_png(tmp_path, fakes):
     fakes.make_demo(tmp_path, parts=("theory",))
     src = tmp_path / "theory" / "fakesim"
     dst = tmp_path / "theory" / "unknownsim"

@@ -1,5 +1,6 @@
 """``brainattn simulate``: config resolution, outputs, atomicity and one-line errors."""
 
+import importlib
 import importlib.util
 import json
 
@@ -172,7 +173,9 @@ def test_failure_mid_run_leaves_nothing(tmp_path, tiny_pv, monkeypatch, capsys):
     def boom(ds):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(pv, "plot", boom)
+    from brainattn.report.theory_figures import FIGURES
+
+    monkeypatch.setitem(FIGURES, "pavlovian", boom)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="plot failed"):  # after results.nc was written
         run_simulation("pavlovian", config_file=tiny_pv, device="cpu", out=out,
@@ -186,3 +189,13 @@ def test_help_lists_semiotics_only_when_present(capsys):
     assert "pavlovian" in text and "consciousness" in text
     has = importlib.util.find_spec("brainattn.theory.semiotics") is not None
     assert ("semiotics" in text) == has
+
+
+def test_every_simulation_has_a_registered_figure_and_summary():
+    from brainattn.report.theory import SUMMARIES
+    from brainattn.report.theory_figures import FIGURES
+    from brainattn.theory import SIMULATIONS
+
+    assert list(FIGURES) == list(SUMMARIES) == list(SIMULATIONS)
+    for name in SIMULATIONS:  # each module's plot is the registered figure, not a second one
+        assert importlib.import_module(f"brainattn.theory.{name}").plot is FIGURES[name]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,9 @@ def stage_targets(Y, n_images: int, train_idx, device) -> tuple[torch.Tensor, to
         Y = np.asarray(Y)
         if Y.ndim != 2:
             raise ShapeError(f"betas: expected (n_images, n_vertices), got shape {Y.shape}")
-        Yt = torch.as_tensor(np.asarray(Y, dtype=np.float32)).to(device)
+        with warnings.catch_warnings():  # a read-only memory map is only read from here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            Yt = torch.as_tensor(np.asarray(Y, dtype=np.float32)).to(device)
     if Yt.ndim != 2:
         raise ShapeError(f"betas: expected (n_images, n_vertices), got shape {tuple(Yt.shape)}")
     if Yt.shape[0] != n_images:

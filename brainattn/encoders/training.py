@@ -77,12 +77,12 @@ class ArrayLoader:
             raise ConfigError(f"preload {preload!r}: expected 'gpu', 'cpu', True, False or None")
         if self.where == "stream":
             self._X = X
+        elif self.where == "gpu":
+            self._X = _stage_on_device(X, self.indices, self.device)
         else:
-            dev = self.device if self.where == "gpu" else torch.device("cpu")
-            self._X = torch.empty((len(self.indices), *X.shape[1:]), dtype=torch.float16,
-                                  device=dev)
+            self._X = torch.empty((len(self.indices), *X.shape[1:]), dtype=torch.float16)
             for s in range(0, len(self.indices), 256):  # chunked: no second full host copy
-                self._X[s : s + 256] = self._read(X, self.indices[s : s + 256]).to(dev)
+                self._X[s : s + 256] = self._read(X, self.indices[s : s + 256])
         self._local = self.where != "stream"
         if Y is None:
             self._Y = None
@@ -213,6 +213,66 @@ class ArrayLoader:
             x = x.to(self.device, non_blocking=True).float()
             y = None if self._Yd is None else self._Yd[dpos[e - len(pos) : e]]
             yield x, y
+
+
+def _take_rows(base, rows: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = base[rows]`` (float16), in one copy: a slice for a run of consecutive rows,
+    ``np.take`` (which releases the GIL) for other rows of an array or memory map."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+        out[...] = base[int(rows[0]) : int(rows[-1]) + 1]
+    elif isinstance(base, np.ndarray) and base.dtype == out.dtype:
+        np.take(base, rows, axis=0, out=out)
+    else:
+        out[...] = np.asarray(base[rows])
+
+
+def _stage_on_device(X, indices: np.ndarray, device, *, chunk: int = 128,
+                     workers: int = 4) -> torch.Tensor:
+    """Rows ``indices`` of ``X`` (array, memory map or :class:`~brainattn.encoders._base.Rows`
+    view) as one float16 tensor on ``device`` (a CUDA device; the CPU for tests): ``workers`` threads each read a chunk
+    into their own pinned buffer and copy it on their own stream, so reading the host memory
+    (or the page cache of a memory map) overlaps the host-to-device copies."""
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    from brainattn.encoders._base import Rows
+
+    base, rows_all = (X.base, X.index[indices]) if isinstance(X, Rows) else (X, indices)
+    n = len(rows_all)
+    out = torch.empty((n, *X.shape[1:]), dtype=torch.float16, device=device)
+    workers = max(1, min(workers, -(-n // chunk)))
+    cuda = torch.device(device).type == "cuda"
+    bufs = [torch.empty((chunk, *X.shape[1:]), dtype=torch.float16, pin_memory=cuda)
+            for _ in range(workers)]
+    streams = [torch.cuda.Stream(device) if cuda else None for _ in range(workers)]
+    free: queue.Queue = queue.Queue()
+    for i in range(workers):
+        free.put(i)
+
+    def job(s):
+        i = free.get()
+        try:
+            rows = np.asarray(rows_all[s : s + chunk])
+            order = np.argsort(rows, kind="stable")  # sorted reads from a memory map
+            m = len(rows)
+            _take_rows(base, rows[order], bufs[i][:m].numpy())
+            with torch.cuda.stream(streams[i]) if cuda else contextlib.nullcontext():
+                dst = out[s : s + m]
+                if (order == np.arange(m)).all():
+                    dst.copy_(bufs[i][:m], non_blocking=cuda)
+                else:
+                    dst[torch.as_tensor(order, device=device)] = bufs[i][:m].to(
+                        device, non_blocking=cuda)
+            if cuda:
+                streams[i].synchronize()  # the buffer is free again once its copy is done
+        finally:
+            free.put(i)
+
+    if cuda:
+        torch.cuda.current_stream(device).synchronize()  # ``out`` exists before side streams
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(job, range(0, n, chunk)))
+    return out
 
 
 def autocast(device, amp: bool, *, cache_enabled: bool = True):

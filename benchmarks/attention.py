@@ -289,8 +289,11 @@ def graphed(fn, q, k, v, extra):
 
 def breakdown(name, q, k, v, extra):
     """Milliseconds of each brainattn kernel on this case: fwd, bwd dk/dv side, bwd dq side,
-    bwd dense-bias side (each backward pass includes the small delta pre-pass)."""
-    from brainattn.kernels import _triton as T
+    bwd dense-bias side (each backward pass includes the small delta pre-pass), and the host
+    time to issue one forward+backward through each door of the Triton path: the eager
+    autograd Function that ``attention`` uses, and the ``torch.library`` custom operator that
+    ``torch.compile`` uses."""
+    from brainattn.kernels import _host, _launch, _ops, _plan
 
     kind = CASES[name][6]
     bias = extra.get("bias")
@@ -298,33 +301,86 @@ def breakdown(name, q, k, v, extra):
     if kind == "prf":
         qb, kb = prf_factors(extra)
     scale = q.shape[-1] ** -0.5
-    out, lse, _ = T._forward(q, k, v, bias, qb, kb, scale)
+    out, lse, _ = _host.forward(q, k, v, bias, qb, kb, scale)
     dout = torch.randn_like(out)
-    res = {"fwd": bench(lambda: T._forward(q, k, v, bias, qb, kb, scale))}
+    res = {"fwd": bench(lambda: _host.forward(q, k, v, bias, qb, kb, scale))}
     lr = qb is not None
     # "bwd dq" forms delta itself; "bwd dk/dv" alone runs the small delta pre-pass first;
     # "bwd dq+dk/dv (fused)": the dk/dv pass that also adds dq (broadcast queries on sm_90+,
-    # see brainattn.kernels._triton._fused_dq), as the step runs it there
+    # see brainattn.kernels._plan.fused_dq), as the step runs it there
     masks = {"bwd dk/dv": (0, 1, 1, 0, 0, lr), "bwd dq": (1, 0, 0, 0, lr, 0)}
-    probe = T._Plan(q, k, v, bias, qb, kb, scale)
-    if T._fused_dq(q, qb, probe, True, True, True, lr, False, bias is not None):
+    probe = _plan.Plan(q, k, v, bias, qb, kb, scale)
+    if _plan.fused_dq(q, qb, probe, (1, 1, 1, 0, lr, 0), bias is not None, _launch.TUNED):
         masks["bwd dq+dk/dv (fused)"] = (1, 1, 1, 0, lr, 0)
     if bias is not None:
         masks["bwd dbias"] = (0, 0, 0, 1, 0, 0)
     for label, needs in masks.items():
-        res[label] = bench(lambda needs=needs: T._backward(q, k, v, bias, qb, kb, out, lse, dout,
-                                                           None, scale, needs))
-    # host time to issue one forward+backward through autograd (no sync): launch-bound if ~GPU time
+        res[label] = bench(lambda needs=needs: _host.backward(q, k, v, bias, qb, kb, out, lse,
+                                                              dout, None, scale, needs))
+    # host time to issue one forward+backward (no sync): launch-bound if ~ the GPU time
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    fn = brainattn_fn(name)
-    for _ in range(2):  # this call's launch keys (gradients wanted) tuned and recorded first
-        fn(*leaves, extra).backward(dout)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        fn(*leaves, extra).backward(dout)
-    res["host fwd+bwd"] = (time.perf_counter() - t0) / 20 * 1e3
-    torch.cuda.synchronize()
+
+    def through_op(q, k, v, ex):
+        b = ex.get("bias")
+        fb, fk = prf_factors(ex) if kind == "prf" else (None, None)
+        return _ops.attention_fwd(q, k, v, b, fb, fk, scale)[0]
+
+    for label, fn in (("host fwd+bwd (eager Function)", brainattn_fn(name)),
+                      ("host fwd+bwd (custom op)", through_op)):
+        for _ in range(3):  # this call's launch keys (gradients wanted) tuned and recorded first
+            fn(*leaves, extra).backward(dout)
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(5):  # the median of 5 bursts of 20 steps
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fn(*leaves, extra).backward(dout)
+            samples.append((time.perf_counter() - t0) / 20 * 1e3)
+            torch.cuda.synchronize()
+        res[label] = statistics.median(samples)
+    return res
+
+
+def prf_grad_errors(q, k, v, extra):
+    """Relative error (||x - ref|| / ||ref||) of d sigma and d mu after one forward+backward of
+    the pRF case, for brainattn and the peers that learn the prior through a bias tensor,
+    against a float64 reference computed head by head (the prior of head h touches only its
+    own sigma and mu). Every implementation gets the same inputs and upstream gradient, and
+    q, k, v need gradients too, so each runs the backward it runs in training."""
+    from brainattn.kernels.reference import reference_attention
+
+    name = "vertices+prf"
+    g = torch.randn(k.shape[0], k.shape[1], q.shape[2], q.shape[3], device="cuda", dtype=DT,
+                    generator=torch.Generator(device="cuda").manual_seed(5))
+    B, H, Lk, D = k.shape
+    ref_sigma = torch.empty(extra["sigma"].shape, dtype=torch.float64, device="cuda")
+    ref_mu = torch.empty(extra["mu"].shape, dtype=torch.float64, device="cuda")
+    for h in range(H):
+        mu = extra["mu"][h:h + 1].double().requires_grad_()
+        sigma = extra["sigma"][h:h + 1].double().requires_grad_()
+        qb, kb = prf_bias_factors(mu, sigma, extra["pos"].double(), token_mask=extra["tmask"],
+                                  validate=False)
+        out, _ = reference_attention(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1], q_bias=qb,
+                                     k_bias=kb)
+        (out * g[:, h:h + 1].double()).sum().backward()
+        ref_sigma[h], ref_mu[h] = sigma.grad[0], mu.grad[0]
+        del out, qb, kb
+        torch.cuda.empty_cache()
+    impls = {"brainattn": brainattn_fn(name)}
+    peers = peers_for(name, q, k, v, extra, (B, H, q.shape[2], Lk, D))
+    for peer in ("sdpa-efficient+bias", "folded-cudnn"):
+        impls[peer] = peers[peer]
+    res = {}
+    for impl, fn in impls.items():
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        ex = dict(extra, mu=extra["mu"].detach().clone().requires_grad_(),
+                  sigma=extra["sigma"].detach().clone().requires_grad_())
+        fn(*leaves, ex).backward(g)
+        torch.cuda.synchronize()
+        res[impl] = tuple(((ex[key].grad.double() - ref).norm() / ref.norm()).item()
+                          for key, ref in (("sigma", ref_sigma), ("mu", ref_mu)))
+        del leaves, ex
+        torch.cuda.empty_cache()
     return res
 
 
@@ -368,7 +424,13 @@ def profile_host(name, steps=50):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default="rois,vertices,prf,dense")
+    ap.add_argument("--cases", default="rois,rois+bias,vertices,prf,dense",
+                    help="groups (rois, vertices, prf, dense) or case names (rois, rois+bias, "
+                         "vertices, vertices+prf, dense); a name that is both means the case")
+    ap.add_argument("--peers", default="",
+                    help="only these peers (comma-separated: a peer's name, or CASE:NAME for "
+                         "one case only, e.g. sdpa-cudnn,dense:flex); default: every peer that "
+                         "accepts the case")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", default="", help="cases whose host path to cProfile at the end")
     args = ap.parse_args(argv)
@@ -399,14 +461,21 @@ def main(argv=None):
     for name in filter(None, args.profile.split(",")):
         profile_host(name)
     notes = []
-    names = [c for grp in args.cases.split(",") for c in GROUPS[grp]]
+    names = [c for tok in args.cases.split(",") for c in ([tok] if tok in CASES else GROUPS[tok])]
+    keep = set(filter(None, args.peers.split(",")))
+
+    def impls_for(name, q, k, v, extra, dims):
+        peers = peers_for(name, q, k, v, extra, dims)
+        return {"brainattn": brainattn_fn(name),
+                **{p: f for p, f in peers.items()
+                   if not keep or p in keep or f"{name}:{p}" in keep}}
     for name in names:
         dims, q, k, v, extra = make_case(name)
         B, H, Lq, Lk, D = dims
         flops = 4 * B * H * Lq * Lk * D
         rows = []
         ba_out = None
-        impls = {"brainattn": brainattn_fn(name), **peers_for(name, q, k, v, extra, dims)}
+        impls = impls_for(name, q, k, v, extra, dims)
         for impl, fn in impls.items():
             t0 = time.time()
             try:
@@ -465,6 +534,17 @@ def main(argv=None):
             notes.append(f"- {name}: brainattn kernels: {txt}")
         except Exception as exc:
             print(f"{name}: breakdown failed: {exc}", flush=True)
+        if name == "vertices+prf":
+            try:
+                errs = prf_grad_errors(q, k, v, extra)
+                base = errs["sdpa-efficient+bias"][0]
+                txt = ", ".join(f"{impl} d sigma {es:.2e} ({es / base:.2f}x SDPA efficient), "
+                                f"d mu {em:.2e}" for impl, (es, em) in errs.items())
+                print(f"{name:14s} gradient error vs float64: {txt}", flush=True)
+                notes.append(f"- {name}: relative error of the prior's gradients vs float64: "
+                             f"{txt}")
+            except Exception as exc:
+                print(f"{name}: gradient errors failed: {exc}", flush=True)
         del q, k, v, extra
         torch.cuda.empty_cache()
         if args.out:  # after each case, so a run cut short keeps the finished cases
@@ -474,7 +554,7 @@ def main(argv=None):
     # end so that a failed capture cannot disturb the other cases
     for name in [n for n in names if n.startswith("rois")]:
         dims, q, k, v, extra = make_case(name)
-        impls = {"brainattn": brainattn_fn(name), **peers_for(name, q, k, v, extra, dims)}
+        impls = impls_for(name, q, k, v, extra, dims)
         for impl in ("brainattn", "sdpa-cudnn", "sdpa-flash", "sdpa-efficient+bias"):
             if impl in impls:
                 try:

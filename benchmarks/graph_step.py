@@ -12,10 +12,8 @@ compilation/autotuning, graph capture) then ``--epochs`` timed epochs of ``train
 validation); ms/step is the median over those epochs of epoch seconds / steps. Prints one JSON
 line per mode and a summary; ``--out FILE`` writes the JSON list.
 
-Measured 2026-11-27 on one NVIDIA H200 (torch 2.11.0+cu130, triton 3.6.0), 800 images, batch
-16, median of 3 epochs of 50 steps: eager (foreach AdamW) 7.52 ms/step, fused AdamW 6.55,
-CUDA graph + fused AdamW 2.79 (2.69x eager); i.e. 4.17 / 3.63 / 1.55 s of training steps per
-8,857-image epoch. Peak memory 2.19 / 2.19 / 2.32 GiB (1.1 GiB of it the resident tokens).
+Results (card, versions, the three modes side by side): benchmarks/RESULTS.md, section
+``kernels``.
 """
 
 from __future__ import annotations

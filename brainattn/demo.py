@@ -152,7 +152,8 @@ def stage_psychophysics(ctx: DemoContext) -> str:
     trials_tmp = ctx.out / ".psychophysics-trials.csv"
     atomic_write_text(trials_tmp, csv.to_csv(index=False))
     trials = read_mlds_csv(trials_tmp, s)
-    res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"], seed=ctx.seed)
+    res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"],
+                   diagnostics=ctx.size["bootstrap"], seed=ctx.seed)
     res.prediction = compare_scales(res.psi, pred, s, bootstrap=res.boot_psi, model=PSY_MODEL)
     res.save(out, overwrite=ctx.overwrite, seed=ctx.seed)
     trials_tmp.replace(out / "trials.csv")

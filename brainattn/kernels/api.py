@@ -30,7 +30,7 @@ _TRITON_FN = []
 def _triton_fn():
     """The Triton path's entry point, imported once (importing triton costs ~1 s)."""
     if not _TRITON_FN:
-        from brainattn.kernels._triton import attention_triton
+        from brainattn.kernels._ops import attention_triton
 
         _TRITON_FN.append(attention_triton)
     return _TRITON_FN[0]

@@ -60,14 +60,22 @@ class _Core:
     formula: dict | None = None
     glm_beta: np.ndarray | None = None
     cov_psi: np.ndarray | None = None
+    n_iter: int = 0
 
 
+def _theta_fit(nll, theta0: np.ndarray, *, torch_ok: bool, bounds=None):
+    """Minimise ``nll(theta)``, optionally inside ``bounds`` (a list of (low, high) or None).
 
-def _theta_fit(nll, theta0: np.ndarray, *, torch_ok: bool):
-    """Minimise ``nll(theta)``; returns (theta, cov = inverse Hessian, nll_min)."""
+    Returns (theta, cov, nll_min, n_iter, converged): ``cov`` is the inverse Hessian over the
+    coordinates not at a bound (NaN rows/columns for those at a bound, where a Wald standard
+    error has no meaning); ``converged`` means the projected gradient vanished.
+    """
     from scipy.optimize import minimize
 
     theta0 = np.asarray(theta0, dtype=np.float64)
+    k = len(theta0)
+    lo = np.array([-np.inf if b is None or b[0] is None else b[0] for b in (bounds or [None] * k)])
+    hi = np.array([np.inf if b is None or b[1] is None else b[1] for b in (bounds or [None] * k)])
     if torch_ok:
         import torch
 
@@ -77,34 +85,65 @@ def _theta_fit(nll, theta0: np.ndarray, *, torch_ok: bool):
             (g,) = torch.autograd.grad(v, t)
             return float(v.detach()), g.numpy().copy()
 
-        res = minimize(fg, theta0, jac=True, method="BFGS", options={"gtol": 1e-9, "maxiter": 5000})
-        th = res.x
-        # polish with Newton steps on the exact Hessian
-        for _ in range(5):
-            H = torch.autograd.functional.hessian(nll, torch.tensor(th, dtype=torch.float64)).numpy()
-            _, g = fg(th)
+        def hess(th):
+            return torch.autograd.functional.hessian(nll, torch.tensor(th, dtype=torch.float64)).numpy()
+    else:
+        def f_np(th):
+            return float(nll(np.asarray(th)))
+
+        def fg(th):
+            h = 1e-6 * np.maximum(1.0, np.abs(th))
+            g = np.array([(f_np(th + e) - f_np(th - e)) / (2 * e[j]) for j, e in enumerate(np.diag(h))])
+            return f_np(th), g
+
+        def hess(th):
+            return _num_hessian(f_np, th)
+
+    if bounds is None:
+        res = minimize(fg, theta0, jac=True, method="BFGS",
+                       options={"gtol": 1e-9 if torch_ok else 1e-7, "maxiter": 5000})
+    else:
+        res = minimize(fg, np.clip(theta0, lo, hi), jac=True, method="L-BFGS-B",
+                       bounds=list(zip(lo, hi, strict=True)),
+                       options={"ftol": 1e-15, "gtol": 1e-11, "maxiter": 20000, "maxcor": 30})
+    th = np.clip(res.x, lo, hi)
+    n_iter = int(res.nit)
+
+    def free_set(th, g):
+        # a coordinate at a bound whose gradient pushes outwards stays there
+        return ~(((th <= lo) & (g > 0)) | ((th >= hi) & (g < 0)))
+
+    if torch_ok:  # polish with Newton steps on the exact Hessian over the free coordinates
+        for _ in range(20):
+            f0, g = fg(th)
+            free = free_set(th, g)
+            H = hess(th)[np.ix_(free, free)]
             try:
-                step = np.linalg.solve(H, g)
+                step = np.zeros(k)
+                step[free] = np.linalg.solve(H, g[free])
             except np.linalg.LinAlgError:
                 break
-            if not np.all(np.isfinite(step)) or fg(th - step)[0] > fg(th)[0] + 1e-12:
+            cand = np.clip(th - step, lo, hi)
+            if not np.all(np.isfinite(cand)) or fg(cand)[0] > f0 + 1e-12:
                 break
-            th = th - step
-            if np.max(np.abs(step)) < 1e-12:
+            n_iter += 1
+            th = cand
+            if np.max(np.abs(step)) < 1e-13:
                 break
-        H = torch.autograd.functional.hessian(nll, torch.tensor(th, dtype=torch.float64)).numpy()
-        fmin = fg(th)[0]
-    else:
-        f = lambda th: float(nll(np.asarray(th)))  # noqa: E731
-        res = minimize(f, theta0, method="BFGS", options={"gtol": 1e-7, "maxiter": 5000})
-        th = res.x
-        H = _num_hessian(f, th)
-        fmin = f(th)
-    try:
-        cov = np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        cov = np.linalg.pinv(H)
-    return th, cov, fmin
+    fmin, g = fg(th)
+    free = free_set(th, g)
+    at_bound = ~free | (th <= lo) | (th >= hi)
+    H = hess(th)
+    cov = np.full((k, k), np.nan)
+    keep = ~at_bound
+    if keep.any():
+        try:
+            cov[np.ix_(keep, keep)] = np.linalg.inv(H[np.ix_(keep, keep)])
+        except np.linalg.LinAlgError:
+            cov[np.ix_(keep, keep)] = np.linalg.pinv(H[np.ix_(keep, keep)])
+    converged = bool(np.all(np.isfinite(th)) and np.max(np.abs(g[free]), initial=0.0)
+                     <= 1e-5 * (1.0 + abs(fmin)))
+    return th, cov, fmin, n_iter, converged
 
 
 def _num_hessian(f, x, h=1e-4):
@@ -122,8 +161,9 @@ def _num_hessian(f, x, h=1e-4):
 
 
 
-def _torch_nll(trials: Trials, link, psi_fn):
-    """NLL(theta) = -loglik with eta = X_full psi(theta) / sigma, theta's last entry log sigma."""
+def _torch_nll(trials: Trials, link, psi_fn, *, log_sigma: bool = True):
+    """NLL(theta) = -loglik with eta = X_full psi(theta) / sigma; theta's last entry is
+    ``log sigma`` (``log_sigma``) or sigma itself (signed, as R's formula method has it)."""
     import torch
 
     Xf = trials.design_matrix(drop_first=False)
@@ -132,8 +172,8 @@ def _torch_nll(trials: Trials, link, psi_fn):
 
     def nll(theta):
         psi = psi_fn(theta[:-1])
-        eta = Xt @ psi / torch.exp(theta[-1])
-        mu = _torch_mu(link, eta).clamp(1e-300, 1 - 1e-16)
+        sigma = torch.exp(theta[-1]) if log_sigma else theta[-1]
+        mu = _torch_mu(link, Xt @ psi / sigma).clamp(1e-300, 1 - 1e-16)
         return -torch.sum(kt * torch.log(mu) + (mt - kt) * torch.log((1 - mu).clamp_min(1e-300)))
 
     return nll
@@ -179,3 +219,83 @@ def _batched_newton(nll, Th, *, max_iter: int = 50, tol: float = 1e-8):
     with torch.no_grad():
         _, extra = nll(Th)
     return Th, conv & torch.isfinite(Th).all(1), extra
+
+
+def glm_beta(psi: np.ndarray, sigma: float) -> np.ndarray:
+    """The glm parametrisation (first level dropped, sigma = 1) of any method's scale:
+    ``(psi[1:] - psi[0]) / sigma`` (design rows sum to zero, so the offset does not matter)."""
+    psi = np.asarray(psi, dtype=float)
+    return (psi[1:] - psi[0]) / sigma
+
+
+def _separated_rows(Xu: np.ndarray, m: np.ndarray, k: np.ndarray) -> bool:
+    """Linear-programming separation check on grouped counts: a row with successes contributes
+    ``s = +1``, a row with failures ``s = -1`` (both when it has both)."""
+    from brainattn.psychophysics.glm import detect_separation
+
+    pos, neg = k > 0, k < m
+    X = np.concatenate([Xu[pos], Xu[neg]])
+    y = np.r_[np.ones(int(pos.sum())), np.zeros(int(neg.sum()))]
+    return bool(detect_separation(X, y)[0])
+
+
+def refit_replicates(Xu: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: np.ndarray):
+    """Maximum likelihood glm fits of B response sets on one grouped design, for simulations.
+
+    All replicates are solved together (:func:`solve_mlds_glm`, started at ``beta0``); a replicate
+    that has not converged is checked for separation by linear programming, and one that is not
+    separated is solved again on its own with step halving and more iterations (slow Fisher
+    scoring, e.g. cauchit).  Only separated replicates (no maximum likelihood estimate) and ones
+    that still fail are flagged.
+
+    Returns
+    -------
+    beta (B, k), ok (B,) bool, separated (B,) bool, mu (B, R) fitted probabilities.
+    """
+    from brainattn.psychophysics.glm import solve_mlds_glm
+
+    sol = solve_mlds_glm(Xu, K, link, weights=m, beta0=beta0, tol=1e-8, max_iter=50,
+                         line_search=False, summaries=False)
+    beta, ok, mu = sol.beta, sol.converged.copy(), sol.mu
+    separated = np.zeros(len(K), dtype=bool)
+    for b in np.flatnonzero(~ok):
+        if _separated_rows(Xu, m, K[b]):
+            separated[b] = True
+            continue
+        start = beta[b] if np.all(np.isfinite(beta[b])) else beta0
+        beta[b], mu[b], ok[b] = _newton_one(Xu, m, K[b], link, start)
+    return beta, ok, separated, mu
+
+
+def _newton_one(X, m, k, link, beta0, gtol: float = 1e-8):
+    """One glm fit by a trust-region Newton method on the observed information (fast where
+    Fisher scoring crawls, e.g. cauchit with large |eta|).  Returns (beta, mu, converged)."""
+    from scipy.optimize import minimize
+
+    from brainattn.psychophysics.glm import binomial_loglik, mu_and_deriv, mu_deriv2
+
+    def parts(beta):
+        eta = X @ beta
+        mu, muc, d = mu_and_deriv(link, eta)
+        mu_, muc_ = np.maximum(mu, 1e-300), np.maximum(muc, 1e-300)
+        a = k / mu_ - (m - k) / muc_  # d loglik / d mu
+        return eta, mu, muc, d, a, mu_, muc_
+
+    def f(beta):
+        _eta, mu, muc, _d, _a, _, _ = parts(beta)
+        return -float(binomial_loglik(k, mu, muc, m))
+
+    def g(beta):
+        _eta, _mu, _muc, d, a, _, _ = parts(beta)
+        return -(a * d) @ X
+
+    def H(beta):
+        eta, _mu, _muc, d, a, mu_, muc_ = parts(beta)
+        w = (k / mu_**2 + (m - k) / muc_**2) * d * d - a * mu_deriv2(link, eta)
+        return (X * w[:, None]).T @ X
+
+    r = minimize(f, np.asarray(beta0, float), jac=g, hess=H, method="trust-exact",
+                 options={"gtol": gtol, "maxiter": 500})
+    beta = r.x
+    ok = bool(np.all(np.isfinite(beta)) and np.max(np.abs(g(beta))) <= 1e-6 * (1.0 + abs(r.fun)))
+    return beta, mu_and_deriv(link, X @ beta)[0], ok

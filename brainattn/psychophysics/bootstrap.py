@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from brainattn.errors import ConfigError
-from brainattn.psychophysics._likelihood import _batched_newton, _group_sum, _grouped
-from brainattn.psychophysics.diagnostics import _diagnostics, _six_point
+from brainattn.psychophysics._likelihood import (
+    _batched_newton,
+    _group_sum,
+    _grouped,
+    glm_beta,
+    refit_replicates,
+)
 from brainattn.psychophysics.formula import solve_formula_batch
-from brainattn.psychophysics.glm import _torch_mu_deriv, solve_mlds_glm
+from brainattn.psychophysics.glm import _torch_mu_deriv, solve_as_mean
 from brainattn.psychophysics.result import MLDSResult
 
 __all__ = ["bootstrap_mlds", "solve_firth_batch"]
@@ -16,44 +21,45 @@ __all__ = ["bootstrap_mlds", "solve_firth_batch"]
 
 
 def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
-                   n_diagnostic: int = 1000, chunk: int = 4096) -> MLDSResult:
+                   chunk: int = 4096) -> MLDSResult:
     """Parametric bootstrap of ``res``, in place; returns ``res``.
 
     Every replicate draws ``resp ~ Bernoulli(fitted)`` for every trial; all replicates are
-    refitted together: by :func:`solve_mlds_glm` on the grouped design (glm, optim) or by a
-    batched Newton solver in torch (formula; the callable must broadcast over parameters of
-    shape (B, 1)).  The first
-    ``n_diagnostic`` replicates also give the deviance-residual envelope, the runs test and the
-    six-point test (R's ``binom.diagnostics`` and ``simu.6pt``).
+    refitted together on the grouped design: glm and both optim methods by the glm method
+    (optim replicates normalised by their last value, as R's ``boot.mlds`` does), bias-reduced
+    fits by the same bias reduction, formula fits by a batched Newton solver in torch (the
+    callable must broadcast over parameters of shape (B, 1)).  A replicate is dropped only when
+    its data are separated (linear-programming check: no maximum likelihood estimate exists) or
+    its fit fails to converge even when solved on its own; ``n_boot_separated`` and
+    ``n_boot_failed`` count them.
     """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
+        raise ConfigError(f"bootstrap: expected at least 2 replicates, got {n_boot!r}")
     rng = np.random.default_rng(seed)
     t = res.trials
     # bound memory: a block holds a few (chunk, n_trials) arrays
     chunk = max(1, min(int(chunk), int(2e7 // max(t.n_trials, 1))))
     if res.method == "formula":
-        return _bootstrap_formula(res, n_boot, rng, n_diagnostic, chunk)
-    X = t.design_matrix()
-    Xu, inv, m, _k = _grouped(X, t.resp.astype(float))
-    n = t.n_trials
-    p_hat = res.fitted
-    beta_hat = _glm_beta_of(res)
-    psis, sigmas, ok_all = [], [], []
-    n_diag = min(n_boot, n_diagnostic)
-    diag_Y, diag_mu = [], []
+        return _bootstrap_formula(res, n_boot, rng, chunk)
+    Xu, inv, m, _k = _grouped(t.design_matrix(), t.resp.astype(float))
+    beta_hat = glm_beta(res.psi, res.sigma)
+    psis, sigmas, oks, seps = [], [], [], []
     from brainattn.utils import progress
 
     for s in progress(range(0, n_boot, chunk), desc="bootstrap"):
         b = min(chunk, n_boot - s)
-        Y = rng.random((b, n)) < p_hat  # (b, n) bool
+        Y = rng.random((b, t.n_trials)) < res.fitted  # (b, n) bool
         K = _group_sum(Y, inv, len(Xu))
-        if res.firth:
-            beta_b, conv_b, mu_b = solve_firth_batch(Xu, m, K, res.link, beta_hat)
+        sep_b = np.zeros(b, dtype=bool)
+        if res.firth == "MPL_Jeffreys":
+            beta_b, ok_b, _mu = solve_firth_batch(Xu, m, K, res.link, beta_hat)
+        elif res.firth == "AS_mean":
+            sol = solve_as_mean(Xu, K, res.link, weights=m, beta0=beta_hat, summaries=False)
+            beta_b, ok_b = sol.beta, sol.converged
         else:
-            sol = solve_mlds_glm(Xu, K, res.link, weights=m, beta0=beta_hat, tol=1e-8, max_iter=50,
-                                 line_search=False, summaries=False)
-            beta_b, conv_b, mu_b = sol.beta, sol.converged, sol.mu
+            beta_b, ok_b, sep_b, _mu = refit_replicates(Xu, m, K, res.link, beta_hat)
         psi = np.concatenate([np.zeros((b, 1)), beta_b], axis=1)
-        if res.method == "optim":
+        if res.method.startswith("optim"):
             top = psi[:, -1:]
             sig = 1.0 / top[:, 0]
             psi = psi / top
@@ -61,26 +67,17 @@ def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
             sig = np.ones(b)
         psis.append(psi)
         sigmas.append(sig)
-        ok_all.append(conv_b)
-        if s < n_diag:
-            d = min(b, n_diag - s)
-            diag_Y.append(Y[:d])
-            diag_mu.append(mu_b[:d][:, inv])
-    psi = np.concatenate(psis)
-    sig = np.concatenate(sigmas)
-    ok = np.concatenate(ok_all)
-    res.boot_psi = psi[ok]
-    res.boot_sigma = sig[ok]
-    res.n_boot_failed = int((~ok).sum())
-    if n_diag:
-        Yd = np.concatenate(diag_Y)
-        Md = np.concatenate(diag_mu)
-        okd = ok[:n_diag]
-        res.diagnostics = _diagnostics(t.resp, res.fitted, Yd[okd], Md[okd])
-        if t.kind == "quadruple":
-            res.six_point = _six_point(t, res.fitted, Yd[okd], Md[okd])
+        oks.append(ok_b)
+        seps.append(sep_b)
+    _store(res, np.concatenate(psis), np.concatenate(sigmas), np.concatenate(oks), np.concatenate(seps))
     return res
 
+
+def _store(res, psi, sig, ok, sep):
+    res.boot_psi = psi[ok]
+    res.boot_sigma = sig[ok]
+    res.n_boot_separated = int(sep.sum())
+    res.n_boot_failed = int((~ok & ~sep).sum())
 
 
 def solve_firth_batch(X: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: np.ndarray, *,
@@ -114,7 +111,7 @@ def solve_firth_batch(X: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: 
 
 
 
-def _bootstrap_formula(res: MLDSResult, n_boot: int, rng, n_diagnostic: int, chunk: int) -> MLDSResult:
+def _bootstrap_formula(res: MLDSResult, n_boot: int, rng, chunk: int) -> MLDSResult:
     import torch
 
     f = res.formula
@@ -134,8 +131,7 @@ def _bootstrap_formula(res: MLDSResult, n_boot: int, rng, n_diagnostic: int, chu
     Xf = t.design_matrix(drop_first=False)
     Xu, inv, m, _k = _grouped(Xf, t.resp.astype(float))
     theta0 = np.asarray(res.params, dtype=float)
-    psis, sigmas, oks, diag_Y, diag_mu = [], [], [], [], []
-    n_diag = min(n_boot, n_diagnostic)
+    psis, sigmas, oks = [], [], []
     from brainattn.utils import progress
 
     for s0 in progress(range(0, n_boot, chunk), desc="bootstrap"):
@@ -147,27 +143,8 @@ def _bootstrap_formula(res: MLDSResult, n_boot: int, rng, n_diagnostic: int, chu
             psi = fn(torch.as_tensor(t.stimulus)[None, :], *[torch.as_tensor(th[:, j : j + 1])
                                                                for j in range(th.shape[1] - 1)])
         psis.append(np.broadcast_to(psi.numpy(), (b, t.n_levels)))
-        sigmas.append(np.exp(th[:, -1]))
+        sigmas.append(th[:, -1].copy())
         oks.append(ok)
-        if s0 < n_diag:
-            d = min(b, n_diag - s0)
-            diag_Y.append(Y[:d])
-            diag_mu.append(mu[:d][:, inv])
     ok = np.concatenate(oks)
-    res.boot_psi = np.concatenate(psis)[ok]
-    res.boot_sigma = np.concatenate(sigmas)[ok]
-    res.n_boot_failed = int((~ok).sum())
-    if n_diag:
-        okd = ok[:n_diag]
-        Yd, Md = np.concatenate(diag_Y)[okd], np.concatenate(diag_mu)[okd]
-        res.diagnostics = _diagnostics(t.resp, res.fitted, Yd, Md)
-        if t.kind == "quadruple":
-            res.six_point = _six_point(t, res.fitted, Yd, Md)
+    _store(res, np.concatenate(psis), np.concatenate(sigmas), ok, np.zeros_like(ok))
     return res
-
-
-
-def _glm_beta_of(res: MLDSResult) -> np.ndarray:
-    if res.method == "glm":
-        return np.asarray(res.params, dtype=float)
-    return res.psi[1:] / res.sigma  # optim: psi / sigma is the glm parametrisation

@@ -98,50 +98,73 @@ def scale_fit(
                                   callback=existing_file("a CSV of trials")),
     out: Path = typer.Option(Path("scale-out"), "--out", "-o", callback=writable,
                              help="Output folder (scale.nc, summary.txt, scale.png)."),
-    method: str = typer.Option("glm", help="glm (psi_1=0, sigma=1), optim (psi_1=0, psi_p=1) or formula."),
+    method: str = typer.Option("glm", help="glm (R's glm: psi_1=0, sigma=1), optim (R's optim: psi_1=0, psi_p=1, "
+                               "interior values in [0, 1]), optim-unconstrained (the glm fit divided by psi_p) "
+                               "or formula."),
     link: str = typer.Option("probit", help="probit, logit, cauchit, cloglog or loglog."),
     table: str = typer.Option("mlds", "--format", help="mlds (level indices) or long (stimulus values in s1..s4)."),
     stimulus: str = typer.Option(None, help="Comma-separated stimulus values of the levels (mlds format)."),
     lapse: str = typer.Option(None, help="Lapse rate in [0, 0.5), 'lower,upper' asymptotes, 'fit' or 'fit-both'."),
-    firth: bool = typer.Option(False, "--firth", help="Bias-reduced (Jeffreys/Firth) fit for separated data."),
-    formula: str = typer.Option(None, help="Parametric scale for --method formula: power, log or saturating."),
+    firth: str = typer.Option(None, "--firth", help="Bias reduction, named as brglm2 names it: AS_mean "
+                              "(mean-bias-reducing adjusted score, R's brglm of the MLDS vignette) or "
+                              "MPL_Jeffreys (Jeffreys-penalised likelihood); finite for separated data."),
+    formula: str = typer.Option(None, help="Scale for --method formula: power, log, saturating or an expression "
+                                "in the stimulus s, e.g. '(s / max(s))^gamma' (R's '~ (sx/max(sx))^p[1]' too)."),
+    p0: str = typer.Option(None, "--p0", help="Comma-separated start values of the formula's parameters [1 each]."),
     bootstrap: int = typer.Option(0, "--bootstrap", "-b", min=0, max=100_000,
                                   help="Parametric bootstrap replicates (0: Wald intervals)."),
+    diagnostics: int = typer.Option(0, "--diagnostics", min=0, max=100_000,
+                                    help="Simulations for binom.diagnostics (residual envelope, runs test) and the "
+                                    "six-point test (0: none)."),
+    diagnostics_refit: str = typer.Option("link", "--diagnostics-refit", help="link (refit simulations with the "
+                                          "fit's link) or probit (R's binom.diagnostics as shipped)."),
+    by: str = typer.Option(None, "--by", help="Fit each value of this column separately (e.g. an observer "
+                           "column); one output folder per value under --out."),
     predict: str = typer.Option(None, help="Add a Fisher prediction: mode-frequency, frequency-bandwidth, orientation-bandwidth, texture-path."),
     bandwidth: float = typer.Option(None, callback=positive, help="Octave bandwidth for --predict mode-frequency [1]."),
     images: tuple[Path, Path] = typer.Option(None, "--images", help="texture-path: the two end textures A B (first and last level)."),
     spectra: tuple[Path, Path] = typer.Option(None, "--spectra", help="texture-path: their power spectra A.npy B.npy instead."),
     noise: float = typer.Option(None, callback=positive,
                                 help="texture-path: observer noise variance / texture variance [0.01]."),
-    seed: int = seed_option(0, "Random seed of the bootstrap."),
+    seed: int = seed_option(0, "Random seed of the bootstrap and the diagnostics."),
     engine: str = typer.Option("numpy", help="glm solver: numpy (batched IRLS) or statsmodels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ):
     """Fit a perceptual scale to difference-scaling trials and save scale.nc, summary.txt, scale.png."""
     from brainattn.io import check_output_dir
-    from brainattn.psychophysics.design import read_long_table, read_mlds_csv
+    from brainattn.psychophysics.design import read_trial_tables
     from brainattn.psychophysics.fisher import compare_scales, predicted_scale
     from brainattn.psychophysics.mlds import fit_mlds
 
     check_output_dir(out, overwrite=overwrite)
     if table not in ("mlds", "long"):
         raise ConfigError(f"--format: expected 'mlds' or 'long', got {table!r}")
-    if table == "long":
-        if stimulus is not None:
-            raise ConfigError("--stimulus: not used with --format long (the table holds the values)")
-        tr = read_long_table(trials)
-    else:
-        tr = read_mlds_csv(trials, _floats(stimulus, "--stimulus"))
-    res = fit_mlds(tr, method, link, lapse=_lapse(lapse), firth=firth, formula=formula,
-                   bootstrap=bootstrap, seed=seed, engine=engine)
-    if predict is not None:
-        kw, _ = _model_kw(predict, bandwidth, images, spectra, noise)
-        at = _path_t(np.asarray(tr.stimulus, float)) if predict == "texture-path" else tr.stimulus
-        pred = predicted_scale(predict, at, **kw)
-        res.prediction = compare_scales(res.psi, pred, tr.stimulus, bootstrap=res.boot_psi, model=predict)
-    res.save(out, overwrite=overwrite, seed=seed)
-    typer.echo(res.summary())
-    typer.echo(f"wrote {out}/scale.nc, {out}/summary.txt, {out}/scale.png")
+    if table == "long" and stimulus is not None:
+        raise ConfigError("--stimulus: not used with --format long (the table holds the values)")
+    groups, ignored = read_trial_tables(trials, table, _floats(stimulus, "--stimulus"), by=by)
+    if ignored:
+        cols = ", ".join(f"'{c}' ({n} distinct values)" for c, n in ignored)
+        typer.echo(f"note: column(s) {cols} not used: all rows are fitted together; fit each value "
+                   "separately with --by COLUMN", err=True)
+    start = None if p0 is None else _floats(p0, "--p0")
+    results = []
+    for label, tr in groups:
+        res = fit_mlds(tr, method, link, lapse=_lapse(lapse), firth=firth or False, formula=formula, p0=start,
+                       bootstrap=bootstrap, diagnostics=diagnostics, diagnostics_refit=diagnostics_refit,
+                       seed=seed, engine=engine)
+        if predict is not None:
+            kw, _ = _model_kw(predict, bandwidth, images, spectra, noise)
+            at = _path_t(np.asarray(tr.stimulus, float)) if predict == "texture-path" else tr.stimulus
+            pred = predicted_scale(predict, at, **kw)
+            res.prediction = compare_scales(res.psi, pred, tr.stimulus, bootstrap=res.boot_psi, model=predict)
+        results.append((label, res))
+    for label, res in results:
+        where = out if label is None else out / label
+        res.save(where, overwrite=overwrite, seed=seed)
+        if label is not None:
+            typer.echo(f"[{label}]")
+        typer.echo(res.summary())
+        typer.echo(f"wrote {where}/scale.nc, {where}/summary.txt, {where}/scale.png")
 
 
 @scale_app.command("simulate")

@@ -304,6 +304,9 @@ def as_trials(
         raise DataError(f"{source}: {len(r)} responses but {stim_arr.shape[0]} trials")
     if len(r) == 0:
         raise DataError(f"{source}: no trials")
+    if len(r) == 1:
+        raise DataError(f"{source}: a single trial; a difference scale needs many trials (every level in "
+                        "several triads or quadruples)")
     S = np.stack([_parse_levels(stim_arr[:, j], names[j], source) for j in range(m)], axis=1)
     if stimulus is not None:
         stimulus = np.asarray(stimulus, dtype=np.float64).ravel()
@@ -392,7 +395,25 @@ def _read_table(path: str | os.PathLike):
     except Exception as exc:  # pandas raises many types for unreadable files
         raise DataError(f"{p}: not a readable CSV/TSV table ({type(exc).__name__}: {exc})") from exc
     df.columns = [str(c).strip() for c in df.columns]
+    _check_row_lengths(p, len(df.columns))
     return df
+
+
+def _check_row_lengths(p: Path, n_names: int) -> None:
+    """Every row must hold as many values as the header has names: pandas would otherwise take
+    the surplus first value as a row index and shift every column's meaning by one."""
+    import csv
+
+    text = p.read_text(encoding="utf-8", errors="replace")
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t ")
+    except csv.Error:
+        dialect = csv.excel
+    rows = [r for r in csv.reader(text.splitlines(), dialect) if r and any(v.strip() for v in r)]
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != n_names:
+            raise DataError(f"{p}: line {i} has {len(row)} values but the header names {n_names} columns "
+                            f"({', '.join(rows[0])}); every row needs one value per column")
 
 
 def read_mlds_csv(path: str | os.PathLike, stimulus=None, *, reorder: bool = True) -> Trials:
@@ -401,8 +422,10 @@ def read_mlds_csv(path: str | os.PathLike, stimulus=None, *, reorder: bool = Tru
     Column names are matched case-insensitively; an unnamed first index column (as written by
     R's ``write.csv``) is ignored. Level indices are 1-based.
     """
-    df = _read_table(path)
-    src = str(path)
+    return _mlds_frame(_read_table(path), str(path), stimulus, reorder=reorder)
+
+
+def _mlds_frame(df, src: str, stimulus=None, *, reorder: bool = True) -> Trials:
     cols = {c.lower(): c for c in df.columns}
     if "resp" not in cols:
         raise DataError(f"{src}: no 'resp' column; expected columns resp,S1,S2,S3[,S4], found {list(df.columns)}")
@@ -427,8 +450,10 @@ def read_long_table(
     ``columns`` names the 3 or 4 stimulus columns (default: ``s1, s2, s3[, s4]``,
     case-insensitive).
     """
-    df = _read_table(path)
-    src = str(path)
+    return _long_frame(_read_table(path), str(path), resp=resp, columns=columns, reorder=reorder)
+
+
+def _long_frame(df, src: str, *, resp: str = "resp", columns=None, reorder: bool = True) -> Trials:
     cols = {c.lower(): c for c in df.columns}
     if resp.lower() not in cols:
         raise DataError(f"{src}: no '{resp}' column; found {list(df.columns)}")
@@ -455,3 +480,37 @@ def read_long_table(
     levels = np.unique(V)
     idx = np.searchsorted(levels, V) + 1
     return as_trials(df[cols[resp.lower()]].to_numpy(dtype=object), idx, levels, source=src, reorder=reorder)
+
+
+def _used_columns(df, table: str) -> set[str]:
+    names = {"resp", "s1", "s2", "s3", "s4"}
+    return {c for c in df.columns if c.lower() in names or c == "" or c.lower().startswith("unnamed")}
+
+
+def read_trial_tables(path: str | os.PathLike, table: str = "mlds", stimulus=None, *, by: str | None = None):
+    """Read a trial table (``table``: ``"mlds"`` level indices or ``"long"`` stimulus values),
+    split by the values of column ``by`` when given.
+
+    Returns ``(groups, ignored)``: ``groups`` a list of ``(label, Trials)`` (label None without
+    ``by``, else ``"<by>-<value>"``), ``ignored`` the other columns the fit does not use, as
+    ``(name, number of distinct values)`` (e.g. an observer column that would pool observers).
+    """
+    import re
+
+    df = _read_table(path)
+    src = str(path)
+    read = _mlds_frame if table == "mlds" else _long_frame
+    kw = {"stimulus": stimulus} if table == "mlds" else {}
+    used = _used_columns(df, table)
+    if by is not None:
+        if by not in df.columns:
+            raise DataError(f"{src}: --by column {by!r} not found; columns are {list(df.columns)}")
+        used.add(by)
+    ignored = [(c, int(df[c].nunique())) for c in df.columns if c not in used]
+    if by is None:
+        return [(None, read(df, src, **kw))], ignored
+    groups = []
+    for value, part in df.groupby(by, sort=True):
+        label = f"{by}-{re.sub(r'[^A-Za-z0-9._-]+', '_', str(value))}"
+        groups.append((label, read(part.reset_index(drop=True), f"{src} ({by} = {value})", **kw)))
+    return groups, ignored

@@ -41,6 +41,7 @@ from brainattn.errors import ConfigError, DataError
 from brainattn.psychophysics._likelihood import _Core, _grouped, _theta_fit, _torch_nll
 from brainattn.psychophysics.bootstrap import bootstrap_mlds
 from brainattn.psychophysics.design import Trials, read_mlds_csv
+from brainattn.psychophysics.diagnostics import diagnose
 from brainattn.psychophysics.formula import _fit_formula
 from brainattn.psychophysics.glm import (
     LapseLink,
@@ -48,6 +49,7 @@ from brainattn.psychophysics.glm import (
     detect_separation,
     get_link,
     mu_and_deriv,
+    solve_as_mean,
     solve_firth,
     solve_mlds_glm,
 )
@@ -55,7 +57,8 @@ from brainattn.psychophysics.result import MLDSResult
 
 __all__ = ["MLDS", "fit_mlds"]
 
-_METHODS = ("glm", "optim", "formula")
+_METHODS = ("glm", "optim", "optim-unconstrained", "formula")
+_BIAS_REDUCTIONS = ("AS_mean", "MPL_Jeffreys")
 
 
 def _as_trials(trials) -> Trials:
@@ -93,25 +96,42 @@ def _make_link(link, lapse):
 
 
 
-def _fit_glm(trials: Trials, link, engine: str, firth: bool, pre=None) -> _Core:
+def _bias_reduction(firth) -> str | None:
+    """``firth`` as brglm2 names the fit: None, ``"AS_mean"`` or ``"MPL_Jeffreys"`` (True)."""
+    if firth is None or firth is False:
+        return None
+    if firth is True:
+        return "MPL_Jeffreys"
+    if firth in _BIAS_REDUCTIONS:
+        return firth
+    raise ConfigError(f"firth: expected False, True, 'AS_mean' or 'MPL_Jeffreys' (brglm2's types), got {firth!r}")
+
+
+def _fit_glm(trials: Trials, link, engine: str, firth: str | None, pre=None) -> _Core:
     X = trials.design_matrix()
     y = trials.resp.astype(float)
     p = trials.n_levels
     names = [f"psi[{i}]" for i in range(2, p + 1)]
-    if firth:
+    n_iter = 0
+    if firth == "MPL_Jeffreys":
         beta, cov, ll, _pen, conv = solve_firth(X, y, link)
+    elif firth == "AS_mean":
+        Xu, _inv, m, k = _grouped(X, y)
+        sol = solve_as_mean(Xu, k, link, weights=m)
+        beta, cov, ll, conv, n_iter = sol.beta, sol.cov, float(sol.loglik), bool(sol.converged), int(sol.n_iter)
     elif engine == "statsmodels":
         import statsmodels.api as sm
 
         fam = sm.families.Binomial(link=link, check_link=not isinstance(link, LapseLink))
         res = sm.GLM(y, X, family=fam).fit(tol=1e-13, maxiter=1000)
         beta, cov, ll, conv = np.asarray(res.params), np.asarray(res.cov_params()), float(res.llf), bool(res.converged)
+        n_iter = int(res.fit_history["iteration"])
     elif engine == "numpy":
         if pre is None:
             Xu, inv, m, k = _grouped(X, y)
             pre = solve_mlds_glm(Xu, k, link, weights=m, tol=1e-12, max_iter=100)
         sol = pre
-        beta, cov, ll, conv = sol.beta, sol.cov, float(sol.loglik), bool(sol.converged)
+        beta, cov, ll, conv, n_iter = sol.beta, sol.cov, float(sol.loglik), bool(sol.converged), int(sol.n_iter)
     else:
         raise ConfigError(f"engine: expected 'numpy' or 'statsmodels', got {engine!r}")
     mu = mu_and_deriv(link, X @ beta)[0]
@@ -119,11 +139,17 @@ def _fit_glm(trials: Trials, link, engine: str, firth: bool, pre=None) -> _Core:
     cov_psi = np.zeros((p, p))
     cov_psi[1:, 1:] = cov
     return _Core(np.r_[0.0, beta], np.r_[0.0, se], 1.0, 0.0, ll, p - 1, mu, beta, se, names, conv,
-                 glm_beta=beta, cov_psi=cov_psi)
+                 glm_beta=beta, cov_psi=cov_psi, n_iter=n_iter)
 
 
+def _fit_optim(trials: Trials, link, beta_glm: np.ndarray, *, constrained: bool) -> _Core:
+    """``psi_1 = 0``, ``psi_p = 1``, sigma free, by direct maximum likelihood.
 
-def _fit_optim(trials: Trials, link) -> _Core:
+    ``constrained``: R's ``mlds(method = "optim")``, whose interior values are ``plogis`` of free
+    parameters and so lie in (0, 1); the maximum over that box is found with the bounds [0, 1]
+    (where R's optimiser approaches a bound, it stops short of it by its tolerance).  Otherwise
+    the interior values are free, and the fit is the glm solution divided by its last value.
+    """
     import torch
 
     p = trials.n_levels
@@ -133,9 +159,15 @@ def _fit_optim(trials: Trials, link) -> _Core:
         return torch.cat([z, free, z + 1.0])
 
     nll = _torch_nll(trials, link, psi_fn)
-    theta0 = np.r_[np.linspace(0, 1, p)[1:-1], np.log(0.2)]
-    th, cov, fmin = _theta_fit(nll, theta0, torch_ok=True)
-    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    # start at the glm solution rescaled (the unconstrained optimum itself when it exists)
+    beta = np.asarray(beta_glm, dtype=float)
+    if np.all(np.isfinite(beta)) and beta[-1] > 0:
+        theta0 = np.r_[beta[:-1] / beta[-1], -np.log(beta[-1])]
+    else:
+        theta0 = np.r_[np.linspace(0, 1, p)[1:-1], np.log(0.2)]
+    bounds = [(0.0, 1.0)] * (p - 2) + [None] if constrained else None
+    th, cov, fmin, n_iter, conv = _theta_fit(nll, theta0, torch_ok=True, bounds=bounds)
+    se = np.sqrt(np.diag(cov))
     sigma = float(np.exp(th[-1]))
     psi = np.r_[0.0, th[:-1], 1.0]
     psi_se = np.r_[0.0, se[:-1], 0.0]
@@ -144,9 +176,8 @@ def _fit_optim(trials: Trials, link) -> _Core:
     names = [f"psi[{i}]" for i in range(2, p)] + ["log_sigma"]
     cov_psi = np.zeros((p, p))
     cov_psi[1:-1, 1:-1] = cov[:-1, :-1]
-    return _Core(psi, psi_se, sigma, sigma * se[-1], -fmin, p - 1, mu, th, se, names, True,
-                 cov_psi=cov_psi)
-
+    return _Core(psi, psi_se, sigma, sigma * se[-1], -fmin, p - 1, mu, th, se, names, conv,
+                 cov_psi=cov_psi, n_iter=n_iter)
 
 
 def fit_mlds(
@@ -155,31 +186,41 @@ def fit_mlds(
     link="probit",
     *,
     lapse: float | str | None = None,
-    firth: bool = False,
+    firth: bool | str = False,
     formula=None,
     p0=None,
     bootstrap: int = 0,
+    diagnostics: int = 0,
+    diagnostics_refit: str = "link",
     seed: int | None = None,
     engine: str = "numpy",
     alpha: float = 0.05,
-    n_diagnostic: int = 1000,
     on_separation: str = "raise",
 ) -> MLDSResult:
-    """Fit a difference scale; see the module docstring for the methods' conventions.
+    """Fit a difference scale; see the module docstring for the methods and how each relates to R.
 
     Parameters
     ----------
     trials : :class:`Trials`, a DataFrame ``resp, S1..S4`` or a CSV path.
-    method : ``"glm"`` (default), ``"optim"`` or ``"formula"``.
+    method : ``"glm"`` (default), ``"optim"`` (R's constrained estimator),
+        ``"optim-unconstrained"`` or ``"formula"``.
     link : probit (default), logit, cauchit, cloglog, loglog or a statsmodels link.
     lapse : None; a fixed lapse rate ``lam`` in [0, 0.5) (``P = lam/2 + (1 - lam) F``); a pair
         ``(lower, upper)`` of fixed asymptotes (``P = lower + (1 - lower - upper) F``);
         ``"fit"`` (symmetric lapse rate by profile likelihood, one more parameter) or
         ``"fit-both"`` (both asymptotes by profile likelihood, two more parameters).
-    firth : bias-reduced (Jeffreys-penalised) fit; use it when the data are separated.
+    firth : bias reduction, named as brglm2 names it: ``"AS_mean"`` (mean-bias-reducing
+        adjusted score, R's ``brglm`` of the MLDS vignette) or ``"MPL_Jeffreys"`` (Jeffreys-prior
+        penalised likelihood; ``True``); the two coincide for the logit link.  Both have finite
+        estimates for separated data.
     formula, p0 : parametric scale for ``method="formula"``: a name in
-        :data:`PARAMETRIC_SCALES` or a callable ``f(s, *params)``, and start values.
+        :data:`~brainattn.psychophysics.formula.PARAMETRIC_SCALES`, an expression in the
+        stimulus ``s`` (e.g. ``"(s / max(s)) ** gamma"``) or a callable ``f(s, *params)``, and
+        start values.
     bootstrap : number of parametric bootstrap replicates (0: Wald intervals only).
+    diagnostics : number of simulations for R's ``binom.diagnostics`` and (quadruples) the
+        six-point test (0: none); ``diagnostics_refit``: ``"link"`` (the fit's link) or
+        ``"probit"`` (R's ``binom.diagnostics`` as shipped).
     engine : ``"numpy"`` (batched IRLS) or ``"statsmodels"`` (``statsmodels.GLM``) for glm.
     on_separation : ``"raise"`` (DataError suggesting firth) or ``"warn"`` (fit anyway, flagged).
     """
@@ -188,8 +229,12 @@ def fit_mlds(
         raise ConfigError(f"method: expected one of {', '.join(_METHODS)}, got {method!r}")
     if method == "formula" and formula is None:
         raise ConfigError("formula: method='formula' needs a formula (e.g. 'power' or a callable)")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
-        raise ConfigError(f"bootstrap: expected a non-negative integer, got {bootstrap!r}")
+    for name, v in (("bootstrap", bootstrap), ("diagnostics", diagnostics)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ConfigError(f"{name}: expected a non-negative integer, got {v!r}")
+    if bootstrap == 1:
+        raise ConfigError("bootstrap: expected 0 (none) or at least 2 replicates, got 1")
+    firth = _bias_reduction(firth)
     if firth and method != "glm":
         raise ConfigError("firth: the bias-reduced fit is available for method='glm' only")
     if on_separation not in ("raise", "warn"):
@@ -201,26 +246,28 @@ def fit_mlds(
     if np.linalg.matrix_rank(Xu.T @ Xu) < X.shape[1]:
         raise DataError(f"{trials.source}: the design does not determine every level's scale value "
                         "(design matrix is rank deficient); add trials linking all levels")
-    # a quick unpenalised fit: separated data make it diverge, and only then is the LP run
     pre = solve_mlds_glm(Xu, kk, base_link, weights=m, tol=1e-12, max_iter=100)
-    suspicious = not pre.converged
-    sep, sep_trials = False, np.array([], dtype=np.int64)
-    if suspicious or firth:
-        sep, _dir, sep_trials = detect_separation(X, trials.resp)
-    if sep and not firth and on_separation == "raise":
+    # separation by linear programming (one small LP): never judged from the size of the estimates
+    sep, _dir, sep_trials = detect_separation(X, trials.resp)
+    # only the unconstrained scale has no maximum under separation; R's optim and formula fits
+    # (bounded or parametric scales) still have one
+    if sep and not firth and on_separation == "raise" and method in ("glm", "optim-unconstrained"):
         rows = ", ".join(str(i + 1) for i in sep_trials[:5]) + (" ..." if len(sep_trials) > 5 else "")
         raise DataError(
             f"{trials.source}: responses are perfectly separable (trials {rows}): the maximum likelihood "
-            "scale does not exist; use the bias-reduced fit (firth=True, CLI --firth)"
+            "scale does not exist; use a bias-reduced fit (firth='AS_mean' or 'MPL_Jeffreys', CLI "
+            "--firth AS_mean)"
         )
 
     def core_for(lam: float) -> _Core:
         lk = _make_link(link, lam)
+        plain = None if isinstance(lk, LapseLink) else pre
         if method == "glm":
-            return _fit_glm(trials, lk, engine, firth, pre=None if isinstance(lk, LapseLink) else pre)
-        if method == "optim":
-            return _fit_optim(trials, lk)
-        unc = _fit_glm(trials, lk, "numpy", False).loglik
+            return _fit_glm(trials, lk, engine, firth, pre=plain)
+        if method.startswith("optim"):
+            start = plain.beta if plain is not None else _fit_glm(trials, lk, "numpy", None).params
+            return _fit_optim(trials, lk, start, constrained=method == "optim")
+        unc = _fit_glm(trials, lk, "numpy", None).loglik
         return _fit_formula(trials, lk, formula, p0, unc)
 
     lapse_fitted = False
@@ -258,12 +305,15 @@ def fit_mlds(
         fitted=core.fitted, params=core.params, bse=core.bse, param_names=core.names,
         lapse=float(sum(asym)), asymptotes=asym,
         asymptotes_se=lapse_se if isinstance(lapse_se, tuple) else (float("nan"), float("nan")),
-        lapse_se=float("nan") if isinstance(lapse_se, tuple) else lapse_se, lapse_fitted=lapse_fitted, firth=firth, separated=bool(sep),
-        separated_trials=sep_trials, converged=core.converged, formula=core.formula, alpha=alpha,
-        cov_psi=core.cov_psi,
+        lapse_se=float("nan") if isinstance(lapse_se, tuple) else lapse_se, lapse_fitted=lapse_fitted,
+        firth=firth, separated=bool(sep), separated_trials=sep_trials, converged=core.converged,
+        n_iter=core.n_iter, formula=core.formula, alpha=alpha, cov_psi=core.cov_psi,
     )
     if bootstrap:
-        bootstrap_mlds(res, bootstrap, seed=seed, n_diagnostic=n_diagnostic)
+        bootstrap_mlds(res, bootstrap, seed=seed)
+    if diagnostics:
+        # its own stream: the diagnostics do not depend on whether a bootstrap ran before them
+        diagnose(res, diagnostics, seed=None if seed is None else [int(seed), 1], refit=diagnostics_refit)
     return res
 
 
@@ -323,7 +373,8 @@ class MLDS(BaseEstimator):
     """
 
     def __init__(self, method: str = "glm", link="probit", lapse=None, firth: bool = False,
-                 formula=None, p0=None, n_bootstrap: int = 0, random_state: int | None = None,
+                 formula=None, p0=None, n_bootstrap: int = 0, n_diagnostics: int = 0,
+                 random_state: int | None = None,
                  engine: str = "numpy", alpha: float = 0.05):
         self.method = method
         self.link = link
@@ -332,6 +383,7 @@ class MLDS(BaseEstimator):
         self.formula = formula
         self.p0 = p0
         self.n_bootstrap = n_bootstrap
+        self.n_diagnostics = n_diagnostics
         self.random_state = random_state
         self.engine = engine
         self.alpha = alpha
@@ -339,7 +391,7 @@ class MLDS(BaseEstimator):
     def fit(self, trials, y=None) -> MLDS:
         self.result_ = fit_mlds(trials, self.method, self.link, lapse=self.lapse, firth=self.firth,
                                 formula=self.formula, p0=self.p0, bootstrap=self.n_bootstrap,
-                                seed=self.random_state, engine=self.engine, alpha=self.alpha)
+                                diagnostics=self.n_diagnostics, seed=self.random_state, engine=self.engine, alpha=self.alpha)
         self.scale_ = self.result_.psi
         self.sigma_ = self.result_.sigma
         self.stimulus_ = self.result_.stimulus

@@ -27,11 +27,13 @@ variable                    dims                   meaning
 ==========================  =====================  ==============================================
 
 attrs: ``method``, ``link``, ``n_trials``, ``n_levels``, ``design`` (triad/quadruple),
-``loglik``, ``aic``, ``deviance``, ``n_params``, ``sigma_estimate``, ``lapse``, ``lapse_fitted``,
-``firth``, ``separated``, ``n_bootstrap``, ``n_bootstrap_failed``, ``runs_observed``,
-``runs_p`` (fraction of simulated runs <= observed), ``envelope_outside`` (fraction of
+``loglik``, ``aic``, ``deviance``, ``null_deviance``, ``daf`` (deviance accounted for), ``pmc``
+(probability of misclassification), ``converged``, ``n_iter``, ``relation_to_r``, ``n_params``, ``sigma_estimate``, ``lapse``, ``lapse_fitted``,
+``firth`` (none, AS_mean, MPL_Jeffreys), ``separated``, ``n_bootstrap``, ``n_bootstrap_failed``,
+``n_bootstrap_separated``, ``runs_observed`` (sign changes, as R counts them), ``runs_p``
+(fraction of simulated runs <= observed), ``diagnostics_n``, ``diagnostics_refit`` (link, probit), ``envelope_outside`` (fraction of
 observed sorted residuals outside the envelope), ``six_point_loglik``, ``six_point_p``,
-``six_point_n``, formula fits add ``formula``, ``formula_params`` (json), ``lr_stat``,
+``six_point_n``, ``six_point_n_sim``, formula fits add ``formula``, ``formula_params`` (json), ``lr_stat``,
 ``lr_df``, ``lr_p``; predictions add ``prediction_model``, ``area_match``, ``rmse``,
 ``correlation`` and their ``*_lower``/``*_upper`` bootstrap bounds.
 """
@@ -52,6 +54,22 @@ from brainattn.psychophysics.glm import link_name
 __all__ = ["MLDSResult"]
 
 _STATS = ["estimate", "se", "lower", "upper"]
+
+# how each method and option relates to the R package MLDS 0.5.1 (printed in summary.txt)
+R_RELATION = {
+    "glm": 'R mlds(method = "glm"): the same binomial glm (scale, se, logLik, AIC, deviance)',
+    "optim": 'R mlds(method = "optim"): interior values kept in (0, 1) (R: plogis); the maximum '
+             "over [0, 1] (R's BFGS stops short of a bound by its tolerance)",
+    "optim-unconstrained": "not in R: the glm fit divided by psi_p (interior values free); equals R's "
+                           "optim only when every glm value lies in [0, psi_p]",
+    "formula": "R mlds(formula): the same likelihood; R prints the scale normalised (psi_1 = 0, "
+               "psi_p = 1) with sigma in the formula's units, se from the Hessian",
+    "AS_mean": 'brglm2 type = "AS_mean" (mean-bias-reducing adjusted score; R brglm, the MLDS vignette)',
+    "MPL_Jeffreys": 'brglm2 type = "MPL_Jeffreys" (Jeffreys-prior penalised likelihood)',
+    "bootstrap": "R boot.mlds: replicates drawn from the fitted probabilities and refitted by glm "
+                 "(optim: divided by psi_p); here a replicate is dropped only when its data are "
+                 "separated (no maximum likelihood estimate) or its fit fails",
+}
 
 
 
@@ -81,14 +99,16 @@ class MLDSResult:
     lapse_fitted: bool = False
     asymptotes: tuple = (0.0, 0.0)
     asymptotes_se: tuple = (float("nan"), float("nan"))
-    firth: bool = False
+    firth: str | None = None
     separated: bool = False
     separated_trials: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))
     converged: bool = True
+    n_iter: int = 0
     formula: dict | None = None
     boot_psi: np.ndarray | None = None
     boot_sigma: np.ndarray | None = None
     n_boot_failed: int = 0
+    n_boot_separated: int = 0
     alpha: float = 0.05
     cov_psi: np.ndarray | None = None
     diagnostics: dict | None = None
@@ -105,6 +125,27 @@ class MLDSResult:
     def deviance(self) -> float:
         """Deviance of the 0/1 trials (``-2 loglik``; the saturated model has loglik 0)."""
         return -2.0 * self.loglik
+
+    @property
+    def null_deviance(self) -> float:
+        """Deviance of the model without predictors (``eta = 0`` on every trial), as R's
+        ``glm`` reports it for a fit without intercept: ``2 n log 2`` for a plain link."""
+        from brainattn.psychophysics.glm import binomial_loglik, mu_and_deriv
+
+        mu, muc, _ = mu_and_deriv(self.link, np.zeros(self.trials.n_trials))
+        return float(-2.0 * binomial_loglik(self.trials.resp.astype(float), mu, muc))
+
+    @property
+    def daf(self) -> float:
+        """Deviance accounted for, ``1 - deviance / null_deviance`` (R MLDS vignette)."""
+        return 1.0 - self.deviance / self.null_deviance
+
+    @property
+    def pmc(self) -> float:
+        """Probability of misclassification (R's ``pmc``)."""
+        from brainattn.psychophysics.diagnostics import pmc
+
+        return pmc(self)
 
     @property
     def n_levels(self) -> int:
@@ -230,21 +271,27 @@ class MLDSResult:
                 se_txt = f" (se of the asymptotes {self.asymptotes_se[0]:.4f}, {self.asymptotes_se[1]:.4f})"
             lines.append(f"lapse rate: {self.lapse:.4f} {how}{se_txt}; asymptotes "
                          f"{self.asymptotes[0]:.4f} / {1 - self.asymptotes[1]:.4f}")
+        lines.append(f"null deviance: {self.null_deviance:<13.4f} deviance accounted for: {self.daf:.4f}   "
+                     f"pmc: {self.pmc:.4f}")
+        lines.append(f"converged: {'yes' if self.converged else 'NO'} ({self.n_iter} iterations)")
+        lines.append(f"relation to R: {R_RELATION[self.method]}")
         if self.firth:
-            lines.append("bias reduction: Jeffreys-prior penalised likelihood (Firth)")
+            lines.append(f"bias reduction: {self.firth}: {R_RELATION[self.firth]}")
         if self.separated:
-            lines.append(f"WARNING: the data are separated ({len(self.separated_trials)} trials); "
-                         "the maximum likelihood estimate does not exist")
+            what = ("the unconstrained (glm) maximum likelihood scale does not exist"
+                    if self.method in ("glm", "optim-unconstrained") and not self.firth else
+                    "the unconstrained (glm) scale has no maximum likelihood estimate; this fit's does")
+            lines.append(f"WARNING: the data are separated ({len(self.separated_trials)} trials): {what}")
         if self.boot_psi is not None:
-            lines.append(f"bootstrap replicates: {len(self.boot_psi)} "
-                         f"({self.n_boot_failed} separated/failed replicates dropped)")
+            lines.append(f"bootstrap replicates: {len(self.boot_psi)} ({self.n_boot_separated} separated and "
+                         f"{self.n_boot_failed} failed replicates dropped); {R_RELATION['bootstrap']}")
         lines += ["-" * 72,
                   f"{'level':>5} {'stimulus':>12} {'estimate':>12} {'se':>10} {'lower':>10} {'upper':>10}"]
         for i in range(t.n_levels):
             lines.append(f"{i + 1:>5} {t.stimulus[i]:>12.5g} {self.psi[i]:>12.5f} {se[i]:>10.5f} "
                          f"{lo[i]:>10.5f} {hi[i]:>10.5f}")
         lines.append(f"{'sigma':>5} {'':>12} {self.sigma:>12.5f} {sse:>10.5f} {slo:>10.5f} {shi:>10.5f}")
-        if self.method != "optim":
+        if not self.method.startswith("optim"):
             sn = self.sigma_normalized
             lines.append(f"sigma on the normalised scale (psi_p - psi_1 = 1): {sn[0]:.5f} (se {sn[1]:.5f}, "
                          f"{sn[2]:.5f} to {sn[3]:.5f})")
@@ -257,9 +304,12 @@ class MLDSResult:
                          f"p = {f['lr_p']:.4g}")
         if self.diagnostics is not None:
             d = self.diagnostics
-            lines += ["-" * 72, "goodness of fit (binom.diagnostics)",
-                      f"  runs of residual signs: {d['runs_observed']}; P(simulated <= observed) = "
-                      f"{d['runs_p']:.4f}",
+            how = ("R's binom.diagnostics as shipped (simulations refitted with probit)" if d["refit"] == "probit"
+                   else f"simulations refitted with the fit's link ({d['refit_link']}); R's binom.diagnostics "
+                        "refits with probit")
+            lines += ["-" * 72, f"goodness of fit: {d['n_sim']} simulations, {how}",
+                      f"  runs (sign changes of residuals ordered by fitted value, as R counts): "
+                      f"{d['runs_observed']}; P(simulated <= observed) = {d['runs_p']:.4f}",
                       f"  sorted residuals outside the 95% envelope: {100 * d['envelope_outside']:.1f}%"]
         if self.six_point is not None and self.six_point.get("n", 0) > 0:
             s = self.six_point
@@ -319,11 +369,13 @@ class MLDSResult:
             "method": self.method, "link": link_name(self.link), "design": t.kind,
             "n_trials": t.n_trials, "n_levels": t.n_levels, "loglik": self.loglik, "aic": self.aic,
             "deviance": self.deviance, "n_params": self.n_params, "sigma_estimate": self.sigma,
-            "lapse": self.lapse, "lapse_fitted": self.lapse_fitted, "firth": self.firth,
+            "null_deviance": self.null_deviance, "daf": self.daf, "pmc": self.pmc,
+            "converged": self.converged, "n_iter": self.n_iter, "relation_to_r": R_RELATION[self.method],
+            "lapse": self.lapse, "lapse_fitted": self.lapse_fitted, "firth": self.firth or "none",
             "lower_asymptote": self.asymptotes[0], "upper_asymptote": 1 - self.asymptotes[1],
             "separated": self.separated, "source": t.source,
             "n_bootstrap": 0 if self.boot_psi is None else len(self.boot_psi),
-            "n_bootstrap_failed": self.n_boot_failed,
+            "n_bootstrap_failed": self.n_boot_failed, "n_bootstrap_separated": self.n_boot_separated,
         }
         if self.boot_psi is not None:
             ds["bootstrap_scale"] = (("replicate", "level"), self.boot_psi)
@@ -333,10 +385,11 @@ class MLDSResult:
             ds["envelope"] = (("rank", "bound"), d["envelope"])
             ds = ds.assign_coords(bound=["lower", "median", "upper"])
             attrs.update(runs_observed=d["runs_observed"], runs_p=d["runs_p"],
-                         envelope_outside=d["envelope_outside"])
+                         envelope_outside=d["envelope_outside"], diagnostics_n=d["n_sim"],
+                         diagnostics_refit=d["refit"])
         if self.six_point is not None:
             attrs.update(six_point_loglik=self.six_point["loglik"], six_point_p=self.six_point["p"],
-                         six_point_n=self.six_point["n"])
+                         six_point_n=self.six_point["n"], six_point_n_sim=self.six_point.get("n_sim", 0))
         if self.formula is not None:
             f = self.formula
             attrs.update(formula=f["name"], lr_stat=f["lr_stat"], lr_df=f["lr_df"], lr_p=f["lr_p"],

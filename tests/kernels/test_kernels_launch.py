@@ -1,10 +1,11 @@
-"""The direct-launch path of the Triton wrapper (``_launch``), against fake kernels.
+"""The direct-launch path of the Triton wrapper (``_launch.launch``), against fake kernels.
 
 A GPU is not needed: the fakes lay out the launcher call the way ``JITFunction.run`` does
 (grid, stream, function, packed metadata, launch metadata, hooks, then every argument in
 signature order, constexprs last), so these tests check that the direct launch passes exactly
 the arguments Triton's own path passes, re-captures when a specialisation changes, and falls
-back to Triton's path when the layout is not the expected one or a launch hook is installed.
+back to Triton's path when the layout is not the expected one, a launch hook is installed or
+the Triton version is not one whose launch layout is known.
 """
 
 import types
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from brainattn.kernels import _triton as T  # noqa: E402
+from brainattn.kernels import _launch as T  # noqa: E402
+from brainattn.kernels import _tiling  # noqa: E402
 
 
 class FakeCompiled:
@@ -66,10 +68,9 @@ class FakeAutotuned:
 
 @pytest.fixture
 def fast(monkeypatch):
-    monkeypatch.setattr(T, "_FAST_ON", True)
-    monkeypatch.setattr(T, "_DRV", [lambda: 0, lambda dev: f"stream-{dev}"])
-    monkeypatch.setattr(T, "_FAST", {})
-    monkeypatch.setattr(T, "_TUNED", {})
+    monkeypatch.setattr(T, "_STATE", {"drv": (lambda: 0, lambda dev: f"stream-{dev}")})
+    monkeypatch.setattr(T, "FAST", {})
+    monkeypatch.setattr(T, "TUNED", {})
 
 
 def _grid(meta):
@@ -77,7 +78,7 @@ def _grid(meta):
 
 
 def _call(kernel, tensors, scalars=(5, 16, 1, 0.125)):
-    T._launch(kernel, _grid, ("k", 1), tensors, scalars, {"HEAD_D": 64})
+    T.launch(kernel, _grid, ("k", 1), tensors, scalars, {"HEAD_D": 64})
 
 
 def test_direct_launch_passes_what_triton_passes(fast):
@@ -125,31 +126,71 @@ def test_unexpected_layout_or_hooks_fall_back_to_triton(fast, monkeypatch):
     assert fn.slow == 4  # the capture saw another layout: every launch through fn.run
     fn2 = FakeJit()
     kernel2 = FakeAutotuned(fn2)
-    monkeypatch.setattr(T, "_hooks_off", lambda: False)  # e.g. a profiler's launch hook
+    monkeypatch.setattr(T, "hooks_off", lambda: False)  # e.g. a profiler's launch hook
     for _ in range(3):
-        T._launch(kernel2, _grid, ("k", 2), ts, (1,), {"HEAD_D": 64})
+        T.launch(kernel2, _grid, ("k", 2), ts, (1,), {"HEAD_D": 64})
     assert fn2.slow == 3
+
+
+@pytest.mark.parametrize(("version", "direct"), [
+    ("3.6.0", True), ("3.8.0", True), ("3.8.1+git1234", True), ("3.3.1", False),
+    ("3.7.0", False), ("3.9.0", False), ("4.0.0", False), ("nightly", False)])
+def test_direct_launch_only_on_known_triton_versions(version, direct, monkeypatch):
+    """The direct launch relies on a private layout of Triton's launcher call: on a version
+    whose layout was not read, every launch goes through Triton's own ``run``."""
+    assert T.direct_launch_supported(version) is direct
+    monkeypatch.setattr(T, "_STATE", {})
+    monkeypatch.setattr(T.triton, "__version__", version)
+    monkeypatch.setattr(T.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(T, "_driver_getters", lambda: (lambda: 0, lambda dev: f"stream-{dev}"))
+    got = T._driver()
+    assert (got is not None) is direct
+    if not direct:  # then the launch path is Triton's, every time
+        monkeypatch.setattr(T, "FAST", {})
+        monkeypatch.setattr(T, "TUNED", {})
+        fn = FakeJit()
+        kernel = FakeAutotuned(fn)
+        for _ in range(4):
+            _call(kernel, (torch.zeros(8),))
+        assert fn.slow == 4 and T.FAST == {}
+
+
+def test_interpreted_kernels_get_the_interpreter_config():
+    """Without a GPU (the interpreter) each pass runs its one small config; the tuned lists
+    stay the GPU's."""
+    from brainattn.kernels import _bwd_kv, _fwd
+
+    if not _tiling.interpreted(_fwd.fwd):
+        pytest.skip("compiled kernels (a GPU machine)")
+    cs = _bwd_kv.CONFIGS
+    args = {"Q": torch.zeros(1, dtype=torch.float16), "BLOCK_D": 64}
+    assert cs.prune(cs.configs, args) == cs.interp
+    assert cs.interp[0].kwargs == {"BLOCK_M": 16, "BLOCK_N": 64}
+    spare = _tiling.ConfigSet([(128, 128, 8, 3), (64, 64, 4, 3)], (64, 64, 4, 3))
+    assert [c.kwargs["BLOCK_M"] for c in spare.prune(spare.configs, args)] == [128, 64]
+    fp32 = {"Q": torch.zeros(1), "BLOCK_D": 128}  # none fits: the smallest
+    assert [c.kwargs["BLOCK_M"] for c in spare.prune(spare.configs, fp32)] == [64]
 
 
 def test_tail_width_and_host_helpers():
     import triton
 
-    assert T._tail(962, 64) == 16  # 15 full blocks + 2 keys in a 16-wide step
-    assert T._tail(962, 128) == 128  # 66 left: the full width
-    assert T._tail(960, 64) == 64
-    assert T._tail(37, 32) == 16 and T._tail(20, 32) == 32 and T._tail(50, 32) == 32
+    assert _tiling.tail(962, 64) == 16  # 15 full blocks + 2 keys in a 16-wide step
+    assert _tiling.tail(962, 128) == 128  # 66 left: the full width
+    assert _tiling.tail(960, 64) == 64
+    assert _tiling.tail(37, 32) == 16 and _tiling.tail(20, 32) == 32 and _tiling.tail(50, 32) == 32
     # the dk/dv pass: 962 keys in 128-key programs = 7 full + a 64- and a 16-wide tile
-    assert T._tails(962, 128) == (64, 16) and T._kv_programs(962, 128) == 9
-    assert T._tails(962, 64) == (16, 0) and T._kv_programs(962, 64) == 16
-    assert T._tails(100, 128) == (128, 0) and T._tails(960, 64) == (64, 0)
-    assert T._tails(20, 64) == (32, 0) and T._kv_programs(20, 64) == 1
+    assert _tiling.tails(962, 128) == (64, 16) and _tiling.kv_programs(962, 128) == 9
+    assert _tiling.tails(962, 64) == (16, 0) and _tiling.kv_programs(962, 64) == 16
+    assert _tiling.tails(100, 128) == (128, 0) and _tiling.tails(960, 64) == (64, 0)
+    assert _tiling.tails(20, 64) == (32, 0) and _tiling.kv_programs(20, 64) == 1
     for L in range(1, 400):  # the tiles cover every key, and a second tile is never empty
         for block in (16, 32, 64, 128):
-            t1, t2 = T._tails(L, block)
+            t1, t2 = _tiling.tails(L, block)
             rem = L % block
             assert 16 <= t1 <= block and (t2 == 0 or 16 <= t2 < t1), (L, block)
             assert (t1 if rem else 0) + t2 >= rem, (L, block)
             assert t2 == 0 or t1 < rem, (L, block)
-            assert T._kv_programs(L, block) == -(-L // block) + (t2 > 0)
-    assert all(T._p2(n) == triton.next_power_of_2(n) for n in range(1, 600))
-    assert all(T._cdiv(a, b) == triton.cdiv(a, b) for a in range(0, 200) for b in range(1, 70))
+            assert _tiling.kv_programs(L, block) == -(-L // block) + (t2 > 0)
+    assert all(_tiling.p2(n) == triton.next_power_of_2(n) for n in range(1, 600))
+    assert all(_tiling.cdiv(a, b) == triton.cdiv(a, b) for a in range(0, 200) for b in range(1, 70))

@@ -97,10 +97,10 @@ def test_triton_matches_reference(case, dtype):
             assert a.grad.shape == a.shape and a.grad.dtype == a.dtype, name
             err = _rel(a.grad, r.grad)
             assert err <= tol, f"d{name}: relative error {err:.2e} > {tol:.0e}"
-    from brainattn.kernels import _triton as T
+    from brainattn.kernels import _plan
 
     # the dq pass's last-split counters are back at zero for the next call
-    assert all(int(c.abs().sum()) == 0 for c in T._CNT.values())
+    assert all(int(c.abs().sum()) == 0 for c in _plan._CNT.values())
 
 
 def test_triton_nan_pattern_matches_reference():
@@ -169,37 +169,15 @@ def test_gpu_deterministic_and_no_quadratic_allocation():
         assert torch.equal(a, b)
 
 
-@pytest.mark.skipif(GPU, reason="opt-in bf16-split low-rank gradients: wrong dq_bias and illegal "
-                    "addresses on an H200 with triton 3.6 (2026-11-27), so off by default")
-@pytest.mark.parametrize("case", ["bcast-q-prf-d32", "perbatch-factors-d128"])
-def test_triton_split_lowrank_gradients_interpreted(case, monkeypatch):
-    """The opt-in BRAINATTN_LR_GRAD_SPLIT path (run in fp16 by the interpreter) matches the
-    reference."""
-    from brainattn.kernels import _triton as T
-
-    monkeypatch.setattr(T, "_LR_SPLIT", True)
-    ins = _make(case, torch.float16, seed=21)
-    out = attention(ins[0], ins[1], ins[2], bias=ins[3], q_bias=ins[4], k_bias=ins[5])
-    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
-    (out.double() * gout).sum().backward()
-    ref = [None if t is None else t.detach().double().requires_grad_() for t in ins]
-    rout, _ = reference_attention(ref[0], ref[1], ref[2], bias=ref[3], q_bias=ref[4],
-                                  k_bias=ref[5])
-    (rout * gout).sum().backward()
-    for name, a, r in zip(["q", "k", "v", "bias", "q_bias", "k_bias"], ins, ref, strict=True):
-        if a is not None:
-            assert _rel(a.grad, r.grad) <= 1e-2, name
-
-
 def test_split_factors_reproduce_the_low_rank_product():
-    from brainattn.kernels._triton import _split_pair
+    from brainattn.kernels._plan import split_pair
 
     g = torch.Generator().manual_seed(2)
     mu = torch.rand(2, 30, 2, generator=g) * 2 - 1
     sigma = torch.rand(2, 30, generator=g) * 0.2 + 0.02  # narrow pRFs: factors up to ~1e3
     pos = torch.rand(50, 2, generator=g) * 2 - 1
     qb, kb = prf_bias_factors(mu, sigma, pos)
-    qa, ka = _split_pair(qb, kb, 16)
+    qa, ka = split_pair(qb, kb, 16)
     assert qa.dtype == torch.float16 and qa.shape == (1, 2, 30, 16) and ka.shape == (1, 1, 50, 16)
     approx = qa.double() @ ka.double().transpose(-1, -2)
     exact = qb.double() @ kb.double().transpose(-1, -2)
@@ -228,10 +206,10 @@ def test_triton_partial_gradients_and_fully_masked_keys():
 def test_triton_unsplit_broadcast_dq_matches_reference(dtype, monkeypatch):
     """With the batch not split (a card 'full' of query blocks), the dq pass of broadcast queries
     sums the whole batch in registers and stores dq (and the factor gradients) directly."""
-    from brainattn.kernels import _triton as T
+    from brainattn.kernels import _plan
 
     q, k, v, bias, qb, kb = _make("bcast-q-prf-d32", dtype, seed=3)
-    monkeypatch.setitem(T._SMS, q.device, 0)  # -> one batch split
+    monkeypatch.setitem(_plan._SMS, q.device, 0)  # -> one batch split
     out, lse = attention(q, k, v, bias=bias, q_bias=qb, k_bias=kb, return_lse=True)
     g = torch.Generator().manual_seed(4)
     gout = torch.randn(out.shape, generator=g, dtype=torch.float64).to(DEV)
@@ -267,7 +245,7 @@ def test_triton_query_factor_gradient_alone():
 def test_gpu_direct_launch_repeats_and_realigns():
     """Repeated calls go through the direct launch (after the tuning and capture calls) and
     give bitwise the same result; inputs at another alignment are captured anew and stay exact."""
-    from brainattn.kernels import _triton as T
+    from brainattn.kernels import _launch
 
     ins = _make("bcast-q-tail-dense-d64", torch.bfloat16, seed=3)
     B, H, Lk, D = ins[1].shape
@@ -282,8 +260,8 @@ def test_gpu_direct_launch_repeats_and_realigns():
     for _ in range(3):
         for a, b in zip(run(*ins[:4]), first, strict=True):
             assert torch.equal(a, b)
-    if T._FAST_ON:
-        assert any(e is not None for e in T._FAST.values()), "direct launch never captured"
+    if _launch._driver() is not None:
+        assert any(e is not None for e in _launch.FAST.values()), "direct launch never captured"
     # k and v 2 bytes off a 16-byte boundary (a view into a larger buffer)
     shifted = []
     for t in ins[1:3]:
@@ -380,16 +358,16 @@ def test_triton_scale_sign(scale, case, dtype):
 
 def _record_launches(monkeypatch) -> list:
     """The kernels ``_launch`` is handed from now on, in order (the launches still run)."""
-    from brainattn.kernels import _triton as T
+    from brainattn.kernels import _host
 
     seen = []
-    launch = T._launch
+    launch = _host.launch
 
     def spy(kernel, *a, **kw):
         seen.append(kernel)
         return launch(kernel, *a, **kw)
 
-    monkeypatch.setattr(T, "_launch", spy)
+    monkeypatch.setattr(_host, "launch", spy)
     return seen
 
 
@@ -413,9 +391,9 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank,
     gradients match the float64 reference, and the separate pass; with deterministic
     algorithms requested the separate (bitwise repeatable) pass runs. Head dims 48 and 128
     keep the separate pass (the fused one was slower there)."""
-    from brainattn.kernels import _triton as T
+    from brainattn.kernels import _bwd_dq, _bwd_kv, _plan
 
-    if torch.cuda.get_device_capability()[0] < 9 or not T._TMA_REDUCE:
+    if torch.cuda.get_device_capability()[0] < 9 or not _plan.tma_reduce_available():
         pytest.skip("the fused dq needs TMA (sm_90+) and a Triton with descriptor reductions")
     B, H, Lq, Lk = 3, 2, 2050, 130
     g = torch.Generator().manual_seed(11)
@@ -452,7 +430,7 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank,
         return [t.grad for t, w in zip(leaves, learn, strict=True) if w]
 
     fused = grads()
-    assert (T._bwd_kv_dq in seen) == (D == 64) and (T._bwd_q in seen) == (D != 64)
+    assert (_bwd_kv.bwd_kv_dq in seen) == (D == 64) and (_bwd_dq.bwd_q in seen) == (D != 64)
     ref = [t.double().requires_grad_(w) for t, w in zip(ins, learn, strict=True)]
     out, lse = reference_attention(*ref[:3], q_bias=ref[3] if lr else None,
                                    k_bias=ref[4] if lr else None)
@@ -470,7 +448,7 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank,
         again = grads()
     finally:
         torch.use_deterministic_algorithms(False)
-    assert T._bwd_q in seen and T._bwd_kv_dq not in seen
+    assert _bwd_dq.bwd_q in seen and _bwd_kv.bwd_kv_dq not in seen
     for name, a, b, c in zip(names, fused, sep, again, strict=True):
         assert torch.equal(b, c), name
         assert _rel(a, b) <= 2e-3, name
@@ -482,15 +460,15 @@ def test_gpu_fused_dq_step_captured_in_a_cuda_graph(monkeypatch):
     """The fused dq (TMA reductions, descriptors in Triton's launch-time scratch) in a CUDA graph
     after eager warm-up steps (as ``brainattn fit`` does): the capture runs the fused pass the
     warm-up tuned, and replays match the eager step (to rounding: the reductions' order varies)."""
-    from brainattn.kernels import _triton as T
+    from brainattn.kernels import _bwd_dq, _bwd_kv, _plan
 
-    if torch.cuda.get_device_capability()[0] < 9 or not T._TMA_REDUCE:
+    if torch.cuda.get_device_capability()[0] < 9 or not _plan.tma_reduce_available():
         pytest.skip("the fused dq needs TMA (sm_90+) and a Triton with descriptor reductions")
     leaves, gout = _cuda_bcast_inputs(4, 2, 2100, 98, 64, seed=5)
     seen = _record_launches(monkeypatch)
     ref_out, ref, out, graph = _eager_then_captured(leaves, gout)
     # three eager steps and the captured one, each with the fused pass
-    assert seen.count(T._bwd_kv_dq) == 4 and T._bwd_q not in seen
+    assert seen.count(_bwd_kv.bwd_kv_dq) == 4 and _bwd_dq.bwd_q not in seen
     for _ in range(2):
         graph.replay()
         torch.cuda.synchronize()

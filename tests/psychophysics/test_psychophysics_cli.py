@@ -111,7 +111,7 @@ def test_fit_separated_suggests_firth_then_firth_works(tmp_path, capsys):
     p.write_text("resp,S1,S2,S3\n" + "\n".join(f"{r},{a},{b},{c}" for r, (a, b, c) in zip(y, d, strict=True)))
     rc = main(["scale", "fit", str(p), "--out", str(tmp_path / "o")])
     assert rc == 2 and "--firth" in _err(capsys) and not (tmp_path / "o").exists()
-    assert main(["scale", "fit", str(p), "--firth", "--out", str(tmp_path / "o")]) == 0
+    assert main(["scale", "fit", str(p), "--firth", "MPL_Jeffreys", "--out", str(tmp_path / "o")]) == 0
     assert load_netcdf(tmp_path / "o" / "scale.nc").attrs["separated"] == 1
 
 

@@ -163,7 +163,7 @@ def test_observer_following_fisher_prediction_is_matched_end_to_end():
         obs = SimulatedObserver(psi, sigma=0.1, stimulus=f)
         tr = simulate_experiment(obs, "triad", repeats=5, max_gap=3, seed=1)
         assert tr.n_trials == 405
-        res = fit_mlds(tr, "optim", bootstrap=200, seed=0, n_diagnostic=0)
+        res = fit_mlds(tr, "optim", bootstrap=200, seed=0)
         scores[name] = compare_scales(res.psi, pred, f, bootstrap=res.boot_psi)
     good, bad = scores["fisher"], scores["linear"]
     assert good["rmse"] < 0.05 and good["area_match"] > 0.7 and good["correlation"] > 0.99

@@ -20,7 +20,7 @@ def trials():
 
 @pytest.fixture(scope="module")
 def boot_result(trials):
-    return fit_mlds(trials, bootstrap=400, seed=1)
+    return fit_mlds(trials, bootstrap=400, diagnostics=400, seed=1)
 
 
 def test_optim_is_the_glm_fit_rescaled(trials):
@@ -84,7 +84,7 @@ def test_formula_batched_solver_equals_separate_fits(trials):
 
 
 def test_formula_bootstrap(trials):
-    res = fit_mlds(trials, "formula", formula="power", bootstrap=150, seed=2)
+    res = fit_mlds(trials, "formula", formula="power", bootstrap=150, diagnostics=100, seed=2)
     assert res.boot_psi.shape[1] == trials.n_levels and res.n_boot_failed < 10
     # every replicate is a power curve: psi_1 = (1/5)^gamma, psi_p = 1
     np.testing.assert_allclose(res.boot_psi[:, -1], 1.0)
@@ -183,10 +183,10 @@ def test_diagnostics_envelope_and_runs(boot_result, trials):
     # data from the model itself: residuals inside the envelope, runs typical
     assert d["envelope_outside"] < 0.1
     assert 0.01 < d["runs_p"] < 0.99
-    # runs: count sign changes by hand
+    # runs as R counts them: sign changes of (residual > 0) in order of fitted probability
     r = boot_result.deviance_residuals
-    sgn = np.sign(r[np.argsort(boot_result.fitted, kind="stable")])
-    assert d["runs_observed"] == 1 + int(np.sum(sgn[1:] != sgn[:-1]))
+    pos = r[np.argsort(boot_result.fitted, kind="stable")] > 0
+    assert d["runs_observed"] == int(np.sum(pos[1:] != pos[:-1]))
 
 
 def test_six_point_sets_match_brute_force(trials):
@@ -214,8 +214,8 @@ def test_diagnostics_detect_an_observer_without_a_scale():
     first = np.abs(obs.psi[d[:, 1] - 1] - obs.psi[d[:, 0] - 1]) ** 0.3  # pairs compared on
     second = np.abs(obs.psi[d[:, 3] - 1] - obs.psi[d[:, 2] - 1]) ** 3.0  # incompatible metrics
     resp = (second - first + 0.5 * rng.standard_normal(len(d)) > 0).astype(int)
-    bad = fit_mlds(as_trials(resp, d), bootstrap=300, seed=0)
-    good = fit_mlds(as_trials(obs.respond(d, 6), d), bootstrap=300, seed=0)
+    bad = fit_mlds(as_trials(resp, d), diagnostics=300, seed=0)
+    good = fit_mlds(as_trials(obs.respond(d, 6), d), diagnostics=300, seed=0)
     # binom.diagnostics flags it: too few runs of residual signs, residuals outside the envelope
     assert bad.diagnostics["runs_p"] < 0.05 and bad.diagnostics["envelope_outside"] > 0.2
     assert good.diagnostics["runs_p"] > 0.05 and good.diagnostics["envelope_outside"] < 0.1
@@ -302,7 +302,7 @@ def test_bootstrap_intervals_cover_truth_at_nominal_rate():
     cover, cover_n = [], []
     for _ in range(200):
         res = fit_mlds(as_trials(obs.respond(d, rng), d), bootstrap=300,
-                       seed=int(rng.integers(2**31)), n_diagnostic=0)
+                       seed=int(rng.integers(2**31)))
         sc = res.scale
         cover.append((sc.sel(stat="lower").values[1:] <= truth[1:]) & (truth[1:] <= sc.sel(stat="upper").values[1:]))
         sn = res.scale_normalized

@@ -193,7 +193,7 @@ def test_real_scale_fit_is_drawn(tmp_path):
     assert main(["scale", "simulate", "--out", str(csv), "--levels", "9", "--design", "triad",
                  "--repeats", "2", "--max-gap", "3", "--scale", "log", "--seed", "1"]) == 0
     run = tmp_path / "psy"
-    assert main(["scale", "fit", str(csv), "--out", str(run), "--bootstrap", "40",
+    assert main(["scale", "fit", str(csv), "--out", str(run), "--bootstrap", "40", "--diagnostics", "40",
                  "--predict", "mode-frequency", "--stimulus", "1,1.5,2,2.5,3,3.5,4,4.5,5"]) == 0
     sec = psychophysics.build_section(discover(run).runs, svg=False)
     assert [f.name for f in sec.figures] == ["psychophysics-scale", "psychophysics-fit"]

@@ -1,0 +1,136 @@
+"""In-kernel pieces shared by the Triton passes: biased logits (row and transposed forms), the
+low-rank split-factor tile, and the low-rank gradient dot.
+
+Logits are in base 2 (scaled by log2 e), so the passes use ``exp2``. The low-rank term
+``q_bias k_bias^T``: for float16/bfloat16 inputs one fp16 tensor-core dot of split factors
+(hi/lo, error ~2^-21 of |q_bias||k_bias|, see ``_plan.split_pair``); for float32 inputs R
+exact fp32 outer products. Without a dense bias the query factor's split carries 1/scale, so
+q k^T and the low-rank term are scaled once.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def logits(q, kT, qa, Bias, bias_off, QB, qb_off, KB, kb_off, KA, ka_off, offs_m, offs_n,
+             mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+             HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
+             LR_DOT: tl.constexpr, KAUG: tl.constexpr, MASK_N: tl.constexpr):
+    """Base-2 logits (BLOCK_M, BLOCK_N) in fp32; with MASK_N, key columns past Lk are -inf.
+
+    Low-rank term: with LR_DOT, one fp16 tensor-core dot of the split factors
+    qa = [q_hi, q_hi, q_lo] and ka = [k_hi, k_lo, k_hi] (error ~2^-21 of |q_bias||k_bias|);
+    otherwise R exact fp32 outer products (the float32 path). Without a dense bias the host
+    folds 1/scale into qa, so the scale multiplies the sum of both dots once."""
+    s = tl.dot(q, kT, input_precision=PREC)
+    if RANK > 0 and LR_DOT and not HAS_BIAS:
+        offs_a = tl.arange(0, KAUG)
+        kaT = tl.load(KA + ka_off + offs_n[None, :] * KAUG + offs_a[:, None],
+                      mask=mask_n[None, :], other=0.0)
+        s = tl.dot(qa, kaT, s) * (scale * LOG2E)
+    elif HAS_BIAS or RANK > 0:
+        s = s * scale
+        if HAS_BIAS:
+            bt = tl.load(Bias + bias_off + offs_m[:, None] * s_bm + offs_n[None, :],
+                         mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+            s += bt.to(tl.float32)
+        if RANK > 0:
+            if LR_DOT:
+                offs_a = tl.arange(0, KAUG)
+                kaT = tl.load(KA + ka_off + offs_n[None, :] * KAUG + offs_a[:, None],
+                              mask=mask_n[None, :], other=0.0)
+                s = tl.dot(qa, kaT, s)
+            else:
+                for r in tl.static_range(RANK):
+                    qc = tl.load(QB + qb_off + offs_m * s_qbm + r * s_qbr, mask=mask_m, other=0.0)
+                    kc = tl.load(KB + kb_off + offs_n * s_kbn + r * s_kbr, mask=mask_n, other=0.0)
+                    s += qc.to(tl.float32)[:, None] * kc.to(tl.float32)[None, :]
+        s = s * LOG2E
+    else:
+        s = s * (scale * LOG2E)
+    if MASK_N:
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def load_qa(QA, qa_off, offs_m, mask_m, LR_DOT: tl.constexpr, KAUG: tl.constexpr):
+    """The query-side split factor tile (BLOCK_M, KAUG) in fp16, or a dummy scalar."""
+    if LR_DOT:
+        offs_a = tl.arange(0, KAUG)
+        return tl.load(QA + qa_off + offs_m[:, None] * KAUG + offs_a[None, :],
+                       mask=mask_m[:, None], other=0.0)
+    else:
+        return 0.0
+
+
+
+@triton.jit
+def logits_t(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, offs_m, offs_n,
+              mask_m, mask_n, s_bm, s_qbm, s_qbr, s_kbn, s_kbr, scale,
+              HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
+              LR_DOT: tl.constexpr, KAUG: tl.constexpr):
+    """Transposed base-2 logits (BLOCK_N, BLOCK_M), no key masking (the dk/dv pass stores only
+    valid keys' rows, and a row depends only on its own key). Folded 1/scale as in
+    ``logits``."""
+    s = tl.dot(k, qT, input_precision=PREC)
+    if RANK > 0 and LR_DOT and not HAS_BIAS:
+        offs_a = tl.arange(0, KAUG)
+        qaT = tl.load(QA + qa_off + offs_m[None, :] * KAUG + offs_a[:, None],
+                      mask=mask_m[None, :], other=0.0)
+        s = tl.dot(ka, qaT, s) * (scale * LOG2E)
+    elif HAS_BIAS or RANK > 0:
+        s = s * scale
+        if HAS_BIAS:
+            bt = tl.load(Bias + bias_off + offs_m[None, :] * s_bm + offs_n[:, None],
+                         mask=mask_m[None, :] & mask_n[:, None], other=0.0)
+            s += bt.to(tl.float32)
+        if RANK > 0:
+            if LR_DOT:
+                offs_a = tl.arange(0, KAUG)
+                qaT = tl.load(QA + qa_off + offs_m[None, :] * KAUG + offs_a[:, None],
+                              mask=mask_m[None, :], other=0.0)
+                s = tl.dot(ka, qaT, s)
+            else:
+                for r in tl.static_range(RANK):
+                    qc = tl.load(QB + qb_off + offs_m * s_qbm + r * s_qbr, mask=mask_m, other=0.0)
+                    kc = tl.load(KB + kb_off + offs_n * s_kbn + r * s_kbr, mask=mask_n, other=0.0)
+                    s += kc.to(tl.float32)[:, None] * qc.to(tl.float32)[None, :]
+        s = s * LOG2E
+    else:
+        s = s * (scale * LOG2E)
+    return s
+
+
+
+@triton.jit
+def factor_tile(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl.constexpr):
+    """A low-rank factor's rows ``offs_r`` as the (rows, GW) fp32 right operand of its
+    gradient dot: columns [0, R) the factor rounded down to tf32 (10 mantissa bits), columns
+    [R, 2R) the remainder, zeros after (GW >= 2R).
+
+    The gradient dot runs in tf32, which rounds its operands to 10 bits. For the pRF factors
+    that loses the cancellation the gradient relies on: [x, y, |x|^2, 1] combined with
+    (2 mu / 2 sigma^2, -1 / 2 sigma^2, -|mu|^2 / 2 sigma^2) is -|x - mu|^2 / 2 sigma^2, small
+    where the weight is, while each column is O(1); 2^-11 of O(1) per key was 2.5x SDPA's error
+    in d sigma. With the remainder in its own columns the factor enters the dot to ~2^-22 at the
+    cost of no extra dot (GW is 16 either way for R <= 8); the host adds the two column
+    halves of the result."""
+    offs_c = tl.arange(0, GW)
+    col = tl.where(offs_c < RANK, offs_c, offs_c - RANK)
+    f = tl.load(F + f_off + offs_r[:, None] * s_r + col[None, :] * s_c,
+                mask=mask_r[:, None] & (offs_c < 2 * RANK)[None, :], other=0.0).to(tl.float32)
+    hi = (f.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return tl.where((offs_c < RANK)[None, :], hi, f - hi)
+
+
+@triton.jit
+def lr_grad(acc, ds, F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr,
+            PREC: tl.constexpr, GW: tl.constexpr):
+    """acc (X, GW) += ds @ [factor_hi | factor_lo] for a low-rank gradient: ds (X, Y) fp32, the
+    factor's rows offs_r (of F, strides s_r, s_c) split by ``factor_tile``."""
+    f = factor_tile(F, f_off, offs_r, mask_r, s_r, s_c, RANK, GW)
+    return tl.dot(ds, f, acc, input_precision=PREC)

@@ -62,8 +62,9 @@ from published_decoder import PublishedEncoder  # noqa: E402
 
 from brainattn.encoders import distributed as D  # noqa: E402
 from brainattn.encoders.cache import FeatureCache  # noqa: E402
+from brainattn.encoders.loader import ArrayLoader  # noqa: E402
 from brainattn.encoders.metrics import pearson_per_column  # noqa: E402
-from brainattn.encoders.training import ArrayLoader, fit_loop  # noqa: E402
+from brainattn.encoders.training import fit_loop  # noqa: E402
 from brainattn.encoders.transformer import (  # noqa: E402
     TransformerModule,
     assign_queries,

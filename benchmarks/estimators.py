@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import encoder as E  # noqa: E402
 
-from brainattn.encoders._base import Rows  # noqa: E402
+from brainattn.encoders.cache import Rows  # noqa: E402
 from brainattn.encoders.transformer import TransformerBrainEncoder  # noqa: E402
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from brainattn.encoders.factorized import SpatialFeatureEncoder
-from brainattn.encoders.training import ArrayLoader, lr_factor
+from brainattn.encoders.loader import ArrayLoader
+from brainattn.encoders.training import lr_factor
 from brainattn.encoders.transformer import TransformerBrainEncoder
 from brainattn.errors import ConfigError, DataError, ShapeError
 
@@ -121,8 +122,8 @@ def test_lr_schedules():
 
 
 def test_staging_reads_the_same_rows_from_arrays_memmaps_and_row_views(tmp_path):
-    from brainattn.encoders._base import Rows
-    from brainattn.encoders.training import _stage_on_device
+    from brainattn.encoders.cache import Rows
+    from brainattn.encoders.loader import stage_on_device
 
     rng = np.random.default_rng(3)
     X = rng.standard_normal((70, 5, 3)).astype(np.float16)
@@ -132,7 +133,7 @@ def test_staging_reads_the_same_rows_from_arrays_memmaps_and_row_views(tmp_path)
     for rows in (idx, np.sort(idx), np.arange(10, 50)):
         want = torch.from_numpy(X[rows])
         for src in (X, mm, X.astype(np.float32)):
-            assert torch.equal(_stage_on_device(src, rows, "cpu", chunk=8, workers=3), want)
+            assert torch.equal(stage_on_device(src, rows, "cpu", chunk=8, workers=3), want)
         view = Rows(mm, np.arange(69, -1, -1))  # reversed: view row i is X[69 - i]
-        assert torch.equal(_stage_on_device(view, rows, "cpu", chunk=8),
+        assert torch.equal(stage_on_device(view, rows, "cpu", chunk=8),
                            torch.from_numpy(X[69 - rows]))

@@ -34,6 +34,7 @@ _LAZY = {
     "ensemble_scores": "brainattn.analyses.ensemble",
     "write_submission": "brainattn.analyses.submission",
     "challenge_score": "brainattn.analyses.submission",
+    "layer_sweep_summary": "brainattn.analyses.layers",
 }
 
 __all__ = sorted(_LAZY)

@@ -33,7 +33,12 @@ vertices per hemisphere.
 *Responses* (clean signal per image, then z-scored over the training images):
 
 - early visual: ``sqrt(sum_cells G(prf) * E)``, the pRF-weighted local contrast energy ``E``
-  (band-pass luminance energy on a 56 x 56 grid), compressive exponent 0.5;
+  (band-pass luminance energy on a 56 x 56 grid), compressive exponent 0.5; hV4 pools colour
+  instead: ``E`` is the local opponent saturation ``|R - G| + |B - (R + G) / 2|``
+  (:func:`~brainattn.data.synth_images.chroma_energy`). This plants which stage of the
+  embedded backbone drives which ROIs (``driving_stage``): hV4 its colour stage (0), V1-V3
+  its Gabor-energy stage (1), which sees luminance contrast but not colour; a layer sweep
+  should find them there;
 - category ROIs: position-tolerant. Per object ``o`` of category ``c``:
   ``a_o = w[c] * exp(-(ln size_o - ln preferred_size)^2 / (2 * size_tuning_width^2)) *
   (1 + ecc_slope * (ecc_o - 0.25))``; the response is ``1 - exp(-1.5 * sum_o a_o)`` (saturating)
@@ -63,7 +68,9 @@ Per vertex: coords ``hemisphere``, ``hemi_vertex``, ``fsaverage_index``; ``roi``
 ``prf_angle`` (polar angle, deg, counter-clockwise from the right horizontal) -- NaN outside the
 early visual ROIs; ``category_weight`` (vertex, category); ``preferred_category`` (str or "none");
 ``preferred_size``, ``size_tuning_width`` (ln units), ``ecc_slope`` -- NaN outside category ROIs;
-``contrast_weight``; ``ncsnr``; ``noise_ceiling`` (true NC in percent for n = 1); ``signal_sd``
+``contrast_weight``; ``driving_feature`` (str: ``colour``, ``energy``, ``objects``, ``mixed``)
+and ``driving_stage`` (int: the embedded backbone's stage that carries that feature, 0 colour,
+1 energy; -1 for objects and mixtures, which no single stage carries); ``ncsnr``; ``noise_ceiling`` (true NC in percent for n = 1); ``signal_sd``
 and ``noise_sd`` (betas units).
 
 Per image (``image``, coords ``image_id``) and per test image (``test_image``, coords
@@ -88,12 +95,21 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from brainattn.data.synth_images import CATEGORIES, ENERGY_GRID, contrast_energy, render_image
+from brainattn.data.synth_images import (
+    CATEGORIES,
+    ENERGY_GRID,
+    chroma_energy,
+    contrast_energy,
+    render_image,
+)
 from brainattn.errors import ConfigError, DataError
 from brainattn.io import atomic_dir, check_output_dir, load_netcdf
 from brainattn.utils import progress
 
 GROUND_TRUTH_FILE = "synth_ground_truth.nc"
+#: the embedded backbone's stage (``brainattn.encoders.backbones.GABOR_STAGES``) that carries
+#: each planted driving feature; objects and mixtures have none
+DRIVING_STAGE = {"colour": 0, "energy": 1, "objects": -1, "mixed": -1}
 MANIFEST_FILE = "synth.json"
 N_OBJECT_SLOTS = 3
 N_TRIALS = 3
@@ -252,7 +268,7 @@ def _render_chunk(args):
     with threadpool_limits(1):
         for s in seeds:
             img, objs = render_image(s, size)
-            out.append((_png_bytes(img), contrast_energy(img), objs))
+            out.append((_png_bytes(img), contrast_energy(img), objs, chroma_energy(img)))
     return out
 
 
@@ -357,7 +373,8 @@ def _subject_model(rng: np.random.Generator, n_ev_roi: int, n_category_roi: int,
     }
 
 
-def _clean_responses(model: dict, energy: np.ndarray, objs_list, n_train: int) -> np.ndarray:
+def _clean_responses(model: dict, energy: np.ndarray, objs_list, n_train: int,
+                     chroma: np.ndarray) -> np.ndarray:
     """(n_stimuli, n_vertices) z-scored noise-free responses (z over the first n_train)."""
     n_img = energy.shape[0]
     n_v = model["roi"].size
@@ -375,6 +392,9 @@ def _clean_responses(model: dict, energy: np.ndarray, objs_list, n_train: int) -
     gy /= gy.sum(axis=1, keepdims=True)
     w = (gy[:, :, None] * gx[:, None, :]).reshape(ev.size, -1)  # (n_ev, g*g), rows y then x
     resp[:, ev] = np.sqrt(np.maximum(e_flat @ w.T, 0.0))
+    colour = model["roi"][ev] == "hV4"  # planted: hV4 pools colour, not luminance contrast
+    c_flat = chroma.reshape(n_img, -1).astype(np.float64)
+    resp[:, ev[colour]] = np.sqrt(np.maximum(c_flat @ w[colour].T, 0.0))
 
     # per-object drive, vectorised over vertices
     cat_idx = {c: i for i, c in enumerate(CATEGORIES)}
@@ -472,6 +492,7 @@ def generate(
     rendered = _render_all(img_ss.spawn(n_stim), image_size, n_jobs)
     pngs = [r[0] for r in rendered]
     energy = np.stack([r[1] for r in rendered])
+    chroma = np.stack([r[3] for r in rendered])
     objs_list = [r[2] for r in rendered]
     width = max(4, len(str(n_stim)))
     names = [f"train-{i + 1:0{width}d}_synth-{i:0{width + 1}d}.png" for i in range(images)]
@@ -510,15 +531,16 @@ def generate(
                         except OSError:
                             (dst / f.name).write_bytes(f.read_bytes())
             _write_subject(sub, subject, subj_ss[s], energy, objs_list, table, images, n_test,
-                           names, test_names, n_ev_roi, n_category_roi, n_unlabelled, seed)
+                           names, test_names, n_ev_roi, n_category_roi, n_unlabelled, seed,
+                           chroma=chroma)
     return out
 
 
 def _write_subject(sub, subject, ss, energy, objs_list, table, n_train, n_test, names, test_names,
-                   n_ev_roi, n_category_roi, n_unlabelled, seed) -> None:
+                   n_ev_roi, n_category_roi, n_unlabelled, seed, *, chroma) -> None:
     rng = np.random.default_rng(ss)
     model = _subject_model(rng, n_ev_roi, n_category_roi, n_unlabelled)
-    z = _clean_responses(model, energy, objs_list, n_train)
+    z = _clean_responses(model, energy, objs_list, n_train, chroma)
     ncsnr = model["ncsnr"]
     scale = 1.0 / np.sqrt(1.0 + ncsnr**2)
     signal = z * (ncsnr * scale)[None, :]
@@ -615,6 +637,12 @@ def _ground_truth(model, table, energy, signal, n_train, n_test, names, test_nam
     ds["size_tuning_width"] = v, model["size_tuning_width"], {"units": "ln size"}
     ds["ecc_slope"] = v, model["ecc_slope"], {"units": "1 / image width"}
     ds["contrast_weight"] = v, model["contrast_weight"]
+    feature = np.where(model["kind"] == "category", "objects",
+                       np.where(model["kind"] == "unlabelled", "mixed",
+                                np.where(roi == "hV4", "colour", "energy"))).astype(str)
+    ds["driving_feature"] = v, feature
+    ds["driving_stage"] = v, np.asarray([DRIVING_STAGE[f] for f in feature], dtype=np.int64), {
+        "long_name": "stage of the embedded gabor backbone carrying the driving feature"}
     ds["ncsnr"] = v, model["ncsnr"]
     ds["noise_ceiling"] = v, model["noise_ceiling"], {"units": "percent", "n_trials": 1}
     ds["signal_sd"] = v, model["ncsnr"] * scale

@@ -283,3 +283,21 @@ def contrast_energy(img: np.ndarray, grid: int = ENERGY_GRID) -> np.ndarray:
         m /= m.sum(axis=1, keepdims=True)
         return (m @ e @ m.T).astype(np.float32)
     return e.reshape(grid, cell, grid, cell).mean(axis=(1, 3)).astype(np.float32)
+
+
+def chroma_energy(img: np.ndarray, grid: int = ENERGY_GRID) -> np.ndarray:
+    """Local colour-opponent saturation on a ``grid x grid`` map, float32:
+    ``|R - G| + |B - (R + G) / 2|`` (RGB in [0, 1]) averaged in grid cells -- the rectified
+    opponent channels the embedded backbone's colour stage reads."""
+    rgb = img.astype(np.float32) / 255.0
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    c = np.abs(r - g) + np.abs(b - (r + g) / 2)
+    n = img.shape[0]
+    grid = min(grid, n)
+    cell = n // grid
+    if cell * grid != n:
+        m = np.zeros((grid, n), dtype=np.float32)
+        m[(np.arange(n) * grid) // n, np.arange(n)] = 1.0
+        m /= m.sum(axis=1, keepdims=True)
+        return (m @ c @ m.T).astype(np.float32)
+    return c.reshape(grid, cell, grid, cell).mean(axis=(1, 3)).astype(np.float32)

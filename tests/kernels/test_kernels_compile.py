@@ -135,7 +135,7 @@ def test_gpu_inductor_compiled_attention_matches_eager():
         qb, kb = prf_bias_factors(mu, sigma, pos, validate=False)
         q, k = (q0 @ w).bfloat16(), (k0 @ w).bfloat16()
         out = attention(q, k, k, q_bias=qb, k_bias=kb)
-        return out.float().square().mean()
+        return out.float().square().sum()
 
     def step(fn):
         for t in leaves:
@@ -149,5 +149,6 @@ def test_gpu_inductor_compiled_attention_matches_eager():
     compiled = torch.compile(f, fullgraph=True)
     for _ in range(2):  # the second call runs the cached graph
         got = step(compiled)
-    for a, b in zip(got, ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-4)
+    for name, a, b in zip(["loss", "q0", "k0", "w", "mu", "sigma"], got, ref, strict=True):
+        err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+        assert err <= 5e-3, f"{name}: relative difference {err:.2e} from eager"

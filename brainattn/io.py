@@ -327,6 +327,11 @@ def load_npy(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
                 f"{path}: holds pickled Python objects; brainattn only reads plain numeric .npy arrays"
             ) from exc
         raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - numpy raises EOFError, OSError, SyntaxError,
+        # tokenize.TokenError, ... for an empty or cut-short file or a damaged header
+        what = "empty" if path.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
+        raise DataError(f"{path}: not a readable .npy array ({what}; the file is damaged or "
+                        "not a .npy file)") from exc
 
 
 _PLAIN_BUILTINS = {"dict", "int", "str", "float", "bool", "list", "tuple", "set", "frozenset", "complex"}
@@ -436,6 +441,8 @@ def _npy_object_payload(raw: bytes, source: str) -> bytes:
     """Return the pickle payload of an ``.npy`` file holding a 0-d object array."""
     import ast
 
+    if len(raw) < 12:
+        raise DataError(f"{source}: truncated .npy file ({len(raw)} bytes)")
     major = raw[6]
     if major == 1:
         hlen = int.from_bytes(raw[8:10], "little")
@@ -446,8 +453,10 @@ def _npy_object_payload(raw: bytes, source: str) -> bytes:
     header = raw[start : start + hlen].decode("latin1")
     try:
         meta = ast.literal_eval(header)
-    except (ValueError, SyntaxError) as exc:
+    except Exception as exc:  # noqa: BLE001 - literal_eval raises many types on garbage
         raise DataError(f"{source}: malformed .npy header") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{source}: malformed .npy header")
     if meta.get("descr") != "|O":
         raise DataError(f"{source}: expected a pickled dict, found a numeric array ({meta.get('descr')})")
     return raw[start + hlen :]

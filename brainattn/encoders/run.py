@@ -275,7 +275,7 @@ def fit_prepared(run: PreparedRun, *, stop_after: int | None = None) -> bool:
     """Fit ``run.estimator`` on the train + validation images (the estimator splits off its
     validation set itself; transformer and factorized fits checkpoint every epoch into
     ``out/checkpoint``). Returns whether the fit finished (False: stopped, ``--resume``)."""
-    from brainattn.encoders._base import Rows
+    from brainattn.encoders.cache import Rows
 
     X = Rows(run.X, run.fit_idx)
     Y = run.betas[run.fit_idx]
@@ -368,7 +368,7 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 def _scores(est, X, betas, test_idx, ds, cfg, **attrs):
     from brainattn.data.rois import vertex_coords
-    from brainattn.encoders._base import Rows
+    from brainattn.encoders.cache import Rows
     from brainattn.encoders.metrics import score_table
 
     pred = est.predict(Rows(X, test_idx))
@@ -396,7 +396,7 @@ def attention_dataset(est, X, idx, ds, grid):
     queries (``vertices``/``hybrid`` modes) are averaged over each ROI (``query`` = ROI then)."""
     import xarray as xr
 
-    from brainattn.encoders._base import Rows
+    from brainattn.encoders.cache import Rows
 
     idx = np.asarray(idx)
     maps = est.attention_maps(Rows(X, idx))

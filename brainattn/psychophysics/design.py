@@ -251,6 +251,10 @@ def _parse_one_response(v):
     return None
 
 
+#: far above any experiment's number of levels; a larger index is a corrupt cell, not a level
+_MAX_LEVEL = 100_000
+
+
 def _parse_levels(col, name: str, source: str) -> np.ndarray:
     out = np.empty(len(col), dtype=np.int64)
     for i, v in enumerate(col):
@@ -268,6 +272,9 @@ def _parse_levels(col, name: str, source: str) -> np.ndarray:
             raise DataError(
                 f"{source}: column '{name}' row {i + 1} is {v!r}; expected an integer level index"
             )
+        if abs(f) > _MAX_LEVEL:
+            raise DataError(f"{source}: column '{name}' row {i + 1} is {v!r}; expected a level "
+                            f"index of at most {_MAX_LEVEL}")
         out[i] = int(f)
     return out
 
@@ -333,9 +340,9 @@ def as_trials(
     elif np.any(np.diff(stimulus) <= 0):
         raise DataError(f"{source}: stimulus values must be strictly increasing, got {stimulus.tolist()}")
     S, r, swapped = _canonical(S, r, source, reorder=reorder)
-    used = np.zeros(p + 1, dtype=bool)
-    used[S.ravel()] = True
-    missing = np.flatnonzero(~used[1:]) + 1
+    # the smallest unused level is at most (number of distinct levels + 1): no mask of size p
+    present = np.unique(S)
+    missing = np.setdiff1d(np.arange(1, min(p, present.size + 1) + 1), present)
     if missing.size:
         raise DataError(
             f"{source}: level {missing[0]} never appears in {', '.join(names)}; every level 1..{p} "

@@ -282,7 +282,7 @@ def fit_prepared(run: PreparedRun, *, stop_after: int | None = None) -> bool:
     """Fit ``run.estimator`` on the train + validation images (the estimator splits off its
     validation set itself; transformer and factorized fits checkpoint every epoch into
     ``out/checkpoint``). Returns whether the fit finished (False: stopped, ``--resume``)."""
-    from brainattn.encoders._base import Rows
+    from brainattn.encoders.cache import Rows
 
     X = Rows(run.X, run.fit_idx)
     Y = run.betas[run.fit_idx]
@@ -374,7 +374,7 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def _scores(est, X, betas, test_idx, ds, cfg, **attrs):
-    from brainattn.encoders._base import Rows
+    from brainattn.encoders.cache import Rows
 
     return score_predictions(est.predict(Rows(X, test_idx)), betas[test_idx], ds, cfg,
                              n_test_images=len(test_idx), **attrs)
@@ -425,7 +425,7 @@ def attention_dataset(est, X, idx, ds, grid):
     queries (``vertices``/``hybrid`` modes) are averaged over each ROI (``query`` = ROI then)."""
     import xarray as xr
 
-    from brainattn.encoders._base import Rows
+    from brainattn.encoders.cache import Rows
 
     idx = np.asarray(idx)
     maps = est.attention_maps(Rows(X, idx))

@@ -50,6 +50,14 @@ def register(app: typer.Typer) -> None:
         val_fraction: float = typer.Option(0.1, "--val-fraction"),
         test_fraction: float = typer.Option(0.1, "--test-fraction"),
         seed: int = typer.Option(0, "--seed"),
+        permutations: int = typer.Option(1000, "--permutations",
+                                         help="Permutations of the test images for each vertex's "
+                                              "p-value in scores.nc (0: no significance test)."),
+        bootstrap: int = typer.Option(1000, "--bootstrap",
+                                      help="Bootstrap resamples of the test images for the 95% "
+                                           "intervals of the ROI medians."),
+        fdr: float = typer.Option(0.05, "--fdr", help="False discovery rate of 'significant' "
+                                  "(Benjamini-Hochberg q-values)."),
         device: str = typer.Option("auto", "--device"),
         cache: Path = typer.Option(None, "--cache", help="Feature cache folder "
                                    "(default $BRAINATTN_CACHE or ~/.cache/brainattn/features)."),
@@ -87,7 +95,8 @@ def register(app: typer.Typer) -> None:
                       preset=preset, prf_bias=prf_bias, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
                       heads=heads, ffn=ffn, layers=layers, dropout=dropout, patience=patience,
                       pool=pool, n_components=n_components, val_fraction=val_fraction,
-                      test_fraction=test_fraction, seed=seed, device=device)
+                      test_fraction=test_fraction, seed=seed, permutations=permutations,
+                      bootstrap=bootstrap, fdr=fdr, device=device)
         if len(fits) > 1:
             for path in fit_many(data, out, fits, log=typer.echo, **common):
                 typer.echo(f"wrote {path}")

@@ -40,7 +40,8 @@ DEFAULTS = {
     "preset": None, "epochs": None, "batch_size": None, "lr": None, "width": 768, "heads": 16,
     "ffn": 1024, "layers": 1, "dropout": 0.1, "prf_bias": False, "pool": "mean",
     "n_components": 256, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "device": "auto",
-    "n_attention_images": 32, "patience": 5,
+    "n_attention_images": 32, "patience": 5, "permutations": 1000, "bootstrap": 1000,
+    "fdr": 0.05,
 }
 
 
@@ -105,6 +106,12 @@ def resolve_config(**options) -> dict:
         if not 0 < cfg[name] < 0.5:
             raise ConfigError(f"--{name.replace('_', '-')} {cfg[name]}: expected a number in "
                               "(0, 0.5)")
+    for name, lo in (("permutations", 0), ("bootstrap", 1)):
+        v = cfg[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"--{name} {v!r}: expected an integer >= {lo}")
+    if not 0 < cfg["fdr"] < 1:
+        raise ConfigError(f"--fdr {cfg['fdr']}: expected a false discovery rate in (0, 1)")
     if cfg["weights"] is not None:
         cfg["weights"] = str(Path(cfg["weights"]).resolve())
     if cfg["epochs"] is None:
@@ -367,21 +374,43 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def _scores(est, X, betas, test_idx, ds, cfg, **attrs):
-    from brainattn.data.rois import vertex_coords
     from brainattn.encoders.cache import Rows
+
+    return score_predictions(est.predict(Rows(X, test_idx)), betas[test_idx], ds, cfg,
+                             n_test_images=len(test_idx), **attrs)
+
+
+def score_predictions(pred, true, ds, cfg, **attrs):
+    """``scores.nc`` of held-out predictions: the metrics, the Algonauts challenge score
+    (attrs ``challenge_score`` where the data set has a noise ceiling) and the significance
+    (:func:`brainattn.analyses.significance.add_to_scores`, ``cfg``'s ``permutations``,
+    ``bootstrap``, ``fdr``)."""
+    from brainattn.analyses.significance import add_to_scores
+    from brainattn.analyses.submission import challenge_score
+    from brainattn.data.rois import vertex_coords
     from brainattn.encoders.metrics import score_table
 
-    pred = est.predict(Rows(X, test_idx))
     nc = ds["noise_ceiling"].values if "noise_ceiling" in ds else None
-    return score_table(pred, betas[test_idx], noise_ceiling=nc, vertex_coords=vertex_coords(ds),
-                       device=cfg["device"],
-                       attrs={"model": cfg["model"], "subject": str(ds.attrs.get("subject", "")),
-                              "backbone": cfg["backbone"], "split": "test",
-                              "n_test_images": len(test_idx), **attrs})
+    scores = score_table(pred, true, noise_ceiling=nc, vertex_coords=vertex_coords(ds),
+                         device=cfg["device"],
+                         attrs={"model": cfg["model"], "subject": str(ds.attrs.get("subject", "")),
+                                "backbone": cfg["backbone"], "split": "test", **attrs})
+    if nc is not None:
+        scores.attrs["challenge_score"] = challenge_score(
+            scores["score"].sel(metric="pearson_r").values, nc)
+    return add_to_scores(scores, pred, true, n_permutations=cfg.get("permutations", 1000),
+                         n_bootstrap=cfg.get("bootstrap", 1000), alpha=cfg.get("fdr", 0.05),
+                         seed=cfg["seed"], device=cfg["device"])
 
 
 def _summary(scores) -> str:
     lines = [f"test mean r {scores.attrs['mean_r']:.4f}, median r {scores.attrs['median_r']:.4f}"]
+    if "challenge_score" in scores.attrs:
+        lines[0] += f", Algonauts challenge score {scores.attrs['challenge_score']:.2f}"
+    if "significant" in scores:
+        lines.append(f"significant vertices: {int(scores['significant'].sum())} of "
+                     f"{scores.sizes['vertex']} (permutation test, {scores.attrs['n_permutations']} "
+                     f"permutations, FDR q <= {scores.attrs['fdr_alpha']:g})")
     if scores.sizes.get("roi", 0):
         lines.append(f"{'ROI':28s} {'n':>6s} {'median r':>9s} {'median NC-norm %':>17s}")
         for i in range(scores.sizes["roi"]):

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from brainattn.errors import ConfigError
-from brainattn.psychophysics._likelihood import _group_sum, _grouped, glm_beta, refit_replicates
-from brainattn.psychophysics.design import Trials
+from brainattn.psychophysics._likelihood import glm_beta, refit_replicates
+from brainattn.psychophysics.design import Trials, _group_sum, _grouped
 from brainattn.psychophysics.glm import binomial_loglik, get_link, link_name, solve_mlds_glm
 
 __all__ = ["deviance_residuals", "runs_of_signs", "binom_diagnostics", "six_point_sets",

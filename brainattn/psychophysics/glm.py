@@ -560,7 +560,7 @@ def solve_firth(X: np.ndarray, y: np.ndarray, link="probit", *, max_iter: int = 
     """
     import torch
 
-    from brainattn.psychophysics._likelihood import _grouped
+    from brainattn.psychophysics.design import _grouped
 
     link = get_link(link) if not isinstance(link, LapseLink) else link
     # identical trials grouped (same likelihood and penalty, fewer rows to differentiate)

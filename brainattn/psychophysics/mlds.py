@@ -45,9 +45,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from brainattn.errors import ConfigError, DataError
-from brainattn.psychophysics._likelihood import _Core, _grouped, _theta_fit, _torch_nll
+from brainattn.psychophysics._likelihood import _Core, _theta_fit, _torch_nll
 from brainattn.psychophysics.bootstrap import bootstrap_mlds
-from brainattn.psychophysics.design import Trials, read_mlds_csv
+from brainattn.psychophysics.design import Trials, _grouped, read_mlds_csv
 from brainattn.psychophysics.diagnostics import diagnose
 from brainattn.psychophysics.formula import _fit_formula
 from brainattn.psychophysics.glm import (
@@ -254,8 +254,13 @@ def fit_mlds(
         raise DataError(f"{trials.source}: the design does not determine every level's scale value "
                         "(design matrix is rank deficient); add trials linking all levels")
     pre = solve_mlds_glm(Xu, kk, base_link, weights=m, tol=1e-12, max_iter=100)
-    # separation by linear programming (one small LP): never judged from the size of the estimates
-    sep, _dir, sep_trials = detect_separation(X, trials.resp)
+    # separation is decided by linear programming, never from the size of the estimates; the LP
+    # (a few ms) runs when the fit did not converge or some fitted probability is within 1e-15 of
+    # 0 or 1 (it rounds to 0 or 1: separated trials drive theirs there), and for bias-reduced fits
+    sep, sep_trials = False, np.array([], dtype=np.int64)
+    mu_pre = np.asarray(pre.mu)
+    if firth or not pre.converged or np.any(np.minimum(mu_pre, 1.0 - mu_pre) < 1e-15):
+        sep, _dir, sep_trials = detect_separation(X, trials.resp)
     # only the unconstrained scale has no maximum under separation; R's optim and formula fits
     # (bounded or parametric scales) still have one
     if sep and not firth and on_separation == "raise" and method in ("glm", "optim-unconstrained"):

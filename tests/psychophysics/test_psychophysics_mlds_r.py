@@ -299,3 +299,25 @@ def test_cauchit_bootstrap_keeps_replicates_that_are_not_separated():
     res = fit_mlds(data("AutumnLab"), "glm", "cauchit", bootstrap=60, seed=2)
     assert res.converged and len(res.boot_psi) + res.n_boot_separated == 60 and res.n_boot_failed == 0
     assert "separated and 0 failed replicates dropped" in res.summary()
+
+
+# -- lapses (psyphy links) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fit, lapse", [("lapse_sym_0.04", 0.04), ("lapse_2asym_0.06_0.007", (0.06, 0.007)),
+                                        ("lapse_2asym_0.01_0.01", (0.01, 0.01))])
+def test_fixed_asymptotes_as_psyphy(fit, lapse):
+    res = fit_mlds(data("kk"), lapse=lapse)
+    close(res.psi, rvec("kk", fit, "psi", 11), rtol=1e-6, atol=1e-6)
+    close(res.psi_se, rvec("kk", fit, "se", 11), rtol=1e-6, atol=1e-7)
+    close(res.loglik, r("kk", fit, "loglik"), rtol=1e-10)
+    close(res.aic, r("kk", fit, "aic"), rtol=1e-10)
+
+
+def test_fitted_lapse_rates_as_r():
+    sym = fit_mlds(data("kk"), lapse="fit")
+    close(sym.lapse, r("kk", "lapse_fit_sym", "lapse"), rtol=1e-5)  # a 1-d profile maximum
+    close(sym.loglik, r("kk", "lapse_fit_sym", "loglik"), rtol=1e-10)
+    both = fit_mlds(data("kk"), lapse="fit-both")
+    close(both.asymptotes, [r("kk", "lapse_fit_both", "lower"), r("kk", "lapse_fit_both", "upper")], rtol=1e-5)
+    close(both.loglik, r("kk", "lapse_fit_both", "loglik"), rtol=1e-10)

@@ -241,8 +241,7 @@ def measure(fn, q, k, v, extra, dims, flops_fwd):
 def head_to_head(fns, q, k, v, extra, rounds=7):
     """fwd+bwd ms of each implementation, measured in alternating rounds (A, B, A, B, ...) and
     reduced to the median over rounds: clock and temperature drift during a run then hit every
-    side alike, which one pass per implementation does not guarantee (about ±4 % between
-    passes on the same card)."""
+    side alike, which one pass per implementation does not guarantee (see docs/kernels.md)."""
     steps = {}
     for impl, fn in fns.items():
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]

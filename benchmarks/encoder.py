@@ -62,7 +62,9 @@ from published_decoder import PublishedEncoder  # noqa: E402
 
 from brainattn.encoders import distributed as D  # noqa: E402
 from brainattn.encoders.cache import FeatureCache  # noqa: E402
-from brainattn.encoders.training import ArrayLoader, fit_loop  # noqa: E402
+from brainattn.encoders.loader import ArrayLoader  # noqa: E402
+from brainattn.encoders.metrics import pearson_per_column  # noqa: E402
+from brainattn.encoders.training import fit_loop  # noqa: E402
 from brainattn.encoders.transformer import (  # noqa: E402
     TransformerModule,
     assign_queries,
@@ -210,9 +212,8 @@ def gpu_stats(X, idx, device, chunk=128):
 
 
 def pearson_mean(pred: torch.Tensor, y: torch.Tensor) -> float:
-    p = pred.double() - pred.double().mean(0)
-    t = y.double() - y.double().mean(0)
-    r = (p * t).sum(0) / torch.sqrt((p * p).sum(0) * (t * t).sum(0))
+    """Mean validation r over vertices (brainattn's one Pearson r; NaN vertices skipped)."""
+    r = pearson_per_column(torch.as_tensor(pred), torch.as_tensor(y))
     return float(r[torch.isfinite(r)].mean())
 
 

@@ -6,7 +6,7 @@ step replayed as a CUDA graph (``fit_loop(cuda_graph=True)``). No disk cache: ra
 Module: ``TransformerModule`` with 961 tokens (31 x 31) x 768 features, width 768, 16 heads,
 FFN 1024, dropout 0.1, 39,548 vertices in 50 ROI queries; batch 16, bf16 autocast, AdamW
 (lr 5e-4, weight decay 1e-4), gradient clip 0.1. Data: ``--images`` random float16 token grids
-held on the GPU by :class:`~brainattn.encoders.training.ArrayLoader` (as ``brainattn fit`` holds
+held on the GPU by :class:`~brainattn.encoders.loader.ArrayLoader` (as ``brainattn fit`` holds
 them), so a step includes the loader's gather. Each mode runs one warm-up epoch (Triton
 compilation/autotuning, graph capture) then ``--epochs`` timed epochs of ``train_epoch`` (no
 validation); ms/step is the median over those epochs of epoch seconds / steps. Prints one JSON
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainattn.encoders.loader import ArrayLoader
 from brainattn.encoders.training import (
-    ArrayLoader,
     CudaGraphStep,
     prepare_graph_optimizer,
     set_lr,

@@ -33,6 +33,7 @@ _ABORT = getattr(click.exceptions, "Abort", KeyboardInterrupt)
 _VERB_MODULES = [
     "brainattn.data.cli",
     "brainattn.encoders.cli",
+    "brainattn.analyses.cli",
     "brainattn.psychophysics.cli",
     "brainattn.theory.cli",
     "brainattn.report.cli",

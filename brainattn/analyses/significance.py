@@ -319,3 +319,34 @@ def significance(pred, true, *, vertex_coords: Mapping[str, np.ndarray] | None =
         "n_significant": int(ds["significant"].sum()),
     })
     return ds
+
+
+def add_to_scores(scores, pred, true, *, n_permutations: int = 1000, n_bootstrap: int = 1000,
+                  alpha: float = 0.05, seed: int = 0, device: str = "auto"):
+    """``scores`` (a ``scores.nc`` Dataset of the same held-out ``pred``/``true``) with the
+    significance added: ``p_value``, ``q_value``, ``significant`` (vertex) and
+    ``roi_median_ci`` (roi, bound) of the ROI medians of r; attrs ``n_permutations``,
+    ``n_bootstrap``, ``fdr_alpha``, ``n_significant``. ``n_permutations=0`` adds nothing; with
+    fewer than 3 test images there is no test (attrs say so)."""
+    if n_permutations == 0:
+        return scores
+    if np.asarray(true).shape[0] < 3:
+        scores = scores.copy()
+        scores.attrs["significance"] = "not tested: fewer than 3 test images"
+        return scores
+    coords = {k: scores[k].values for k in scores.coords
+              if k != "vertex" and scores[k].dims == ("vertex",)}
+    sig = significance(pred, true, vertex_coords=coords, n_permutations=n_permutations,
+                       n_bootstrap=n_bootstrap, alpha=alpha, seed=seed, device=device)
+    out = scores.copy()
+    for k in ("p_value", "q_value", "significant"):
+        out[k] = ("vertex",), sig[k].values, sig[k].attrs
+    if scores.sizes.get("roi", 0):
+        ci = sig["roi_median_r_ci"].reindex(roi=scores["roi"].values)
+        out["roi_median_ci"] = ("roi", "bound"), ci.values, {
+            **sig["roi_median_r_ci"].attrs, "metric": "pearson_r"}
+        out = out.assign_coords(bound=sig["bound"].values)
+    out.attrs.update({"significance": sig.attrs["test"], "fdr": sig.attrs["fdr"],
+                      "n_permutations": int(n_permutations), "n_bootstrap": int(n_bootstrap),
+                      "fdr_alpha": float(alpha), "n_significant": sig.attrs["n_significant"]})
+    return out

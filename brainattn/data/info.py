@@ -10,6 +10,7 @@ import numpy as np
 
 from brainattn.data._lazy import count_nonfinite
 from brainattn.data.algonauts import list_subjects, open_algonauts
+from brainattn.data.rois import roi_coord, roi_labels
 from brainattn.errors import DataError
 
 
@@ -49,9 +50,8 @@ def summarize(root: str | os.PathLike, *, check_finite: bool = False) -> dict:
             "rois": {},
             "empty_rois": list(ds.attrs.get("empty_rois", [])),
         }
-        for fam in ds.attrs["roi_families"]:
-            names = ds[f"roi_{fam}"].values
-            mapping = ds[f"roi_{fam}"].attrs.get("mapping", {})
+        for fam, names in roi_labels(ds, ds.attrs["roi_families"]).items():
+            mapping = ds[roi_coord(fam)].attrs.get("mapping", {})
             order = [v for k, v in sorted(mapping.items()) if k != 0] or sorted(set(names) - {"Unknown"})
             rec["rois"][fam] = {
                 r: (int(((names == r) & (hemi == "lh")).sum()), int(((names == r) & (hemi == "rh")).sum()))

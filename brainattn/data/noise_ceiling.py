@@ -137,13 +137,6 @@ def noise_ceiling_from_repeats(repeats, n: float = 1, *, method: str = "means") 
     return noise_ceiling(ncsnr(repeats, method=method), n=n)
 
 
-def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (a * b).sum(axis=0) / np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-
-
 def spearman_brown(r, k: float) -> np.ndarray:
     """Reliability of a k-times longer measurement from reliability ``r``: ``k r / (1 + (k-1) r)``."""
     r = np.asarray(r, dtype=np.float64)
@@ -183,8 +176,11 @@ def split_half_reliability(
     if len(splits) > max_splits:
         rng = np.random.default_rng(seed)
         splits = [splits[i] for i in rng.choice(len(splits), size=max_splits, replace=False)]
+    from brainattn.encoders.metrics import pearson_per_column  # the one Pearson r
+
     r = np.mean(
-        [_pearson_cols(rep[:, list(a)].mean(axis=1), rep[:, list(b)].mean(axis=1)) for a, b in splits],
+        [pearson_per_column(rep[:, list(a)].mean(axis=1), rep[:, list(b)].mean(axis=1),
+                            device="cpu") for a, b in splits],
         axis=0,
     )
     return spearman_brown(r, n / h)

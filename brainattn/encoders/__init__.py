@@ -47,7 +47,7 @@ _LAZY = {
     "QueryAssignment": "brainattn.encoders.transformer",
     "CPU_PRESET": "brainattn.encoders.transformer",
     "split_images": "brainattn.encoders._base",
-    "Rows": "brainattn.encoders._base",
+    "Rows": "brainattn.encoders.cache",
     "SpatialFeatureEncoder": "brainattn.encoders.factorized",
     "RidgeEncoder": "brainattn.encoders.ridge",
     "GaborBackbone": "brainattn.encoders.backbones",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,9 @@ def stage_targets(Y, n_images: int, train_idx, device) -> tuple[torch.Tensor, to
         Y = np.asarray(Y)
         if Y.ndim != 2:
             raise ShapeError(f"betas: expected (n_images, n_vertices), got shape {Y.shape}")
-        Yt = torch.as_tensor(np.asarray(Y, dtype=np.float32)).to(device)
+        with warnings.catch_warnings():  # a read-only memory map is only read from here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            Yt = torch.as_tensor(np.asarray(Y, dtype=np.float32)).to(device)
     if Yt.ndim != 2:
         raise ShapeError(f"betas: expected (n_images, n_vertices), got shape {tuple(Yt.shape)}")
     if Yt.shape[0] != n_images:
@@ -133,34 +136,6 @@ def split_images(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
 
-class Rows:
-    """Rows ``index`` of an array or memory map, read on demand: ``Rows(X, idx)[i]`` is
-    ``X[idx[i]]``. Equal to ``X[idx]`` for every reader here (estimators' ``fit``/``predict``,
-    loaders), without the copy that fancy indexing makes of a 14 GB memory map."""
-
-    def __init__(self, X, index):
-        self.base = X
-        self.index = np.asarray(index, dtype=np.int64)
-        if self.index.ndim != 1:
-            raise ShapeError(f"Rows: index must be 1-D, got shape {self.index.shape}")
-        if len(self.index) and (self.index.min() < 0 or self.index.max() >= X.shape[0]):
-            raise ShapeError(f"Rows: index outside 0..{X.shape[0] - 1}")
-        self.shape = (len(self.index), *X.shape[1:])
-        self.ndim = len(self.shape)
-        self.dtype = X.dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            return np.asarray(self.base[(self.index[key[0]], *key[1:])])
-        return np.asarray(self.base[self.index[key]])
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self.base[self.index], dtype=dtype)
-
-
 def _digest(a) -> str:
     a = np.ascontiguousarray(np.asarray(a))
     if a.dtype.kind in "OU":
@@ -219,7 +194,8 @@ class TorchEncoder(RegressorMixin, BaseEstimator):
         How the fit runs, not what it fits: ``ckpt_dir`` writes a checkpoint per epoch and
         ``resume`` continues from it (the same model as an uninterrupted fit); ``log`` takes
         progress lines; ``stop_after`` ends after that many epochs as if interrupted."""
-        from brainattn.encoders.training import ArrayLoader, fit_loop
+        from brainattn.encoders.loader import ArrayLoader
+        from brainattn.encoders.training import fit_loop
         from brainattn.utils import seed_everything
 
         t_start = time.perf_counter()
@@ -277,7 +253,8 @@ class TorchEncoder(RegressorMixin, BaseEstimator):
     @torch.no_grad()
     def predict(self, X, *, batch_size: int = 64) -> np.ndarray:
         """Predicted betas (n_images, n_vertices) float32 in measured units."""
-        from brainattn.encoders.training import ArrayLoader, predict_loader
+        from brainattn.encoders.loader import ArrayLoader
+        from brainattn.encoders.training import predict_loader
 
         self._check_fitted()
         check_tokens(X)

@@ -40,7 +40,8 @@ DEFAULTS = {
     "preset": None, "epochs": None, "batch_size": None, "lr": None, "width": 768, "heads": 16,
     "ffn": 1024, "layers": 1, "dropout": 0.1, "prf_bias": False, "pool": "mean",
     "n_components": 256, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "device": "auto",
-    "n_attention_images": 32, "patience": 5,
+    "n_attention_images": 32, "patience": 5, "permutations": 1000, "bootstrap": 1000,
+    "fdr": 0.05,
 }
 
 
@@ -105,6 +106,12 @@ def resolve_config(**options) -> dict:
         if not 0 < cfg[name] < 0.5:
             raise ConfigError(f"--{name.replace('_', '-')} {cfg[name]}: expected a number in "
                               "(0, 0.5)")
+    for name, lo in (("permutations", 0), ("bootstrap", 1)):
+        v = cfg[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"--{name} {v!r}: expected an integer >= {lo}")
+    if not 0 < cfg["fdr"] < 1:
+        raise ConfigError(f"--fdr {cfg['fdr']}: expected a false discovery rate in (0, 1)")
     if cfg["weights"] is not None:
         cfg["weights"] = str(Path(cfg["weights"]).resolve())
     if cfg["epochs"] is None:
@@ -167,14 +174,34 @@ def features_for(ds, cfg: dict, *, cache_dir=None, log=None):
                        stream=cfg["stream"], image_size=cfg["image_size"], device=str(dev))
     paths = [str(p) for p in ds["image_path"].values]
     ids = [str(i) for i in ds["image_id"].values] if "image_id" in ds.coords else None
-    tag = f"{Path(str(ds.attrs.get('root', 'data'))).name}-{ds.attrs.get('subject', '')}"
     t0 = time.perf_counter()
-    cache = get_features(bb, paths, image_ids=ids, dataset_tag=tag, cache_dir=cache_dir,
-                         device=str(dev))
+    cache = get_features(bb, paths, image_ids=ids, dataset_tag=_dataset_tag(ds),
+                         cache_dir=cache_dir, device=str(dev))
     if log:
         log(f"features {cache.features.shape} grid {cache.grid} from {cache.path} "
             f"({time.perf_counter() - t0:.1f} s)")
     return bb, cache
+
+
+def _dataset_tag(ds) -> str:
+    return f"{Path(str(ds.attrs.get('root', 'data'))).name}-{ds.attrs.get('subject', '')}"
+
+
+def layer_features_for(ds, cfg: dict, layers, *, cache_dir=None) -> dict:
+    """``{layer: FeatureCache}`` of several layers of ``cfg``'s backbone, the missing ones
+    extracted in one pass (:func:`brainattn.encoders.cache.get_layer_features`) into the cache
+    folders that :func:`features_for` reads for each layer."""
+    from brainattn.encoders.backbones import make_backbone
+    from brainattn.encoders.cache import get_layer_features
+    from brainattn.utils import resolve_device
+
+    dev = resolve_device(cfg["device"])
+    bb = make_backbone(cfg["backbone"], weights=cfg["weights"], layer=cfg["layer"],
+                       stream=cfg["stream"], image_size=cfg["image_size"], device=str(dev))
+    ids = [str(i) for i in ds["image_id"].values] if "image_id" in ds.coords else None
+    return get_layer_features(bb, layers, [str(p) for p in ds["image_path"].values],
+                              image_ids=ids, dataset_tag=_dataset_tag(ds), cache_dir=cache_dir,
+                              device=str(dev))
 
 
 @dataclass
@@ -275,7 +302,7 @@ def fit_prepared(run: PreparedRun, *, stop_after: int | None = None) -> bool:
     """Fit ``run.estimator`` on the train + validation images (the estimator splits off its
     validation set itself; transformer and factorized fits checkpoint every epoch into
     ``out/checkpoint``). Returns whether the fit finished (False: stopped, ``--resume``)."""
-    from brainattn.encoders._base import Rows
+    from brainattn.encoders.cache import Rows
 
     X = Rows(run.X, run.fit_idx)
     Y = run.betas[run.fit_idx]
@@ -367,21 +394,43 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def _scores(est, X, betas, test_idx, ds, cfg, **attrs):
+    from brainattn.encoders.cache import Rows
+
+    return score_predictions(est.predict(Rows(X, test_idx)), betas[test_idx], ds, cfg,
+                             n_test_images=len(test_idx), **attrs)
+
+
+def score_predictions(pred, true, ds, cfg, **attrs):
+    """``scores.nc`` of held-out predictions: the metrics, the Algonauts challenge score
+    (attrs ``challenge_score`` where the data set has a noise ceiling) and the significance
+    (:func:`brainattn.analyses.significance.add_to_scores`, ``cfg``'s ``permutations``,
+    ``bootstrap``, ``fdr``)."""
+    from brainattn.analyses.significance import add_to_scores
+    from brainattn.analyses.submission import challenge_score
     from brainattn.data.rois import vertex_coords
-    from brainattn.encoders._base import Rows
     from brainattn.encoders.metrics import score_table
 
-    pred = est.predict(Rows(X, test_idx))
     nc = ds["noise_ceiling"].values if "noise_ceiling" in ds else None
-    return score_table(pred, betas[test_idx], noise_ceiling=nc, vertex_coords=vertex_coords(ds),
-                       device=cfg["device"],
-                       attrs={"model": cfg["model"], "subject": str(ds.attrs.get("subject", "")),
-                              "backbone": cfg["backbone"], "split": "test",
-                              "n_test_images": len(test_idx), **attrs})
+    scores = score_table(pred, true, noise_ceiling=nc, vertex_coords=vertex_coords(ds),
+                         device=cfg["device"],
+                         attrs={"model": cfg["model"], "subject": str(ds.attrs.get("subject", "")),
+                                "backbone": cfg["backbone"], "split": "test", **attrs})
+    if nc is not None:
+        scores.attrs["challenge_score"] = challenge_score(
+            scores["score"].sel(metric="pearson_r").values, nc)
+    return add_to_scores(scores, pred, true, n_permutations=cfg.get("permutations", 1000),
+                         n_bootstrap=cfg.get("bootstrap", 1000), alpha=cfg.get("fdr", 0.05),
+                         seed=cfg["seed"], device=cfg["device"])
 
 
 def _summary(scores) -> str:
     lines = [f"test mean r {scores.attrs['mean_r']:.4f}, median r {scores.attrs['median_r']:.4f}"]
+    if "challenge_score" in scores.attrs:
+        lines[0] += f", Algonauts challenge score {scores.attrs['challenge_score']:.2f}"
+    if "significant" in scores:
+        lines.append(f"significant vertices: {int(scores['significant'].sum())} of "
+                     f"{scores.sizes['vertex']} (permutation test, {scores.attrs['n_permutations']} "
+                     f"permutations, FDR q <= {scores.attrs['fdr_alpha']:g})")
     if scores.sizes.get("roi", 0):
         lines.append(f"{'ROI':28s} {'n':>6s} {'median r':>9s} {'median NC-norm %':>17s}")
         for i in range(scores.sizes["roi"]):
@@ -396,7 +445,7 @@ def attention_dataset(est, X, idx, ds, grid):
     queries (``vertices``/``hybrid`` modes) are averaged over each ROI (``query`` = ROI then)."""
     import xarray as xr
 
-    from brainattn.encoders._base import Rows
+    from brainattn.encoders.cache import Rows
 
     idx = np.asarray(idx)
     maps = est.attention_maps(Rows(X, idx))

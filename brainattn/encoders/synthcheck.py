@@ -66,16 +66,18 @@ def attention_in_box(att, gt, roi_labels: dict, *, pad: float = 0.0) -> dict:
 def roi_group_medians(scores, metric: str = "noise_normalized") -> dict:
     """Median over all vertices of the early-visual ROIs (``prf-visualrois``) and of the
     category-selective ROIs (``floc-*``) of one ``scores.nc``."""
+    from brainattn.data.rois import UNKNOWN, roi_labels
+
     vals = scores["score"].sel(metric=metric).values
+    labels = roi_labels(scores)
     out = {}
-    if "roi_prf-visualrois" in scores.coords:
-        ev = np.asarray(scores["roi_prf-visualrois"].values).astype(str) != "Unknown"
+    if "prf-visualrois" in labels:
+        ev = labels["prf-visualrois"] != UNKNOWN
         out["early_visual"] = float(np.nanmedian(vals[ev])) if ev.any() else float("nan")
     cat = np.zeros(len(vals), bool)
     for fam in FAMILY_CATEGORY:
-        key = f"roi_{fam}"
-        if key in scores.coords:
-            cat |= np.asarray(scores[key].values).astype(str) != "Unknown"
+        if fam in labels:
+            cat |= labels[fam] != UNKNOWN
     out["category"] = float(np.nanmedian(vals[cat])) if cat.any() else float("nan")
     return out
 
@@ -101,6 +103,7 @@ def demo_fit(root, out, *, subject: str = "subj01", device: str = "auto", cache_
     import time
     from pathlib import Path
 
+    from brainattn.data.rois import roi_labels
     from brainattn.data.synth import load_ground_truth
     from brainattn.encoders.run import fit_run
     from brainattn.io import load_netcdf
@@ -117,7 +120,7 @@ def demo_fit(root, out, *, subject: str = "subj01", device: str = "auto", cache_
         row = {"seconds": time.perf_counter() - t0, **roi_group_medians(sc),
                "mean_r": sc.attrs["mean_r"]}
         if (run / "attention.nc").is_file():
-            roi = {k[4:]: np.unique(sc[k].values) for k in sc.coords if k.startswith("roi_")}
+            roi = {f: np.unique(v) for f, v in roi_labels(sc).items()}
             row["attention_in_box"] = attention_in_box(load_netcdf(run / "attention.nc"), gt, roi)
         res[m] = row
     return res

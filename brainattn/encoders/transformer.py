@@ -510,7 +510,8 @@ def cpu_time_notice(est, module, loader, log, *, threshold_s: float = 300.0) -> 
     torch.set_rng_state(rng)
     total = step_s * len(loader) * int(est.epochs)
     if total > threshold_s:
-        msg = (f"on the CPU this fit takes about {total / 60:.0f} min ({est.epochs} epochs x "
+        about = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} min"
+        msg = (f"on the CPU this fit takes about {about} ({est.epochs} epochs x "
                f"{len(loader)} steps x {step_s:.2f} s a step, measured); a CUDA GPU takes seconds "
                "per epoch. For a small model use `brainattn fit --preset cpu` "
                "(TransformerBrainEncoder(**brainattn.encoders.transformer.CPU_PRESET): width "

@@ -18,7 +18,7 @@ SMEM_LIMIT = 224 * 1024
 
 
 def cdiv(a: int, b: int) -> int:
-    """Ceiling division on host ints (``triton.cdiv`` is a constexpr function, ~5 us a call)."""
+    """Ceiling division on host ints (``triton.cdiv`` is a constexpr function, slow on the host)."""
     return -(-a // b)
 
 

@@ -101,6 +101,9 @@ def attention(
     (float64 on the torch path). CUDA tensors use the Triton kernels when triton is installed
     and D is one of 16, 32, 48, 64, 96, 128; otherwise the torch path, which materialises the
     (B, H, Lq, Lk) scores. ``BRAINATTN_ATTENTION=triton|torch`` forces a path.
+    ``torch.compile(..., fullgraph=True)`` compiles through either path without a graph break:
+    the Triton path is the custom operator ``torch.ops.brainattn.attention_fwd`` (with its
+    backward ``attention_bwd`` and fake implementations, so fake tensors get shapes too).
     """
     dims, scale = check_inputs(q, k, v, bias, q_bias, k_bias, scale)
     if _backend(q, dims.D) == "triton":

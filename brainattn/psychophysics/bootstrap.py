@@ -7,11 +7,10 @@ import numpy as np
 from brainattn.errors import ConfigError
 from brainattn.psychophysics._likelihood import (
     _batched_newton,
-    _group_sum,
-    _grouped,
     glm_beta,
     refit_replicates,
 )
+from brainattn.psychophysics.design import _group_sum, _grouped
 from brainattn.psychophysics.formula import solve_formula_batch
 from brainattn.psychophysics.glm import _torch_mu_deriv, solve_as_mean
 from brainattn.psychophysics.result import MLDSResult

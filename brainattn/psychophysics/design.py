@@ -204,6 +204,38 @@ def design_matrix(stim: np.ndarray, n_levels: int, drop_first: bool = True) -> n
     return X[:, 1:] if drop_first else X
 
 
+# grouping identical design rows: every fit and every batch of replicates works on the groups
+
+
+def _grouped(X: np.ndarray, y: np.ndarray):
+    """Identical design rows grouped: (unique rows (R, k), inverse (n,), trials m (R,), successes (R,)).
+
+    Rows are sorted by two random projections and split where neighbours differ exactly
+    (much faster than ``np.unique(axis=0)``; a projection tie can only split a group, which
+    leaves the likelihood unchanged).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = len(X)
+    keys = X @ np.random.default_rng(12345).standard_normal((X.shape[1], 2))
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    Xs = X[order]
+    new = np.r_[True, np.any(Xs[1:] != Xs[:-1], axis=1)] if n else np.zeros(0, dtype=bool)
+    inv = np.empty(n, dtype=np.int64)
+    inv[order] = np.cumsum(new) - 1
+    Xu = Xs[new]
+    m = np.bincount(inv, minlength=len(Xu)).astype(float)
+    k = np.bincount(inv, weights=np.asarray(y, dtype=float), minlength=len(Xu))
+    return Xu, inv, m, k
+
+
+
+def _group_sum(Y: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum the (b, n) 0/1 responses over trials sharing a design row -> (b, n_groups)."""
+    order = np.argsort(inv, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(inv[order])) + 1]
+    return np.add.reduceat(Y[:, order].astype(np.float64), starts, axis=1)
+
+
 # --------------------------------------------------------------------------------------------
 # validation and readers
 

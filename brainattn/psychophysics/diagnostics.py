@@ -22,12 +22,12 @@ from __future__ import annotations
 import numpy as np
 
 from brainattn.errors import ConfigError
-from brainattn.psychophysics._likelihood import _group_sum, _grouped, glm_beta, refit_replicates
-from brainattn.psychophysics.design import Trials
+from brainattn.psychophysics._likelihood import glm_beta, refit_replicates
+from brainattn.psychophysics.design import Trials, _group_sum, _grouped
 from brainattn.psychophysics.glm import binomial_loglik, get_link, link_name, solve_mlds_glm
 
 __all__ = ["deviance_residuals", "runs_of_signs", "binom_diagnostics", "six_point_sets",
-           "six_point_test", "pmc"]
+           "six_point_test", "diagnose", "pmc"]
 
 _EPS = np.finfo(np.float64).eps
 _REFITS = ("link", "probit")
@@ -77,6 +77,12 @@ def _check_count(n, name):
     return int(n)
 
 
+def _check_refit(refit):
+    if refit not in _REFITS:
+        raise ConfigError(f"refit: expected 'link' (the fit's link) or 'probit' (R's binom.diagnostics "
+                          f"as shipped), got {refit!r}")
+
+
 def binom_diagnostics(res, n_sim: int = 1000, *, seed=None, refit: str = "link",
                       alpha: float = 0.025, _sims=None) -> dict:
     """R's ``binom.diagnostics`` for a fit (any method): residual envelope and runs test.
@@ -95,9 +101,7 @@ def binom_diagnostics(res, n_sim: int = 1000, *, seed=None, refit: str = "link",
     ``n_failed``, ``refit`` and ``refit_link``.
     """
     n_sim = _check_count(n_sim, "diagnostics")
-    if refit not in _REFITS:
-        raise ConfigError(f"refit: expected 'link' (the fit's link) or 'probit' (R's binom.diagnostics "
-                          f"as shipped), got {refit!r}")
+    _check_refit(refit)
     link = res.link if refit == "link" else get_link("probit")
     rng = np.random.default_rng(seed)
     Y, Mb, ok, sep = _sims if _sims is not None else _simulate(res, n_sim, rng, link)
@@ -183,10 +187,9 @@ def diagnose(res, n_sim: int = 1000, *, seed=None, refit: str = "link"):
     With ``refit="link"`` both use the same simulations; returns ``res``.
     """
     n_sim = _check_count(n_sim, "diagnostics")
+    _check_refit(refit)
     rng = np.random.default_rng(seed)
     link = res.link if refit == "link" else get_link("probit")
-    if refit not in _REFITS:
-        binom_diagnostics(res, n_sim, refit=refit)  # raises the error
     sims = _simulate(res, n_sim, rng, link)
     res.diagnostics = binom_diagnostics(res, n_sim, refit=refit, _sims=sims)
     if res.trials.kind == "quadruple":

@@ -15,11 +15,10 @@ from brainattn.errors import ConfigError
 from brainattn.psychophysics._likelihood import (
     _batched_newton,
     _Core,
-    _grouped,
     _theta_fit,
     _torch_nll,
 )
-from brainattn.psychophysics.design import Trials
+from brainattn.psychophysics.design import Trials, _grouped
 from brainattn.psychophysics.glm import _torch_mu, binomial_loglik, mu_and_deriv
 
 __all__ = ["PARAMETRIC_SCALES", "parse_formula", "safe_pow", "solve_formula_batch"]

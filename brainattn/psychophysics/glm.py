@@ -560,17 +560,20 @@ def solve_firth(X: np.ndarray, y: np.ndarray, link="probit", *, max_iter: int = 
     """
     import torch
 
+    from brainattn.psychophysics.design import _grouped
+
     link = get_link(link) if not isinstance(link, LapseLink) else link
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
-    yt = torch.as_tensor(np.asarray(y, dtype=np.float64))
+    # identical trials grouped (same likelihood and penalty, fewer rows to differentiate)
+    Xu, _inv, m, kk = _grouped(np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    Xt, mt, yt = (torch.as_tensor(a) for a in (Xu, m, kk))
     k = Xt.shape[1]
 
     def objective(beta):
         eta = Xt @ beta
         mu, muc, dmu = _torch_mu_deriv(link, eta)
         mu, muc = mu.clamp_min(1e-300), muc.clamp_min(1e-300)
-        ll = torch.sum(yt * torch.log(mu) + (1 - yt) * torch.log(muc))
-        w = dmu * dmu / (mu * muc)
+        ll = torch.sum(yt * torch.log(mu) + (mt - yt) * torch.log(muc))
+        w = mt * dmu * dmu / (mu * muc)
         info = Xt.T @ (w[:, None] * Xt)
         return ll + 0.5 * torch.logdet(info), ll
 
@@ -604,5 +607,5 @@ def solve_firth(X: np.ndarray, y: np.ndarray, link="probit", *, max_iter: int = 
             break
     beta_np = beta.detach().numpy().copy()
     penalised = f_old
-    sol = solve_mlds_glm(X, y, link, beta0=beta_np, max_iter=0)
+    sol = solve_mlds_glm(Xu, kk, link, weights=m, beta0=beta_np, max_iter=0)
     return beta_np, sol.cov, float(sol.loglik), penalised, converged

@@ -1,32 +1,39 @@
-"""Maximum likelihood difference scaling (MLDS): fits, bootstrap, diagnostics, results.
+"""Maximum likelihood difference scaling (MLDS): the glm, optim and lapse fits, the estimator.
 
-Same conventions as the R package MLDS (Knoblauch & Maloney) so results compare one-to-one:
+The conventions and definitions are those of the R package MLDS 0.5.1 (Knoblauch & Maloney),
+so results compare one-to-one; how each method relates to R's is also printed in
+``summary.txt`` (:data:`~brainattn.psychophysics.result.R_RELATION`):
 
 ``glm``
-    binomial GLM without intercept on the difference design matrix, first level dropped:
-    ``psi_1 = 0`` and ``sigma = 1`` (the scale is in units of the decision noise).
+    R's ``mlds(method = "glm")``: a binomial GLM without intercept on the difference design
+    matrix, first level dropped: ``psi_1 = 0`` and ``sigma = 1`` (the scale is in units of the
+    decision noise).  Same estimates, standard errors, logLik, AIC, deviance, null deviance.
 ``optim``
-    ``psi_1 = 0``, ``psi_p = 1``, ``sigma`` free, by direct maximum likelihood
-    (``1 / sigma_optim`` equals ``psi_p`` of the glm fit).
+    R's ``mlds(method = "optim")``: ``psi_1 = 0``, ``psi_p = 1``, ``sigma`` free, the interior
+    values constrained to (0, 1) (R writes them as ``plogis`` of free parameters).  Here the
+    maximum over [0, 1] is found with bounds; where it lies on a bound R's BFGS stops short of
+    it by its tolerance, and a Wald standard error is not defined there (NaN; R prints NA or a
+    meaningless small number).
+``optim-unconstrained``
+    not in R: the same parametrisation with the interior values free, i.e. the glm fit divided
+    by its last value (``1 / sigma = psi_p`` of glm).  It equals ``optim`` when every glm value
+    lies in [0, psi_p].
 ``formula``
-    a parametric scale ``psi(s) = f(s, *theta)`` (any callable; torch-differentiable callables
-    get exact gradients, others finite differences) with ``sigma`` free, plus a
-    likelihood-ratio test against the unconstrained fit.
+    R's ``mlds(formula, p, ...)``: a parametric scale ``psi(s) = f(s, *theta)`` (a built-in
+    family, an expression in ``s`` parsed safely, or a callable) with R's signed ``sigma``, plus a
+    likelihood-ratio test against the glm fit.  R prints the scale normalised to 0..1.
 
 Options: any statsmodels binomial link; a lapse rate ``lam`` (``P = lam/2 + (1 - lam) F``) or
-lower/upper asymptotes, fixed, or a lapse rate fitted by profile likelihood; Firth / Jeffreys
-bias reduction (``firth=True``); separation is detected by linear programming and reported,
-never hidden behind huge numbers.  The parametric bootstrap draws every replicate from the
-fitted probabilities and solves all of them together
-(:func:`~brainattn.psychophysics.glm.solve_mlds_glm` for glm/optim, :func:`solve_formula_batch`
-for formula, :func:`solve_firth_batch` for Firth fits); its first 1,000 replicates also give R's
-``binom.diagnostics`` (residual envelope, runs test) and ``simu.6pt`` (six-point test).  With a
-fitted lapse rate the replicates keep it fixed at its estimate.
+lower/upper asymptotes (psyphy's links), fixed, or fitted by profile likelihood; bias reduction
+named as brglm2 names it (``firth="AS_mean"``, the vignette's brglm, or ``"MPL_Jeffreys"``).
+Separation is detected by linear programming and reported, never judged from the size of the
+estimates.  The parametric bootstrap (:mod:`~brainattn.psychophysics.bootstrap`, R's
+``boot.mlds``) and the goodness-of-fit tests (:mod:`~brainattn.psychophysics.diagnostics`:
+``binom.diagnostics``, ``simu.6pt``, ``pmc``) each draw their own simulations; with a fitted
+lapse rate the replicates keep it fixed at its estimate.
 
 The result object is :class:`~brainattn.psychophysics.result.MLDSResult` (``scale.nc`` layout
-documented there); the bootstrap lives in :mod:`~brainattn.psychophysics.bootstrap`, the
-diagnostics in :mod:`~brainattn.psychophysics.diagnostics`, the formula method in
-:mod:`~brainattn.psychophysics.formula`.
+documented there); the formula method lives in :mod:`~brainattn.psychophysics.formula`.
 """
 
 from __future__ import annotations
@@ -38,9 +45,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from brainattn.errors import ConfigError, DataError
-from brainattn.psychophysics._likelihood import _Core, _grouped, _theta_fit, _torch_nll
+from brainattn.psychophysics._likelihood import _Core, _theta_fit, _torch_nll
 from brainattn.psychophysics.bootstrap import bootstrap_mlds
-from brainattn.psychophysics.design import Trials, read_mlds_csv
+from brainattn.psychophysics.design import Trials, _grouped, read_mlds_csv
 from brainattn.psychophysics.diagnostics import diagnose
 from brainattn.psychophysics.formula import _fit_formula
 from brainattn.psychophysics.glm import (
@@ -247,8 +254,13 @@ def fit_mlds(
         raise DataError(f"{trials.source}: the design does not determine every level's scale value "
                         "(design matrix is rank deficient); add trials linking all levels")
     pre = solve_mlds_glm(Xu, kk, base_link, weights=m, tol=1e-12, max_iter=100)
-    # separation by linear programming (one small LP): never judged from the size of the estimates
-    sep, _dir, sep_trials = detect_separation(X, trials.resp)
+    # separation is decided by linear programming, never from the size of the estimates; the LP
+    # (a few ms) runs when the fit did not converge or some fitted probability is within 1e-15 of
+    # 0 or 1 (it rounds to 0 or 1: separated trials drive theirs there), and for bias-reduced fits
+    sep, sep_trials = False, np.array([], dtype=np.int64)
+    mu_pre = np.asarray(pre.mu)
+    if firth or not pre.converged or np.any(np.minimum(mu_pre, 1.0 - mu_pre) < 1e-15):
+        sep, _dir, sep_trials = detect_separation(X, trials.resp)
     # only the unconstrained scale has no maximum under separation; R's optim and formula fits
     # (bounded or parametric scales) still have one
     if sep and not firth and on_separation == "raise" and method in ("glm", "optim-unconstrained"):
@@ -372,7 +384,7 @@ class MLDS(BaseEstimator):
     ``sigma_``, ``stimulus_``.
     """
 
-    def __init__(self, method: str = "glm", link="probit", lapse=None, firth: bool = False,
+    def __init__(self, method: str = "glm", link="probit", lapse=None, firth: bool | str = False,
                  formula=None, p0=None, n_bootstrap: int = 0, n_diagnostics: int = 0,
                  random_state: int | None = None,
                  engine: str = "numpy", alpha: float = 0.05):

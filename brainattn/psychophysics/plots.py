@@ -99,9 +99,10 @@ def plot_scale(ds, *, normalized: bool = True, ax=None):
     title = "measured scale"
     if a["predicted"] is not None:
         model = ds.attrs.get("prediction_model")
-        title += " vs Fisher prediction" + (f" ({model})" if model else "")
+        title += " vs Fisher prediction" + (f"\n({model})" if model else "")
     ax.set(xlabel=str(ds["stimulus"].attrs.get("long_name", "stimulus")) if "stimulus" in ds else "level",
-           ylabel="perceptual scale" + (" (normalised)" if normalized else ""), title=title)
+           ylabel="perceptual scale" + (" (normalised)" if normalized else ""))
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     sns.despine(ax=ax)
     return fig

@@ -304,9 +304,13 @@ class MLDSResult:
                          f"p = {f['lr_p']:.4g}")
         if self.diagnostics is not None:
             d = self.diagnostics
-            how = ("R's binom.diagnostics as shipped (simulations refitted with probit)" if d["refit"] == "probit"
-                   else f"simulations refitted with the fit's link ({d['refit_link']}); R's binom.diagnostics "
-                        "refits with probit")
+            if d["refit"] == "probit":
+                how = "R's binom.diagnostics as shipped (simulations refitted with probit)"
+            elif d["refit_link"] == "probit":
+                how = "simulations refitted with the fit's link, probit (as R's binom.diagnostics)"
+            else:
+                how = (f"simulations refitted with the fit's link ({d['refit_link']}); R's binom.diagnostics "
+                       "refits with probit (--diagnostics-refit probit)")
             lines += ["-" * 72, f"goodness of fit: {d['n_sim']} simulations, {how}",
                       f"  runs (sign changes of residuals ordered by fitted value, as R counts): "
                       f"{d['runs_observed']}; P(simulated <= observed) = {d['runs_p']:.4f}",

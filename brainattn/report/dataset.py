@@ -24,12 +24,12 @@ def subject_table(ds):
     """One row per ROI family/ROI with its vertex count, plus a row of totals."""
     import pandas as pd
 
+    from brainattn.data.rois import roi_families, roi_labels
+
     rows = []
-    for fam in ds.attrs.get("roi_families", []) or []:
-        key = f"roi_{fam}"
-        if key not in ds.coords:
-            continue
-        labels = ds[key].values.astype(str)
+    have = roi_families(ds)
+    wanted = [f for f in ds.attrs.get("roi_families", []) or [] if f in have]
+    for fam, labels in roi_labels(ds, wanted).items():
         for name in dict.fromkeys(labels):
             if name == "Unknown":
                 continue

@@ -83,12 +83,13 @@ def roi_table(scores, metric: str = "pearson_r"):
             rows.append({"family": str(f), "roi": str(n), "value": float(v), "n_vertices": int(c)})
     else:
         vals = scores["score"].sel(metric=metric).values
-        for key in [c for c in scores.coords if str(c).startswith("roi_") and "vertex" in scores[c].dims]:
-            labels = scores[key].values.astype(str)
+        from brainattn.data.rois import roi_labels
+
+        for family, labels in roi_labels(scores).items():
             for n in dict.fromkeys(labels):
                 sel = vals[labels == n]
                 sel = sel[np.isfinite(sel)]
-                rows.append({"family": str(key)[4:], "roi": n,
+                rows.append({"family": family, "roi": n,
                              "value": float(np.median(sel)) if sel.size else float("nan"),
                              "n_vertices": int(sel.size)})
     df = pd.DataFrame(rows, columns=["family", "roi", "value", "n_vertices"])
@@ -508,8 +509,9 @@ def attention_check(att, scores, data):
         from brainattn.encoders.synthcheck import attention_in_box
 
         gt = load_ground_truth(data.attrs["root"], str(data.attrs.get("subject", "subj01")))
-        roi = {k[4:]: np.unique(scores[k].values.astype(str)) for k in scores.coords
-               if str(k).startswith("roi_") and "vertex" in scores[k].dims}
+        from brainattn.data.rois import roi_labels
+
+        roi = {f: np.unique(v) for f, v in roi_labels(scores).items()}
         res = attention_in_box(att, gt, roi)
     except Exception:  # no ground truth (real data) or an older format: nothing to check
         return None

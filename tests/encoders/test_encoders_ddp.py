@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from brainattn.encoders import distributed as D
-from brainattn.encoders.training import ArrayLoader
+from brainattn.encoders.loader import ArrayLoader
 from brainattn.errors import ConfigError
 
 WORKER = textwrap.dedent('''
@@ -28,7 +28,7 @@ WORKER = textwrap.dedent('''
     import numpy as np, torch
     torch.set_num_threads(1)
     from brainattn.encoders import distributed as D
-    from brainattn.encoders import training as T
+    from brainattn.encoders import loader as T
     from brainattn.errors import BrainAttnError
     sys.path.insert(0, os.path.dirname(__file__))
     from common import run, fit_run_tiny
@@ -65,7 +65,8 @@ WORKER = textwrap.dedent('''
 COMMON = textwrap.dedent('''
     import os
     import numpy as np, torch
-    from brainattn.encoders.training import ArrayLoader, fit_loop
+    from brainattn.encoders.loader import ArrayLoader
+    from brainattn.encoders.training import fit_loop
     from brainattn.encoders.transformer import TransformerModule
 
     def data():
@@ -348,6 +349,7 @@ GPU_WORKER = textwrap.dedent('''
     import json, os, sys, time, warnings
     import numpy as np, torch
     from brainattn.encoders import distributed as D
+    from brainattn.encoders import loader as LD
     from brainattn.encoders import training as T
     from brainattn.encoders.transformer import TransformerModule
     from brainattn.errors import BrainAttnError
@@ -373,9 +375,9 @@ GPU_WORKER = textwrap.dedent('''
         m = TransformerModule(L, C, V, vertex_query=np.arange(V) % 5, grid=(8, 8), width=64,
                               heads=4, ffn=128, dropout=0.0, seed=0).to(ctx.device)
         opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=1e-4, fused=True)
-        tr = T.ArrayLoader(X, Y, np.arange(100), batch_size=16, shuffle=True, seed=0,
+        tr = LD.ArrayLoader(X, Y, np.arange(100), batch_size=16, shuffle=True, seed=0,
                            device=ctx.device)
-        va = T.ArrayLoader(X, Y, np.arange(100, 116), batch_size=16, device=ctx.device)
+        va = LD.ArrayLoader(X, Y, np.arange(100, 116), batch_size=16, device=ctx.device)
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             st = T.fit_loop(m, opt, tr, va, epochs=epochs, config={}, device=ctx.device,
@@ -418,13 +420,13 @@ GPU_WORKER = textwrap.dedent('''
                       f"{(time.perf_counter() - t1) / 20 * 1e3:.2f} ms", file=sys.stderr)
         elif mode == "die":
             if ctx.rank == 1:  # die in epoch 3, after the capture (epoch 2)
-                orig = T.ArrayLoader.__iter__
+                orig = LD.ArrayLoader.__iter__
                 def dying(self):
                     for i, b in enumerate(orig(self)):
                         if self.shuffle and self.epoch == 2 and i == 2:
                             os._exit(3)
                         yield b
-                T.ArrayLoader.__iter__ = dying
+                LD.ArrayLoader.__iter__ = dying
             fit(None, ckpt=os.path.join(out, "ckpt"))
     except BrainAttnError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -87,3 +87,23 @@ def test_queries_come_from_init_and_survive_clone_and_load(tmp_path):
     with pytest.raises(Exception, match="hemisphere has 6 entries for 4 vertices"):
         TransformerBrainEncoder(hemisphere=hemi, epochs=1, width=16, heads=2, ffn=16,
                                 device="cpu").fit(*_planted(V=4))
+
+
+def test_cpu_fit_says_how_long_it_takes_and_the_probe_changes_nothing(monkeypatch):
+    import warnings
+
+    from brainattn.encoders import transformer as T
+
+    X, Y = _planted(n=64)
+    make = SMALL["transformer"]
+    said = []
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        monkeypatch.setattr(T.cpu_time_notice, "__defaults__", None)
+        monkeypatch.setattr(T.cpu_time_notice, "__kwdefaults__", {"threshold_s": 0.0})
+        probed = make().fit(X, Y, log=said.append).predict(X[:8])
+    msg = [m for m in said if "on the CPU this fit takes about" in m]
+    assert msg and "--preset cpu" in msg[0] and "3 epochs x 4 steps" in msg[0], said
+    assert any("--preset cpu" in str(x.message) for x in w)
+    monkeypatch.setattr(T, "cpu_time_notice", lambda *a, **k: 0.0)
+    np.testing.assert_array_equal(make().fit(X, Y).predict(X[:8]), probed)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from brainattn.encoders.loader import ArrayLoader
 from brainattn.encoders.training import (
-    ArrayLoader,
     CudaGraphStep,
     fit_loop,
     load_checkpoint,

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from brainattn.encoders.factorized import SpatialFeatureEncoder
-from brainattn.encoders.training import ArrayLoader, lr_factor
+from brainattn.encoders.loader import ArrayLoader
+from brainattn.encoders.training import lr_factor
 from brainattn.encoders.transformer import TransformerBrainEncoder
 from brainattn.errors import ConfigError, DataError, ShapeError
 
@@ -118,3 +119,21 @@ def test_lr_schedules():
     assert lr_factor(5, schedule="step", epochs=10, step_size=2, gamma=0.5) == 0.25
     assert lr_factor(0, schedule="cosine", epochs=10) == pytest.approx(1.0)
     assert lr_factor(10, schedule="cosine", epochs=10) == pytest.approx(0.05)
+
+
+def test_staging_reads_the_same_rows_from_arrays_memmaps_and_row_views(tmp_path):
+    from brainattn.encoders.cache import Rows
+    from brainattn.encoders.loader import stage_on_device
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((70, 5, 3)).astype(np.float16)
+    np.save(tmp_path / "x.npy", X)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    idx = rng.permutation(70)[:45]
+    for rows in (idx, np.sort(idx), np.arange(10, 50)):
+        want = torch.from_numpy(X[rows])
+        for src in (X, mm, X.astype(np.float32)):
+            assert torch.equal(stage_on_device(src, rows, "cpu", chunk=8, workers=3), want)
+        view = Rows(mm, np.arange(69, -1, -1))  # reversed: view row i is X[69 - i]
+        assert torch.equal(stage_on_device(view, rows, "cpu", chunk=8),
+                           torch.from_numpy(X[69 - rows]))

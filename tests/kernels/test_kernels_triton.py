@@ -16,6 +16,10 @@ from brainattn.kernels.reference import reference_attention
 
 pytestmark = pytest.mark.triton
 pytest.importorskip("triton")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from brainattn.kernels._tile import factor_tile  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
@@ -183,6 +187,32 @@ def test_split_factors_reproduce_the_low_rank_product():
     exact = qb.double() @ kb.double().transpose(-1, -2)
     scale = (qb.double().abs() @ kb.double().abs().transpose(-1, -2)).max()
     assert ((approx - exact).abs().max() / scale).item() < 2e-6
+
+
+@triton.jit
+def _split_kernel(F, OUT, n, s_r, s_c, RANK: tl.constexpr, GW: tl.constexpr, ROWS: tl.constexpr):
+    """Stores ``factor_tile``'s (ROWS, GW) tile of the (n, RANK) factor F."""
+    rows = tl.arange(0, ROWS)
+    t = factor_tile(F, 0, rows, rows < n, s_r, s_c, RANK, GW)
+    tl.store(OUT + rows[:, None] * GW + tl.arange(0, GW)[None, :], t)
+
+
+def test_factor_tile_splits_into_an_exact_tf32_high_part_and_its_remainder():
+    """The low-rank gradient's right operand: columns [0, R) the factor with its 13 low mantissa
+    bits cleared (exact in tf32, which keeps 10), columns [R, 2R) the remainder, zeros after;
+    high + remainder is the factor exactly, and the remainder is below 2^-10 of it."""
+    g = torch.Generator().manual_seed(3)
+    R, GW, n = 4, 16, 13
+    f = (torch.randn(n, R, generator=g) * torch.logspace(-3, 3, R)).t().contiguous().t()
+    out = torch.full((16, GW), 7.0)
+    f, out = f.to(DEV), out.to(DEV)
+    _split_kernel[(1,)](f, out, n, f.stride(0), f.stride(1), RANK=R, GW=GW, ROWS=16)
+    hi, lo, pad = out[:n, :R].cpu(), out[:n, R:2 * R].cpu(), out[:, 2 * R:].cpu()
+    f = f.cpu()
+    assert torch.all(hi.view(torch.int32) & 0x1FFF == 0)
+    assert torch.equal(hi + lo, f)
+    assert torch.all(lo.abs() <= f.abs() * 2.0**-10)
+    assert torch.all(pad == 0) and torch.all(out[n:].cpu() == 0)
 
 
 def test_triton_partial_gradients_and_fully_masked_keys():

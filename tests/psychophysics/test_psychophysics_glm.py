@@ -143,8 +143,8 @@ def test_get_link_rejects_unknown():
 
 
 def test_batched_firth_equals_single_firth_and_bootstrap_runs():
-    from brainattn.psychophysics._likelihood import _grouped
     from brainattn.psychophysics.bootstrap import solve_firth_batch
+    from brainattn.psychophysics.design import _grouped
 
     d = make_design(5, "triad", repeats=2, shuffle=False)
     obs = SimulatedObserver(np.arange(5.0) ** 1.5, sigma=1e-3)

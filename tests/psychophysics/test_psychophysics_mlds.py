@@ -67,7 +67,7 @@ def test_formula_recovers_exponent_and_lr_test(trials):
 def test_formula_batched_solver_equals_separate_fits(trials):
     import torch  # noqa: F401  (the built-in formulas are torch functions)
 
-    from brainattn.psychophysics._likelihood import _grouped
+    from brainattn.psychophysics.design import _grouped
     from brainattn.psychophysics.formula import PARAMETRIC_SCALES, solve_formula_batch
 
     base = fit_mlds(trials, "formula", formula="power")

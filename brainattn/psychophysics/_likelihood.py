@@ -216,7 +216,7 @@ def refit_replicates(Xu: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: 
     that has not converged is checked for separation by linear programming, and one that is not
     separated is solved again on its own with step halving and more iterations (slow Fisher
     scoring, e.g. cauchit).  Only separated replicates (no maximum likelihood estimate) and ones
-    that still fail are flagged.
+    that still fail are flagged (``ok`` False; ``separated`` tells which).
 
     Returns
     -------
@@ -228,9 +228,16 @@ def refit_replicates(Xu: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: 
                          line_search=False, summaries=False)
     beta, ok, mu = sol.beta, sol.converged.copy(), sol.mu
     separated = np.zeros(len(K), dtype=bool)
-    for b in np.flatnonzero(~ok):
+    # separated data can also look converged (steps vanish once every probability rounds to 0 or
+    # 1, e.g. logit), so a fitted probability within 1e-15 of 0 or 1 calls for the LP check too
+    with np.errstate(invalid="ignore"):
+        saturated = np.any(np.minimum(mu, 1.0 - mu) < 1e-15, axis=1)
+    for b in np.flatnonzero(~ok | saturated):
         if _separated_rows(Xu, m, K[b]):
             separated[b] = True
+            ok[b] = False
+            continue
+        if ok[b]:
             continue
         start = beta[b] if np.all(np.isfinite(beta[b])) else beta0
         beta[b], mu[b], ok[b] = _newton_one(Xu, m, K[b], link, start)

@@ -1,7 +1,9 @@
-"""Numerical pieces shared by the MLDS fits: grouped designs, likelihood minimisation, batched Newton.
+"""Numerical pieces shared by the MLDS fits: likelihood minimisation (optionally bounded), batched
+Newton, and glm refits of simulated data with the separation check.
 
 Plain functions on arrays and torch tensors; :mod:`~brainattn.psychophysics.mlds`,
-:mod:`~brainattn.psychophysics.formula` and :mod:`~brainattn.psychophysics.bootstrap` build on them.
+:mod:`~brainattn.psychophysics.formula`, :mod:`~brainattn.psychophysics.bootstrap` and
+:mod:`~brainattn.psychophysics.diagnostics` build on them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from brainattn.psychophysics.glm import _torch_mu
 
 @dataclass
 class _Core:
+    """What one fitting method hands to :class:`~brainattn.psychophysics.result.MLDSResult`."""
+
     psi: np.ndarray
     psi_se: np.ndarray
     sigma: float
@@ -130,7 +134,6 @@ def _num_hessian(f, x, h=1e-4):
     return H
 
 
-
 def _torch_nll(trials: Trials, link, psi_fn, *, log_sigma: bool = True):
     """NLL(theta) = -loglik with eta = X_full psi(theta) / sigma; theta's last entry is
     ``log sigma`` (``log_sigma``) or sigma itself (signed, as R's formula method has it)."""
@@ -147,7 +150,6 @@ def _torch_nll(trials: Trials, link, psi_fn, *, log_sigma: bool = True):
         return -torch.sum(kt * torch.log(mu) + (mt - kt) * torch.log((1 - mu).clamp_min(1e-300)))
 
     return nll
-
 
 
 def _batched_newton(nll, Th, *, max_iter: int = 50, tol: float = 1e-8):

@@ -72,7 +72,6 @@ R_RELATION = {
 }
 
 
-
 @dataclass
 class MLDSResult:
     """A fitted difference scale; reads like a statsmodels result.

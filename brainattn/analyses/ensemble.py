@@ -7,7 +7,7 @@ score_table` as a run, so its ``scores.nc`` reads like any other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -47,10 +47,15 @@ def average_predictions(preds: Sequence, weights: Sequence[float] | None = None)
 def ensemble_scores(preds: Sequence, true, *, weights: Sequence[float] | None = None,
                     members: Sequence[str] | None = None, noise_ceiling=None,
                     vertex_coords: Mapping[str, np.ndarray] | None = None, device: str = "auto",
-                    attrs: Mapping | None = None):
+                    attrs: Mapping | None = None, scorer: Callable | None = None):
     """``scores.nc`` of the averaged prediction (see :mod:`brainattn.encoders`), plus
     ``member_mean_r`` (member) the mean r of each member alone and attrs ``model="ensemble"``,
-    ``members`` (names, default ``run0``...) and ``weights``."""
+    ``members`` (names, default ``run0``...) and ``weights``.
+
+    ``scorer(pred, true) -> Dataset`` replaces :func:`~brainattn.encoders.metrics.score_table`
+    (then ``noise_ceiling``/``vertex_coords`` are its business): ``brainattn ensemble`` scores
+    with the fit's own scorer, significance included.
+    """
     from brainattn.encoders.metrics import pearson_per_column, score_table
 
     pred = average_predictions(preds, weights)
@@ -58,9 +63,13 @@ def ensemble_scores(preds: Sequence, true, *, weights: Sequence[float] | None = 
     if len(names) != len(preds):
         raise ConfigError(f"members: {len(names)} names for {len(preds)} predictions")
     w = np.ones(len(preds)) if weights is None else np.asarray(weights, dtype=np.float64)
-    ds = score_table(pred, true, noise_ceiling=noise_ceiling, vertex_coords=vertex_coords,
-                     device=device, attrs={"model": "ensemble", "members": names,
-                                           "weights": (w / w.sum()).tolist(), **dict(attrs or {})})
+    if scorer is None:
+        ds = score_table(pred, true, noise_ceiling=noise_ceiling, vertex_coords=vertex_coords,
+                         device=device)
+    else:
+        ds = scorer(pred, true)
+    ds.attrs.update({"model": "ensemble", "members": names, "weights": (w / w.sum()).tolist(),
+                     **dict(attrs or {})})
     member_r = [float(np.nanmean(pearson_per_column(p, true, device=device))) for p in preds]
     ds["member_mean_r"] = ("member", np.asarray(member_r),
                            {"long_name": "mean held-out r of each member alone"})

@@ -138,7 +138,9 @@ def banded_ridge(spaces: Mapping[str, np.ndarray], Y, train_idx, test_idx, *, n_
     -------
     xarray.Dataset: ``r2`` (vertex) joint held-out R^2, ``split_r2`` (space, vertex) its
     per-space parts (they sum to ``r2``), ``log_weight`` (space, vertex) the chosen log
-    kernel weights (himalaya's ``deltas_``); attrs ``solver``, ``n_train``, ``n_test``...
+    kernel weights (himalaya's ``deltas_``), ``prediction`` (test_image, vertex) the joint
+    model's held-out predictions (coord ``test_image`` = the rows ``test_idx``); attrs
+    ``solver``, ``n_train``, ``n_test``...
     """
     import xarray as xr
 
@@ -172,11 +174,13 @@ def banded_ridge(spaces: Mapping[str, np.ndarray], Y, train_idx, test_idx, *, n_
         coords[k] = ("vertex", c.astype(str) if c.dtype.kind in "OUS" else c)
     return xr.Dataset(
         {"r2": (("vertex",), parts.sum(0), {"long_name": "held-out R^2 of the joint banded ridge"}),
+         "prediction": (("test_image", "vertex"), pred.sum(0).astype(np.float32) + Y[tr].mean(0),
+                        {"long_name": "held-out prediction of the joint model (response units)"}),
          "split_r2": (("space", "vertex"), parts,
                       {"long_name": "product-measure part of the held-out R^2 per space"}),
          "log_weight": (("space", "vertex"), deltas,
                         {"long_name": "log kernel weight per space (himalaya deltas_)"})},
-        coords=coords,
+        coords={**coords, "test_image": te},
         attrs={"solver": solver, "n_iter": int(n_iter), "cv": cv, "seed": int(seed),
                "n_train": int(tr.size), "n_test": int(te.size), "spaces": names},
     )

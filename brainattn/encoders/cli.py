@@ -98,8 +98,17 @@ def register(app: typer.Typer) -> None:
                       test_fraction=test_fraction, seed=seed, permutations=permutations,
                       bootstrap=bootstrap, fdr=fdr, device=device)
         if len(fits) > 1:
+            from brainattn.analyses import runs as sweep
+
+            world = D.env_world()
+            one_process = world is None or world[1] == 1  # torchrun ranks run only their share
+            if one_process:  # all layers of a (subject, backbone) from one backbone pass
+                sweep.prefill_layer_sweep(data, fits, common, log=typer.echo)
             for path in fit_many(data, out, fits, log=typer.echo, **common):
                 typer.echo(f"wrote {path}")
+            if one_process:
+                for path in sweep.summarise_layer_sweep(out, fits, log=typer.echo):
+                    typer.echo(f"wrote {path}")
             return
         dist = D.init_distributed(device)
         # no collective teardown on an error: destroying an NCCL group while a peer waits in a
@@ -124,12 +133,35 @@ def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
         run: Path = typer.Argument(..., help="Run folder written by brainattn fit."),
-        images: list[Path] = typer.Argument(..., help="Image files."),
+        images: list[Path] = typer.Argument(None, help="Image files."),
         out: Path = typer.Option(None, "--out", help="NetCDF to write (default RUN/predictions.nc)."),
+        algonauts_submission: Path = typer.Option(
+            None, "--algonauts-submission",
+            help="Instead of IMAGES: predict the subject's test_split/test_images and write the "
+                 "Algonauts-2023 files DIR/<subject>/{lh,rh}_pred_test.npy."),
+        data: Path = typer.Option(None, "--data",
+                                  help="Data set for --algonauts-submission (default: the one "
+                                       "fitted on)."),
+        cache: Path = typer.Option(None, "--cache", help="Feature cache folder."),
         overwrite: bool = typer.Option(False, "--overwrite"),
         device: str = typer.Option("auto", "--device"),
     ):
-        """Predict vertex responses to new images."""
+        """Predict vertex responses to new images, or write an Algonauts-2023 submission."""
+        from brainattn.errors import ConfigError
+
+        if algonauts_submission is not None:
+            if images:
+                raise ConfigError("predict: give IMAGES or --algonauts-submission DIR, not both")
+            from brainattn.analyses.runs import write_run_submission
+
+            for path in write_run_submission(run, algonauts_submission, data=data,
+                                             cache_dir=cache, device=device,
+                                             overwrite=overwrite):
+                typer.echo(f"wrote {path}")
+            return
+        if not images:
+            raise ConfigError("predict: give at least one image file (or --algonauts-submission "
+                              "DIR)")
         from brainattn.encoders.run import predict_run
 
         path = predict_run(run, [str(p) for p in images], out, overwrite=overwrite, device=device)

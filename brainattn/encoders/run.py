@@ -174,14 +174,34 @@ def features_for(ds, cfg: dict, *, cache_dir=None, log=None):
                        stream=cfg["stream"], image_size=cfg["image_size"], device=str(dev))
     paths = [str(p) for p in ds["image_path"].values]
     ids = [str(i) for i in ds["image_id"].values] if "image_id" in ds.coords else None
-    tag = f"{Path(str(ds.attrs.get('root', 'data'))).name}-{ds.attrs.get('subject', '')}"
     t0 = time.perf_counter()
-    cache = get_features(bb, paths, image_ids=ids, dataset_tag=tag, cache_dir=cache_dir,
-                         device=str(dev))
+    cache = get_features(bb, paths, image_ids=ids, dataset_tag=_dataset_tag(ds),
+                         cache_dir=cache_dir, device=str(dev))
     if log:
         log(f"features {cache.features.shape} grid {cache.grid} from {cache.path} "
             f"({time.perf_counter() - t0:.1f} s)")
     return bb, cache
+
+
+def _dataset_tag(ds) -> str:
+    return f"{Path(str(ds.attrs.get('root', 'data'))).name}-{ds.attrs.get('subject', '')}"
+
+
+def layer_features_for(ds, cfg: dict, layers, *, cache_dir=None) -> dict:
+    """``{layer: FeatureCache}`` of several layers of ``cfg``'s backbone, the missing ones
+    extracted in one pass (:func:`brainattn.encoders.cache.get_layer_features`) into the cache
+    folders that :func:`features_for` reads for each layer."""
+    from brainattn.encoders.backbones import make_backbone
+    from brainattn.encoders.cache import get_layer_features
+    from brainattn.utils import resolve_device
+
+    dev = resolve_device(cfg["device"])
+    bb = make_backbone(cfg["backbone"], weights=cfg["weights"], layer=cfg["layer"],
+                       stream=cfg["stream"], image_size=cfg["image_size"], device=str(dev))
+    ids = [str(i) for i in ds["image_id"].values] if "image_id" in ds.coords else None
+    return get_layer_features(bb, layers, [str(p) for p in ds["image_path"].values],
+                              image_ids=ids, dataset_tag=_dataset_tag(ds), cache_dir=cache_dir,
+                              device=str(dev))
 
 
 @dataclass

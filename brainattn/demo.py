@@ -132,7 +132,7 @@ def stage_psychophysics(ctx: DemoContext) -> str:
     import numpy as np
     import pandas as pd
 
-    from brainattn.io import atomic_write_text, check_output_dir
+    from brainattn.io import atomic_dir, atomic_write_text, check_output_dir
     from brainattn.psychophysics.design import make_design, read_mlds_csv
     from brainattn.psychophysics.fisher import compare_scales, predicted_scale
     from brainattn.psychophysics.mlds import fit_mlds
@@ -149,14 +149,18 @@ def stage_psychophysics(ctx: DemoContext) -> str:
     resp = obs.respond(design, rng)
     # the trials as an experiment logs them (R MLDS columns, descending trials included)
     csv = pd.DataFrame({"resp": resp, **{f"S{j + 1}": design[:, j] for j in range(3)}})
-    trials_tmp = ctx.out / ".psychophysics-trials.csv"
-    atomic_write_text(trials_tmp, csv.to_csv(index=False))
-    trials = read_mlds_csv(trials_tmp, s)
-    res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"],
-                   diagnostics=ctx.size["bootstrap"], seed=ctx.seed)
-    res.prediction = compare_scales(res.psi, pred, s, bootstrap=res.boot_psi, model=PSY_MODEL)
-    res.save(out, overwrite=ctx.overwrite, seed=ctx.seed)
-    trials_tmp.replace(out / "trials.csv")
+    text = csv.to_csv(index=False)
+    # the folder is built whole beside OUT/psychophysics and moved into place: a demo stopped
+    # at any point leaves either no folder or scale.nc, summary.txt, scale.png and trials.csv
+    with atomic_dir(out, overwrite=ctx.overwrite) as tmp:
+        atomic_write_text(tmp / "trials.csv", text)
+        trials = read_mlds_csv(tmp / "trials.csv", s)
+        trials.source = str(out / "trials.csv")  # where the file will be, not the temporary
+        res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"],
+                       diagnostics=ctx.size["bootstrap"], seed=ctx.seed)
+        res.prediction = compare_scales(res.psi, pred, s, bootstrap=res.boot_psi, model=PSY_MODEL)
+        res.save(tmp, overwrite=True, seed=ctx.seed)  # replaces tmp by the saved folder
+        atomic_write_text(tmp / "trials.csv", text)
     ctx.results["psychophysics"] = res
     p = res.prediction
     return (f"{len(resp)} triads over {PSY_LEVELS} levels; measured vs predicted area match "

@@ -206,7 +206,7 @@ def _take_rows(base, rows: np.ndarray, out: np.ndarray) -> None:
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
         out[...] = base[int(rows[0]) : int(rows[-1]) + 1]
     elif isinstance(base, np.ndarray) and base.dtype == out.dtype:
-        np.take(base, rows, axis=0, out=out)
+        np.take(base, rows, axis=0, out=out, mode="clip")  # "raise" would buffer a copy
     else:
         out[...] = np.asarray(base[rows])
 

@@ -72,7 +72,6 @@ R_RELATION = {
 }
 
 
-
 @dataclass
 class MLDSResult:
     """A fitted difference scale; reads like a statsmodels result.
@@ -311,7 +310,9 @@ class MLDSResult:
             else:
                 how = (f"simulations refitted with the fit's link ({d['refit_link']}); R's binom.diagnostics "
                        "refits with probit (--diagnostics-refit probit)")
-            lines += ["-" * 72, f"goodness of fit: {d['n_sim']} simulations, {how}",
+            dropped = d.get("n_separated", 0) + d.get("n_failed", 0)
+            used = f"{d['n_sim']} simulations" + (f" ({dropped} separated/failed dropped)" if dropped else "")
+            lines += ["-" * 72, f"goodness of fit: {used}, {how}",
                       f"  runs (sign changes of residuals ordered by fitted value, as R counts): "
                       f"{d['runs_observed']}; P(simulated <= observed) = {d['runs_p']:.4f}",
                       f"  sorted residuals outside the 95% envelope: {100 * d['envelope_outside']:.1f}%"]

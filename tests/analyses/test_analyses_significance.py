@@ -7,8 +7,10 @@ from scipy import stats
 
 from brainattn.analyses.significance import (
     bh_qvalues,
+    bootstrap_r,
     bootstrap_roi_medians,
     permutation_pvalues,
+    resamples,
     significance,
 )
 from brainattn.errors import ConfigError, ShapeError
@@ -117,3 +119,16 @@ def test_significance_dataset_labels():
     assert ds.attrs["n_significant"] == int(ds["significant"].sum())
     assert set(ds["roi"].values) == {"fam/X", "fam/Y"}
     assert ds["hemisphere"].values[0] == "lh"
+
+
+def test_bootstrap_r_is_r_of_the_resampled_images():
+    rng = np.random.default_rng(8)
+    pred, true = _planted(25, 40, np.full(40, 0.5), rng)
+    true[:, 3] = true[:, 3] * 0 + np.arange(25) % 2  # two values: some resamples are constant
+    boot = bootstrap_r(pred, true, n_bootstrap=30, seed=9, device="cpu", memory_mb=0.01)
+    idx = resamples(25, 30, 9).numpy()
+    for b in range(30):
+        p, t = pred[idx[b]], true[idx[b]]
+        with np.errstate(all="ignore"):
+            want = [np.corrcoef(p[:, j], t[:, j])[0, 1] for j in range(40)]
+        np.testing.assert_allclose(boot[b], want, atol=1e-5)

@@ -292,7 +292,7 @@ def bootstrap_roi_medians(pred, true, roi_labels: Mapping[str, np.ndarray], *,
     )
 
 
-def significance(pred, true, *, vertex_coords: Mapping[str, np.ndarray] | None = None,
+def significance_table(pred, true, *, vertex_coords: Mapping[str, np.ndarray] | None = None,
                  n_permutations: int = 1000, n_bootstrap: int = 1000, alpha: float = 0.05,
                  ci: float = 0.95, seed: int = 0, device: str = "auto"):
     """Permutation p, BH q, significance at FDR ``alpha`` and ROI-median intervals.
@@ -318,6 +318,9 @@ def significance(pred, true, *, vertex_coords: Mapping[str, np.ndarray] | None =
         c = np.asarray(c)
         if c.shape != (v,):
             raise ShapeError(f"vertex coordinate {k!r} has shape {c.shape}; expected ({v},)")
+        if k in ("roi_family", "roi_name", "roi_n_vertices"):
+            raise ConfigError(f"vertex coordinate {k!r}: the name of an ROI coordinate of the "
+                              "result; name the ROI family otherwise (roi_<family>)")
         coords[k] = ("vertex", c.astype(str) if c.dtype.kind in "OUS" else c)
         if k.startswith("roi_"):
             rois[k[4:]] = c
@@ -358,7 +361,7 @@ def add_to_scores(scores, pred, true, *, n_permutations: int = 1000, n_bootstrap
         return scores
     coords = {k: scores[k].values for k in scores.coords
               if k != "vertex" and scores[k].dims == ("vertex",)}
-    sig = significance(pred, true, vertex_coords=coords, n_permutations=n_permutations,
+    sig = significance_table(pred, true, vertex_coords=coords, n_permutations=n_permutations,
                        n_bootstrap=n_bootstrap, alpha=alpha, seed=seed, device=device)
     out = scores.copy()
     for k in ("p_value", "q_value", "significant"):

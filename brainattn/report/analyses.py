@@ -2,7 +2,8 @@
 
 Found beside the encoder runs given to the report (:func:`analysis_figures`):
 
-- ``layer_sweep*.nc`` in a run folder's parent (``brainattn fit --layer a,b,c``): score against
+- ``layer_sweep*.nc`` in a run folder's parent or a sibling folder (``brainattn fit --layer
+  a,b,c``; the demo's ``encoders/sweep/``): score against
   depth, the median over each ROI family's vertices per layer (:func:`plot_layer_sweep`);
 - ``partition.nc`` in a run folder (``brainattn partition``): the variance parts per ROI, as
   stacked bars of median held-out R^2 (:func:`plot_partition`).
@@ -101,8 +102,9 @@ def analysis_figures(runs, *, svg: bool = True, order=None) -> tuple[list, list[
     (``order``: see :func:`plot_partition`)."""
     figs, prov = [], []
     sweeps = []
-    for run in runs:
-        for p in sorted(Path(run.path).parent.glob("layer_sweep*.nc")):
+    for run in runs:  # beside the run folders, or in a sweep folder beside them (the demo's)
+        parent = Path(run.path).parent
+        for p in [*sorted(parent.glob("layer_sweep*.nc")), *sorted(parent.glob("*/layer_sweep*.nc"))]:
             if p not in sweeps:
                 sweeps.append(p)
     for p in sweeps:

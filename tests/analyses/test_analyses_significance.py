@@ -11,7 +11,7 @@ from brainattn.analyses.significance import (
     bootstrap_roi_medians,
     permutation_pvalues,
     resamples,
-    significance,
+    significance_table,
 )
 from brainattn.errors import ConfigError, ShapeError
 
@@ -112,7 +112,7 @@ def test_significance_dataset_labels():
     r_true = np.r_[np.full(30, 0.8), np.zeros(30)]
     pred, true = _planted(40, 60, r_true, rng)
     coords = {"hemisphere": np.repeat(["lh", "rh"], 30), "roi_fam": np.repeat(["X", "Y"], 30)}
-    ds = significance(pred, true, vertex_coords=coords, n_permutations=200, n_bootstrap=100,
+    ds = significance_table(pred, true, vertex_coords=coords, n_permutations=200, n_bootstrap=100,
                       device="cpu")
     assert ds["significant"].values[:30].all()
     assert ds["significant"].values[30:].sum() <= 3

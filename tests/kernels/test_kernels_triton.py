@@ -344,6 +344,7 @@ def test_gpu_direct_launch_repeats_and_realigns():
         assert _rel(a, r.grad) <= 2e-2
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 def test_gpu_step_captured_in_a_cuda_graph_matches_eager():
@@ -500,6 +501,7 @@ def test_interpreted_fused_dq_matches_reference(lowrank, monkeypatch):
 _BF, _FP = torch.bfloat16, torch.float16
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 @pytest.mark.parametrize(("D", "dtype", "lowrank"), [
@@ -580,6 +582,7 @@ def test_gpu_fused_dq_matches_reference_and_the_separate_pass(D, dtype, lowrank,
         assert _rel(a, b) <= 2e-3, name
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 def test_gpu_fused_dq_step_captured_in_a_cuda_graph(monkeypatch):

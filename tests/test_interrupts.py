@@ -67,8 +67,8 @@ def _snapshot(path: Path) -> dict:
             snap[rel] = ({k: np.asarray(v.values).tobytes() for k, v in ds.variables.items()},
                          {k: str(v).replace(str(path.parent), "<OUT>")
                           for k, v in ds.attrs.items() if not _volatile(k)})
-        else:
-            snap[rel] = f.read_bytes()
+        else:  # where the run folder lies is no part of its result
+            snap[rel] = f.read_bytes().replace(str(path.parent).encode(), b"<OUT>")
     return snap
 
 

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 
@@ -98,12 +99,44 @@ def _accepted_range(exc) -> str:
     return f"; accepted: {lo} <= x <= {hi}"
 
 
+_INTERRUPTED = "error: interrupted (outputs not yet complete were removed; nothing is half-written)"
+
+
+@contextlib.contextmanager
+def _signals(caught: list[int]):
+    """Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` (so every ``atomic_*`` block removes its
+    temporaries) and are remembered: typer turns a ``KeyboardInterrupt`` into a silent exit
+    status 130, and the user should read why the command stopped."""
+
+    def handler(signum, frame):
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave the signals alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into ``error: ...`` and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("BRAINATTN_DEBUG") == "1"
+    caught: list[int] = []
     try:
-        rv = typer.main.get_command(app).main(args=args, prog_name="brainattn", standalone_mode=False)
+        with _signals(caught):
+            rv = typer.main.get_command(app).main(args=args, prog_name="brainattn",
+                                                  standalone_mode=False)
+        if caught:
+            print(_INTERRUPTED, file=sys.stderr)
+            return 128 + caught[0]
     except BrainAttnError as exc:
         if debug:
             traceback.print_exc()
@@ -128,9 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, _ABORT):
-        print("error: interrupted (nothing half-written is left; outputs not yet complete were "
-              "removed)", file=sys.stderr)
-        return 130
+        print(_INTERRUPTED, file=sys.stderr)
+        return 128 + (caught[0] if caught else signal.SIGINT)
     return rv if isinstance(rv, int) else 0
 
 

@@ -8,6 +8,11 @@ format the corresponding command writes, so the demo is also the worked example 
 ==========================  ===================================================================
 ``OUT/data/``               ``brainattn data synth`` -- the synthetic visual cortex, one subject
 ``OUT/encoders/<model>/``   ``brainattn fit OUT/data --model transformer|ridge|factorized``
+``OUT/encoders/sweep/``     ``brainattn fit OUT/data --model ridge --layer 0,1,3`` (layer sweep
+                            over the gabor stages, ``layer_sweep.nc``)
+``OUT/encoders/ensemble/``  ``brainattn ensemble OUT/encoders/<model>...``
+``OUT/encoders/banded-ridge/`` ``brainattn partition OUT/data --layer 0,1`` (variance
+                            partitioning, colour vs energy stage)
 ``OUT/psychophysics/``      ``brainattn scale fit`` -- a simulated difference-scaling experiment
                             along mode spatial frequency (``trials.csv`` beside ``scale.nc``)
 ``OUT/theory/<name>/``      ``brainattn simulate pavlovian|semiotics|consciousness --scale quick``
@@ -43,6 +48,9 @@ QUICK = {"images": QUICK_IMAGES, "image_size": 224, "epochs": 2, "bootstrap": 20
          "models": MODELS, "theory_scale": "quick", "simulations": None, "estimate_scale": 0.3}
 
 #: stimulus levels of the simulated difference-scaling experiment (mode spatial frequency, c/cm)
+#: gabor stages the demo's layer sweep fits (colour, energy, projection)
+ANALYSIS_LAYERS = (0, 1, 3)
+
 PSY_LEVELS = 13
 PSY_RANGE = (1.0, 5.0)
 PSY_MODEL = "mode-frequency"
@@ -127,12 +135,52 @@ def _stage_encoder(model: str) -> Callable[[DemoContext], str]:
     return stage
 
 
+def stage_analyses(ctx: DemoContext) -> str:
+    """The encoding analyses on the demo's data: a ridge layer sweep over the gabor stages
+    (colour, energy, projection; one backbone pass), an ensemble of the fitted encoders and
+    variance partitioning of the colour vs the energy stage (significance is in every
+    scores.nc already)."""
+    import numpy as np
+
+    from brainattn.analyses import runs as A
+    from brainattn.encoders.multifit import fit_name
+    from brainattn.encoders.run import fit_run
+
+    base = ctx.out / "encoders"
+    quiet = lambda m: None  # noqa: E731 - the demo prints one line per stage
+    sweep = base / "sweep"
+    fits = [{"subject": "subj01", "backbone": "gabor", "layer": x} for x in ANALYSIS_LAYERS]
+    common = {"model": "ridge", "pool": "pca", "n_components": 64, "seed": ctx.seed}
+    A.prefill_layer_sweep(ctx.data_dir, fits, common, log=quiet)
+    for f in fits:
+        fit_run(ctx.data_dir, sweep / fit_name(f["subject"], f["backbone"], f["layer"]),
+                overwrite=ctx.overwrite, echo=False, **common, **f)
+    (summary_path,) = A.summarise_layer_sweep(sweep, fits, log=quiet)
+    from brainattn.io import load_netcdf
+
+    summary = load_netcdf(summary_path)
+    best = dict(zip(summary["roi_name"].values, summary["best_layer_roi"].values, strict=True))
+    ev = [int(best[r]) for r in ("V1v", "V1d", "V2v", "V2d", "V3v", "V3d") if r in best]
+    members = [base / m for m in ctx.size.get("models", MODELS) if (base / m / "scores.nc").is_file()]
+    ens_line = ""
+    if len(members) >= 2:
+        A.ensemble_runs(members, base / "ensemble", overwrite=ctx.overwrite, log=quiet)
+        ens = load_netcdf(base / "ensemble" / "scores.nc")
+        ens_line = (f"; ensemble of {len(members)} models mean r {ens.attrs['mean_r']:.3f} (best "
+                    f"member {float(np.max(ens['member_mean_r'].values)):.3f})")
+    A.partition_run(ctx.data_dir, base / "banded-ridge", layers=(0, 1), pool="pca",
+                    n_components=32, n_iter=ctx.size.get("partition_iter", 10), seed=ctx.seed,
+                    overwrite=ctx.overwrite, log=quiet)
+    return (f"best gabor stage: V1-V3 {max(set(ev), key=ev.count) if ev else '-'} (energy), hV4 "
+            f"{int(best.get('hV4', -1))} (colour; planted 1 and 0){ens_line}")
+
+
 def stage_psychophysics(ctx: DemoContext) -> str:
     """Simulate an observer whose scale follows the Fisher prediction, fit MLDS, bootstrap."""
     import numpy as np
     import pandas as pd
 
-    from brainattn.io import atomic_write_text, check_output_dir
+    from brainattn.io import atomic_dir, atomic_write_text, check_output_dir
     from brainattn.psychophysics.design import make_design, read_mlds_csv
     from brainattn.psychophysics.fisher import compare_scales, predicted_scale
     from brainattn.psychophysics.mlds import fit_mlds
@@ -149,14 +197,18 @@ def stage_psychophysics(ctx: DemoContext) -> str:
     resp = obs.respond(design, rng)
     # the trials as an experiment logs them (R MLDS columns, descending trials included)
     csv = pd.DataFrame({"resp": resp, **{f"S{j + 1}": design[:, j] for j in range(3)}})
-    trials_tmp = ctx.out / ".psychophysics-trials.csv"
-    atomic_write_text(trials_tmp, csv.to_csv(index=False))
-    trials = read_mlds_csv(trials_tmp, s)
-    res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"],
-                   diagnostics=ctx.size["bootstrap"], seed=ctx.seed)
-    res.prediction = compare_scales(res.psi, pred, s, bootstrap=res.boot_psi, model=PSY_MODEL)
-    res.save(out, overwrite=ctx.overwrite, seed=ctx.seed)
-    trials_tmp.replace(out / "trials.csv")
+    text = csv.to_csv(index=False)
+    # the folder is built whole beside OUT/psychophysics and moved into place: a demo stopped
+    # at any point leaves either no folder or scale.nc, summary.txt, scale.png and trials.csv
+    with atomic_dir(out, overwrite=ctx.overwrite) as tmp:
+        atomic_write_text(tmp / "trials.csv", text)
+        trials = read_mlds_csv(tmp / "trials.csv", s)
+        trials.source = str(out / "trials.csv")  # where the file will be, not the temporary
+        res = fit_mlds(trials, "glm", "probit", bootstrap=ctx.size["bootstrap"],
+                       diagnostics=ctx.size["bootstrap"], seed=ctx.seed)
+        res.prediction = compare_scales(res.psi, pred, s, bootstrap=res.boot_psi, model=PSY_MODEL)
+        res.save(tmp, overwrite=True, seed=ctx.seed)  # replaces tmp by the saved folder
+        atomic_write_text(tmp / "trials.csv", text)
     ctx.results["psychophysics"] = res
     p = res.prediction
     return (f"{len(resp)} triads over {PSY_LEVELS} levels; measured vs predicted area match "
@@ -226,6 +278,7 @@ def stages(size: dict | None = None) -> list[tuple[str, Callable[[DemoContext], 
     for model in size.get("models", MODELS):
         est = est_fit.get(model, 120.0)
         stages.append((f"encoder: {model}", _stage_encoder(model), est))
+    stages.append(("encoder analyses", stage_analyses, 90.0))
     stages.append(("difference scaling", stage_psychophysics, 30.0))
     for name in sims:
         stages.append((f"theory: {name}", _stage_theory(name), 60.0))

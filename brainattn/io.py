@@ -314,6 +314,20 @@ def load_netcdf(path: str | os.PathLike):
 # safe loading of user files
 
 
+def read_json(path: str | os.PathLike, *, what: str = "a JSON file", hint: str = "") -> Any:
+    """Read a JSON file; a missing, unreadable or invalid file is a :class:`DataError` that
+    names the file, says what it should hold and what to do (``hint``)."""
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise DataError(f"{path}: missing (expected {what}){tail}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path}: damaged, not valid JSON ({exc}; expected {what}){tail}") from exc
+
+
+
 def load_npy(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
     """Load a ``.npy`` array without ever unpickling (object arrays are refused)."""
     path = Path(path)

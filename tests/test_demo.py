@@ -25,7 +25,7 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     names = [n for n, _, _ in demo.stages(TINY)]
     assert names == ["synthetic data", "encoder: transformer", "encoder: ridge",
-                     "difference scaling", "report"]
+                     "encoder analyses", "difference scaling", "report"]
     for i, name in enumerate(names, start=1):
         assert re.search(rf"\[{i}/{len(names)}\] {re.escape(name)}  \(elapsed \d+:\d\d, about "
                          r"\d+:\d\d left\)", text)
@@ -39,6 +39,10 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys, monkeypatch):
     for model in ("transformer", "ridge"):
         assert (out / "encoders" / model / "scores.nc").is_file()
     assert (out / "encoders" / "transformer" / "attention.nc").is_file()
+    assert (out / "encoders" / "sweep" / "layer_sweep.nc").is_file()
+    for analysis in ("ensemble", "banded-ridge"):
+        assert (out / "encoders" / analysis / "scores.nc").is_file()
+    assert (out / "encoders" / "banded-ridge" / "partition.nc").is_file()
     assert {p.name for p in (out / "psychophysics").iterdir()} >= {"scale.nc", "summary.txt",
                                                                    "trials.csv"}
     html = (out / "report.html").read_text(encoding="utf-8")
@@ -64,7 +68,8 @@ def test_stage_list_names_every_capability():
     assert names[0] == "synthetic data" and names[-1] == "report"
     assert {"encoder: transformer", "encoder: ridge", "encoder: factorized",
             "difference scaling"} <= set(names)
-    assert all(n.startswith("theory: ") for n in names[5:-1]) and len(names) >= 7
+    assert "encoder analyses" in names
+    assert all(n.startswith("theory: ") for n in names[6:-1]) and len(names) >= 8
 
 
 def test_encoder_options_merge_preset_size_and_epochs(monkeypatch):

@@ -7,7 +7,7 @@ Modules::
 
     significance  per-vertex permutation test of held-out r, Benjamini-Hochberg q-values,
                   bootstrap intervals of ROI medians          (permutation_pvalues, bh_qvalues,
-                                                               bootstrap_roi_medians, significance)
+                                                               bootstrap_roi_medians, significance_table)
     partition     banded ridge over several feature spaces (himalaya), per-space split scores,
                   variance partitioning into unique and shared parts
                                                               (banded_ridge, variance_partition)
@@ -27,7 +27,7 @@ _LAZY = {
     "permutation_pvalues": "brainattn.analyses.significance",
     "bh_qvalues": "brainattn.analyses.significance",
     "bootstrap_roi_medians": "brainattn.analyses.significance",
-    "significance": "brainattn.analyses.significance",
+    "significance_table": "brainattn.analyses.significance",
     "banded_ridge": "brainattn.analyses.partition",
     "variance_partition": "brainattn.analyses.partition",
     "average_predictions": "brainattn.analyses.ensemble",

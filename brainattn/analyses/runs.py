@@ -47,7 +47,7 @@ def prefill_layer_sweep(data, fits: list[dict], common: dict, *, log=print) -> N
             continue
         cfg = resolve_config(**{**_fit_options(common), "subject": subject, "backbone": backbone,
                                 "layer": layers[0]})
-        ds = open_dataset(data, subject)
+        ds = open_dataset(data, subject, cfg)
         t0 = time.perf_counter()
         layer_features_for(ds, cfg, layers, cache_dir=common.get("cache_dir"))
         log(f"features of {backbone} layers {','.join(map(str, layers))} for {subject}: one "
@@ -128,7 +128,7 @@ def test_predictions(run, *, data=None, cache_dir=None, device: str = "auto"):
     cfg["device"] = device
     if data is None and cfg.get("data") is None:
         raise DataError(f"{run}: was fitted on an in-memory data set; pass --data")
-    ds = open_dataset(data if data is not None else cfg["data"], cfg["subject"])
+    ds = open_dataset(data if data is not None else cfg["data"], cfg["subject"], cfg)
     est = load_estimator(run, device="cpu" if device == "auto" else device)
     _, cache = features_for(ds, cfg, cache_dir=cache_dir)
     test = np.asarray(json.loads((run / "split.json").read_text())["test"], dtype=np.int64)
@@ -204,7 +204,7 @@ def write_run_submission(run, folder, *, data=None, cache_dir=None, device: str 
     cfg = _run_config(run)
     if data is None and cfg.get("data") is None:
         raise DataError(f"{run}: was fitted on an in-memory data set; pass --data")
-    ds = open_dataset(data if data is not None else cfg["data"], cfg["subject"])
+    ds = open_dataset(data if data is not None else cfg["data"], cfg["subject"], cfg)
     paths = list(ds.attrs.get("test_image_paths") or [])
     if not paths:
         raise DataError(f"{ds.attrs.get('root', data)}/{cfg['subject']}/test_split/test_images: "

@@ -166,17 +166,25 @@ def bh_qvalues(p) -> np.ndarray:
     return q
 
 
-def _pearson_rows(P, T):
-    """Pearson r over dim 1 of (b, n, v) tensors -> (b, v); NaN where a column is constant."""
-    P = P - P.mean(1, keepdim=True)
-    T = T - T.mean(1, keepdim=True)
-    return (P * T).sum(1) / ((P * P).sum(1) * (T * T).sum(1)).sqrt()
+def resamples(n_images: int, n_bootstrap: int, seed: int = 0):
+    """(n_bootstrap, n_images) int64 tensor: the test images drawn with replacement per
+    resample (CPU, from ``seed``; a stream apart from :func:`permutations`' one)."""
+    import torch
+
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    return torch.randint(0, n_images, (n_bootstrap, n_images), generator=g)
 
 
 def bootstrap_r(pred, true, *, n_bootstrap: int = 1000, seed: int = 0, device: str = "auto",
                 memory_mb: float | None = None) -> np.ndarray:
     """Pearson r of every vertex on ``n_bootstrap`` resamples (with replacement) of the test
-    images: float32 (n_bootstrap, n_vertices), NaN where a resample leaves a column constant."""
+    images: float32 (n_bootstrap, n_vertices), NaN where a resample leaves a column constant.
+
+    A resample is a vector of counts ``w`` (how often each image was drawn), so every sum r
+    needs is one matrix product over the images -- ``w @ p``, ``w @ t``, ``w @ (p t)``, ``w @
+    p^2``, ``w @ t^2`` for all resamples at once -- in float64, on columns centred and scaled
+    over the whole test set first (so the one-pass variance formula loses no digits).
+    """
     import torch
 
     pred, true = _check_pair(pred, true)
@@ -185,16 +193,30 @@ def bootstrap_r(pred, true, *, n_bootstrap: int = 1000, seed: int = 0, device: s
     n, v = pred.shape
     if memory_mb is None:
         memory_mb = 2048 if dev.type == "cuda" else 256
-    pb, vb = _batches(n, n_boot, v, memory_mb / 2)  # two gathered blocks (pred and true)
-    g = torch.Generator().manual_seed(int(seed) + 1)  # not the permutation stream
-    idx = torch.randint(0, n, (n_boot, n), generator=g).to(dev)
+    # five (resample, vertex) float64 sums and the (image, vertex) columns per chunk
+    vb = int(min(v, max(1, float(memory_mb) * 2**20 // (8 * (5 * n_boot + 5 * n)))))
+    idx = resamples(n, n_boot, seed)
+    w = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(n_boot, n, dtype=torch.float64)).to(dev)
     out = np.empty((n_boot, v), dtype=np.float32)
     for s in range(0, v, vb):
         e = min(v, s + vb)
-        P = torch.as_tensor(np.asarray(pred[:, s:e], dtype=np.float32), device=dev)
-        T = torch.as_tensor(np.asarray(true[:, s:e], dtype=np.float32), device=dev)
-        for b in range(0, n_boot, pb):
-            out[b : b + pb, s:e] = _pearson_rows(P[idx[b : b + pb]], T[idx[b : b + pb]]).cpu().numpy()
+        cols = []
+        for a in (pred, true):
+            t = torch.as_tensor(np.asarray(a[:, s:e], dtype=np.float64), device=dev)
+            t = t - t.mean(0, keepdim=True)
+            sd = t.std(0, keepdim=True)
+            cols.append(t / torch.where(sd > 0, sd, torch.ones_like(sd)))
+        P, T = cols
+        sp, st = w @ P / n, w @ T / n
+        cov = w @ (P * T) / n - sp * st
+        vp = w @ (P * P) / n - sp * sp
+        vt = w @ (T * T) / n - st * st
+        # a resample of identical values has zero variance up to rounding: undefined r
+        tiny = 1e-12
+        r = cov / (vp.clamp_min(0) * vt.clamp_min(0)).sqrt()
+        r = torch.where((vp > tiny) & (vt > tiny), r, torch.full_like(r, float("nan")))
+        out[:, s:e] = r.clamp(-1, 1).float().cpu().numpy()
     return out
 
 
@@ -270,7 +292,7 @@ def bootstrap_roi_medians(pred, true, roi_labels: Mapping[str, np.ndarray], *,
     )
 
 
-def significance(pred, true, *, vertex_coords: Mapping[str, np.ndarray] | None = None,
+def significance_table(pred, true, *, vertex_coords: Mapping[str, np.ndarray] | None = None,
                  n_permutations: int = 1000, n_bootstrap: int = 1000, alpha: float = 0.05,
                  ci: float = 0.95, seed: int = 0, device: str = "auto"):
     """Permutation p, BH q, significance at FDR ``alpha`` and ROI-median intervals.
@@ -296,6 +318,9 @@ def significance(pred, true, *, vertex_coords: Mapping[str, np.ndarray] | None =
         c = np.asarray(c)
         if c.shape != (v,):
             raise ShapeError(f"vertex coordinate {k!r} has shape {c.shape}; expected ({v},)")
+        if k in ("roi_family", "roi_name", "roi_n_vertices"):
+            raise ConfigError(f"vertex coordinate {k!r}: the name of an ROI coordinate of the "
+                              "result; name the ROI family otherwise (roi_<family>)")
         coords[k] = ("vertex", c.astype(str) if c.dtype.kind in "OUS" else c)
         if k.startswith("roi_"):
             rois[k[4:]] = c
@@ -336,7 +361,7 @@ def add_to_scores(scores, pred, true, *, n_permutations: int = 1000, n_bootstrap
         return scores
     coords = {k: scores[k].values for k in scores.coords
               if k != "vertex" and scores[k].dims == ("vertex",)}
-    sig = significance(pred, true, vertex_coords=coords, n_permutations=n_permutations,
+    sig = significance_table(pred, true, vertex_coords=coords, n_permutations=n_permutations,
                        n_bootstrap=n_bootstrap, alpha=alpha, seed=seed, device=device)
     out = scores.copy()
     for k in ("p_value", "q_value", "significant"):

@@ -26,7 +26,12 @@ Run-folder files the report draws
     ``Unknown`` for unlabelled). ROI coords: ``roi`` (``family/name``), ``roi_family``,
     ``roi_name``, ``roi_n_vertices``. attrs: ``model``, ``subject``, ``backbone``,
     ``n_test_images``, ``mean_r``, ``median_r``, ``n_undefined_vertices``, ``fit_seconds`` and
-    provenance.
+    provenance; ``challenge_score`` (the Algonauts-2023 score) with a noise ceiling.
+    Significance (``--permutations N``, default 1,000; :mod:`brainattn.analyses.significance`):
+    ``p_value``, ``q_value`` (vertex) float64, ``significant`` (vertex) bool (``q <= --fdr``),
+    ``roi_median_ci`` (roi, bound) the 95 % bootstrap interval of the ROI median r, ``bound`` =
+    ``low``/``high``; attrs ``n_permutations``, ``n_bootstrap``, ``fdr_alpha``,
+    ``n_significant``.
 ``attention.nc`` (transformer runs)
     ``attention`` (image, query, row, col) float32: head-mean attention of each query on the
     token grid, last decoder layer, sums to 1 per (image, query); coords ``image`` (row index of

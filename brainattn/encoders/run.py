@@ -25,8 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from brainattn.errors import ConfigError, DataError, OutputExistsError
-from brainattn.io import atomic_write_json, atomic_write_text, check_output_dir, save_netcdf
+from brainattn.errors import BrainAttnError, ConfigError, DataError, OutputExistsError
+from brainattn.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    read_json,
+    save_netcdf,
+)
 
 MODELS = ("transformer", "ridge", "factorized")
 
@@ -41,7 +47,7 @@ DEFAULTS = {
     "ffn": 1024, "layers": 1, "dropout": 0.1, "prf_bias": False, "pool": "mean",
     "n_components": 256, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "device": "auto",
     "n_attention_images": 32, "patience": 5, "permutations": 1000, "bootstrap": 1000,
-    "fdr": 0.05,
+    "fdr": 0.05, "drop_nonfinite": False, "allow_empty_rois": False,
 }
 
 
@@ -75,15 +81,19 @@ class _Log:
                 fh.write(line + "\n")
 
 
-def open_dataset(data, subject: str):
-    """``data``: an ``xarray.Dataset`` (returned as is) or an Algonauts-layout folder."""
+def open_dataset(data, subject: str, cfg: dict | None = None):
+    """``data``: an ``xarray.Dataset`` (returned as is) or an Algonauts-layout folder, opened
+    with the fit's ``drop_nonfinite`` and ``allow_empty_rois`` (``cfg``), so evaluate and
+    predict see the vertices the fit saw."""
     import xarray as xr
 
     if isinstance(data, xr.Dataset):
         return data
     from brainattn.data import open_algonauts
 
-    return open_algonauts(data, subject=subject)
+    cfg = cfg or {}
+    return open_algonauts(data, subject=subject, drop_nonfinite=bool(cfg.get("drop_nonfinite")),
+                          allow_empty_rois=bool(cfg.get("allow_empty_rois")))
 
 
 def resolve_config(**options) -> dict:
@@ -155,12 +165,33 @@ def load_estimator(run: Path, device: str = "cpu"):
     from brainattn.encoders.ridge import RidgeEncoder
     from brainattn.encoders.transformer import TransformerBrainEncoder
 
-    meta_p = run / "model.json"
-    if not meta_p.is_file():
-        raise DataError(f"{run}: no model.json; not a finished brainattn run folder")
-    cls = {"TransformerBrainEncoder": TransformerBrainEncoder, "RidgeEncoder": RidgeEncoder,
-           "SpatialFeatureEncoder": SpatialFeatureEncoder}[json.loads(meta_p.read_text())["class"]]
-    return cls.load(run, device=device)
+    hint = damaged_run_hint(run)
+    meta = read_json(run / "model.json", what="the model's class and build arguments", hint=hint)
+    classes = {"TransformerBrainEncoder": TransformerBrainEncoder, "RidgeEncoder": RidgeEncoder,
+               "SpatialFeatureEncoder": SpatialFeatureEncoder}
+    if not isinstance(meta, dict) or meta.get("class") not in classes:
+        raise DataError(f"{run / 'model.json'}: damaged (no known model class); {hint}")
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise DataError(f"{weights}: missing (the fitted model's weights); {hint}")
+    try:
+        return classes[meta["class"]].load(run, device=device)
+    except BrainAttnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors, torch and a bad model.json raise
+        # many types for a damaged file; none of them is a bug in brainattn
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DataError(f"{weights}: damaged, cannot be loaded with {run / 'model.json'} "
+                        f"({type(exc).__name__}: {first}); {hint}") from exc
+
+
+def damaged_run_hint(run: Path) -> str:
+    """What to do about a run folder whose files are damaged."""
+    if (Path(run) / "checkpoint" / "state.json").is_file():
+        return (f"its checkpoint is intact: finish the fit with 'brainattn fit DATA --out {run} "
+                "--resume' (the options in config.json)")
+    return (f"refit it: 'brainattn fit DATA --out {run} --overwrite' with the options in "
+            "config.json")
 
 
 def features_for(ds, cfg: dict, *, cache_dir=None, log=None):
@@ -268,7 +299,7 @@ def prepare_run(data, out, *, overwrite: bool = False, resume: bool = False, cac
 
             for child in out.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-    ds = open_dataset(data, cfg["subject"])
+    ds = open_dataset(data, cfg["subject"], cfg)
     n_images = ds.sizes["image"]
     roi_labels(ds, cfg["roi_families"])  # a family the data set lacks: say so before any work
     betas = np.asarray(ds["betas"].values, dtype=np.float32)
@@ -478,14 +509,15 @@ def evaluate_run(run, *, data=None, cache_dir=None, device: str = "auto", echo=T
     cfg_p = run / "config.json"
     if not cfg_p.is_file():
         raise DataError(f"{run}: no config.json; expected a run folder written by brainattn fit")
-    cfg = json.loads(cfg_p.read_text())
+    cfg = read_json(cfg_p, what="the fit's options", hint=damaged_run_hint(run))
     cfg["device"] = device
     if data is None and cfg.get("data") is None:
         raise DataError(f"{run}: was fitted on an in-memory data set; pass the data set")
-    ds = open_dataset(data if data is not None else cfg["data"], cfg["subject"])
+    ds = open_dataset(data if data is not None else cfg["data"], cfg["subject"], cfg)
     est = load_estimator(run, device="cpu" if device == "auto" else device)
     _, cache = features_for(ds, cfg, cache_dir=cache_dir)
-    split = json.loads((run / "split.json").read_text())
+    split = read_json(run / "split.json", what="the train/val/test image indices",
+                      hint=damaged_run_hint(run))
     betas = np.asarray(ds["betas"].values, dtype=np.float32)
     scores = _scores(est, cache.features, betas, np.asarray(split["test"]), ds, cfg)
     save_netcdf(scores, run / "scores.nc", seed=cfg["seed"])
@@ -514,7 +546,7 @@ def predict_run(run, images, out=None, *, overwrite: bool = False, device: str =
     out = Path(out) if out is not None else run / "predictions.nc"
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite or choose another --out")
-    cfg = json.loads(cfg_p.read_text())
+    cfg = read_json(cfg_p, what="the fit's options", hint=damaged_run_hint(run))
     est = load_estimator(run, device="cpu" if device == "auto" else device)
     bb = make_backbone(cfg["backbone"], weights=cfg["weights"], layer=cfg["layer"],
                        stream=cfg["stream"], image_size=cfg["image_size"])

@@ -491,11 +491,14 @@ def fit_loop(model, opt, train_loader, val_loader, *, epochs: int, config: dict,
     base_lrs = [float(g["lr"]) for g in opt.param_groups]
     state = {"epoch": -1, "best_epoch": -1, "best_val_mean_r": -float("inf"), "bad_epochs": 0,
              "history": [], "config": config, "done": False}
+    saved = None
     if ckpt_dir is not None and resume:
         saved = json.loads((Path(ckpt_dir) / "state.json").read_text()) \
             if (Path(ckpt_dir) / "state.json").is_file() else None
-        if saved is None:
-            raise BrainAttnError(f"--resume: {ckpt_dir} holds no checkpoint (no state.json)")
+        if saved is None:  # stopped before the first epoch ended: the fit starts over, which
+            # is what the uninterrupted run did
+            log("no checkpoint yet: starting from the first epoch")
+    if saved is not None:
         diff = config_diff(saved.get("config", {}), config)
         if diff:
             raise ConfigError(

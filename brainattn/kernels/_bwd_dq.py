@@ -16,7 +16,7 @@ inner) so dS is summed over the batch before the factor's dot.
 import triton
 import triton.language as tl
 
-from brainattn.kernels._tile import LOG2E, load_qa, logits, lr_grad
+from brainattn.kernels._tile import LOG2E, fold, load_qa, logits, lr_grad
 from brainattn.kernels._tiling import ConfigSet, tail
 
 CONFIGS = ConfigSet([(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 32, 4, 3)],
@@ -240,10 +240,10 @@ def _bwd_q_kernel(Q, K, V, Bias, QB, KB, QA, KA, DO, O, DLSE, LSE, DELTA, DQP, D
             tl.store(DQ + (h * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :],
                      tot.to(DQ.dtype.element_ty), mask=mask_md)
             tl.atomic_xchg(cnt, 0, sem="relaxed")
-    if LR_GRAD:  # the factor's high and low column halves (``factor_tile``), summed on the host
-        offs_g = tl.arange(0, GW)
-        tl.store(DQBP + (part * Lq + offs_m[:, None]) * (2 * RANK) + offs_g[None, :], dqb,
-                 mask=mask_m[:, None] & (offs_g < 2 * RANK)[None, :])
+    if LR_GRAD:  # the factor's high-part and remainder column halves (``factor_tile``) added
+        offs_g = tl.arange(0, GW // 2)
+        tl.store(DQBP + (part * Lq + offs_m[:, None]) * RANK + offs_g[None, :], fold(dqb, GW),
+                 mask=mask_m[:, None] & (offs_g < RANK)[None, :])
 
 
 bwd_q = CONFIGS.bind(CONFIGS.autotune(

@@ -12,7 +12,8 @@ dq^T += K^T dS^T and adds it, transposed back, to an fp32 (H, Lq, D) buffer with
 reduction (a descriptor made in the kernel), so the separate dq pass, which recomputes q k^T and
 dO v^T for every batch, is not needed: 7 matmul units per step instead of 9. With a low-rank
 bias whose query factor is shared by the batch (the pRF prior) it also adds dq_bias = dS k_bias
-(a tf32 dot of fp32 dS) to an (H, Lq, 2R) buffer the same way. The batches' query sweeps start
+(a tf32 dot of fp32 dS, its two column halves folded in registers) to an (H, Lq, R) buffer
+the same way. The batches' query sweeps start
 at different offsets so the programs that run together reduce into different rows. The order of
 the fp32 additions varies, so dq is not bitwise repeatable;
 ``torch.use_deterministic_algorithms(True)`` keeps the separate dq pass.
@@ -21,7 +22,7 @@ the fp32 additions varies, so dq is not bitwise repeatable;
 import triton
 import triton.language as tl
 
-from brainattn.kernels._tile import LOG2E, factor_tile, logits_t, lr_grad
+from brainattn.kernels._tile import LOG2E, factor_tile, fold, logits_t, lr_grad
 from brainattn.kernels._tiling import ConfigSet, tails
 
 # (queries per step, keys per program): the tutorial's dk/dv shape (32, 128) first; interpreted,
@@ -47,8 +48,8 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
     """One query block of the dk/dv pass: dv += P^T dO, dk += dS^T Q (and dk_bias). A full
     block (not MASK_M) loads q, dO, lse and delta without a query mask. With DQ_FUSED also
     dq^T += K^T dS^T, added to the (H, Lq, D) fp32 accumulator by a TMA reduction (dqd); with
-    DQB_FUSED also dq_bias += dS k_bias (fp32 dS, the split key factor kbf) into (H, Lq, 2R)
-    (dqbd)."""
+    DQB_FUSED also dq_bias += dS k_bias (fp32 dS, the split key factor kbf; the halves folded)
+    into (H, Lq, R) (dqbd)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Lq
     qT_ptr = q_base + offs_m[None, :] * s_qm + offs_d[:, None]
@@ -78,9 +79,9 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
         # transposed back on its way to the TMA: (H, Lq, D) rows, so the epilogue is a plain
         # scale and cast (faster than an (H, D, Lq) accumulator; docs/kernels.md)
         dqd.atomic_add([h32, start_m, 0], tl.reshape(tl.trans(dqT), [1, BLOCK_M, dqT.shape[0]]))
-    if DQB_FUSED:  # (BLOCK_M, GW): the box's columns past 2R fall outside the buffer (clipped)
-        dqb = tl.dot(tl.trans(dsT), kbf, input_precision=PREC)
-        dqbd.atomic_add([h32, start_m, 0], tl.reshape(dqb, [1, BLOCK_M, GW]))
+    if DQB_FUSED:  # (BLOCK_M, GW/2): the box's columns past R fall outside the buffer (clipped)
+        dqb = fold(tl.dot(tl.trans(dsT), kbf, input_precision=PREC), GW)
+        dqbd.atomic_add([h32, start_m, 0], tl.reshape(dqb, [1, BLOCK_M, GW // 2]))
     if LR_GRAD:
         dkb = lr_grad(dkb, dsT, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK, PREC, GW)
     return dk, dv, dkb
@@ -142,11 +143,12 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
     dqbd = DQBA
     kbf = dkb
     if DQB_FUSED:
-        # (H, Lq, 2R) rows of s_dqb >= 2R columns (16 bytes): the key factor's high and low
-        # halves (``factor_tile``) give two column halves, summed on the host
-        dqbd = tl.make_tensor_descriptor(DQBA, shape=[H, Lq, 2 * RANK],
+        # (H, Lq, R) rows of s_dqb >= R columns (16 bytes); the key factor split into its
+        # high part and remainder (``factor_tile``), whose two column halves each step folds
+        # before the reduction (R columns reduced, not 2R)
+        dqbd = tl.make_tensor_descriptor(DQBA, shape=[H, Lq, RANK],
                                          strides=[Lq * s_dqb, s_dqb, 1],
-                                         block_shape=[1, BLOCK_M, GW])
+                                         block_shape=[1, BLOCK_M, GW // 2])
         kbf = factor_tile(KB, kb_off, offs_n, mask_n, s_kbn, s_kbr, RANK, GW)
     for i in range(0, m_full, BLOCK_M):
         start_m = i + rot
@@ -170,9 +172,9 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
     tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)
     tl.store(DV + nd, dv.to(DV.dtype.element_ty), mask=mask_nd)
     if LR_GRAD:
-        offs_g = tl.arange(0, GW)
-        tl.store(DKB + (bh * Lk + offs_n[:, None]) * (2 * RANK) + offs_g[None, :], dkb,
-                 mask=mask_n[:, None] & (offs_g < 2 * RANK)[None, :])
+        offs_g = tl.arange(0, GW // 2)
+        tl.store(DKB + (bh * Lk + offs_n[:, None]) * RANK + offs_g[None, :], fold(dkb, GW),
+                 mask=mask_n[:, None] & (offs_g < RANK)[None, :])
 
 
 @triton.jit

@@ -18,7 +18,7 @@ from brainattn.kernels._bwd_dq import bwd_pre, bwd_q
 from brainattn.kernels._bwd_kv import bwd_kv, bwd_kv_dq
 from brainattn.kernels._fwd import fwd
 from brainattn.kernels._launch import TUNED, launch
-from brainattn.kernels._plan import Plan, halves, reduce_to
+from brainattn.kernels._plan import Plan, reduce_to
 from brainattn.kernels._tiling import cdiv, kv_programs
 
 
@@ -78,13 +78,13 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
     dq = dk = dv = dbias = dqb = dkb = None
     fused = _plan.fused_dq(q, q_bias, plan, (nq, nk, nv, nb, nqb, nkb), has_bias, TUNED)
     dqa = dqba = plan.ptrs[1]
-    r_pad = 2 * R
+    r_pad = R
     nqb_fused = False
     if fused:  # dq (and dq_bias) accumulate in fp32 (dq_bias rows padded to 16 bytes)
         _ensure_scratch_allocator()
         dqa = torch.zeros((H, Lq, D), device=dev, dtype=torch.float32)
         if nqb:
-            r_pad = cdiv(2 * R, 4) * 4
+            r_pad = cdiv(R, 4) * 4
             dqba = torch.zeros((H, Lq, r_pad), device=dev, dtype=torch.float32)
         nq = False
         nqb_fused, nqb = nqb, False
@@ -100,7 +100,7 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
         direct = n_split == q.shape[0]  # each partial is a final dq: store it in q's dtype
         dq_p = torch.empty((n_split, H, Lq, D), device=dev,
                            dtype=q.dtype if direct else torch.float32)
-        dqb_p = (torch.empty((n_split, H, Lq, 2 * R), device=dev, dtype=torch.float32)
+        dqb_p = (torch.empty((n_split, H, Lq, R), device=dev, dtype=torch.float32)
                  if nqb else plan.ptrs[1])
         # broadcast queries over several splits: the kernel's last split per tile reduces
         reduce = nq and not direct
@@ -119,7 +119,7 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
         if nq:
             dq = dq_p if direct else dq_red
         if nqb:
-            dqb = reduce_to(halves(dqb_p, R), q_bias.shape).to(q_bias.dtype)
+            dqb = reduce_to(dqb_p, q_bias.shape).to(q_bias.dtype)
     else:
         bwd_pre[(cdiv(Lq, 64), B * H)](
             out, dout, dlse if dlse is not None else delta, delta, *dstr, H, Lq,
@@ -127,7 +127,7 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
     if nk or nv or nkb:
         dk = torch.empty((B, H, Lk, D), device=dev, dtype=k.dtype)
         dv = torch.empty((B, H, Lk, D), device=dev, dtype=v.dtype)
-        dkb_p = (torch.empty((B, H, Lk, 2 * R), device=dev, dtype=torch.float32)
+        dkb_p = (torch.empty((B, H, Lk, R), device=dev, dtype=torch.float32)
                  if nkb else plan.ptrs[2])
         grid = lambda meta: (B, kv_programs(Lk, meta["BLOCK_N"]), H)  # noqa: E731
         launch(bwd_kv_dq if fused else bwd_kv, grid, _plan.kv_key(plan, nkb, fused, nqb_fused),
@@ -139,9 +139,9 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
             dq = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
             torch.mul(dqa, scale, out=dq[0])
             if nqb_fused:
-                dqb = reduce_to(halves(dqba[None], R), q_bias.shape).to(q_bias.dtype)
+                dqb = reduce_to(dqba[None, :, :, :R], q_bias.shape).to(q_bias.dtype)
         if nkb:
-            dkb = reduce_to(halves(dkb_p, R), k_bias.shape).to(k_bias.dtype)
+            dkb = reduce_to(dkb_p, k_bias.shape).to(k_bias.dtype)
         if not nk:
             dk = None
         if not nv:

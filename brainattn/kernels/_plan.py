@@ -97,12 +97,6 @@ def split_pair(q_bias: torch.Tensor, k_bias: torch.Tensor, kaug: int, qscale: fl
     return out
 
 
-def halves(g: torch.Tensor, R: int) -> torch.Tensor:
-    """A low-rank gradient from its two column halves (the factor's tf32 high part and its
-    remainder, ``_tile.factor_tile``): (..., 2R) -> (..., R)."""
-    return g[..., :R] + g[..., R:2 * R]
-
-
 def reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
     """Sum ``t`` over the dims where ``shape`` has size 1 (broadcast dims)."""
     dims = [i for i, n in enumerate(shape) if n == 1 and t.shape[i] != 1]
@@ -130,7 +124,8 @@ class Plan:
         # (a zero scale cannot be folded into the split factors: exact fp32 products then)
         self.lr_dot = R > 0 and q.dtype != torch.float32 and scale != 0
         self.kaug = max(16, p2(3 * max(R, 1)))
-        self.gw = max(16, p2(2 * max(R, 1)))  # a gradient's high and low column halves
+        # a gradient dot's width: the factor's high part and remainder (_tile.factor_tile)
+        self.gw = max(16, p2(2 * max(R, 1)))
         d = dummy(dev)
         qa = ka = d
         lr = (0, 0, 0, 0)
@@ -165,7 +160,7 @@ def kv_key(plan: Plan, nkb: bool, fused: bool, nqb_fused: bool) -> tuple:
 
 def fused_dq(q, q_bias, plan: Plan, needs, has_bias: bool, tuned: dict) -> bool:
     """Whether the backward adds dq (and dq_bias) inside the dk/dv pass (fp32 TMA reductions
-    into (H, Lq, D) and (H, Lq, 2R) buffers) instead of a separate dq pass that recomputes
+    into (H, Lq, D) and (H, Lq, R) buffers) instead of a separate dq pass that recomputes
     q k^T and dO v^T for every batch.
 
     When: queries (and a low-rank query factor) broadcast over a batch, many of them, no dense

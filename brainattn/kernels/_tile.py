@@ -110,27 +110,38 @@ def logits_t(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, offs
 def factor_tile(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl.constexpr):
     """A low-rank factor's rows ``offs_r`` as the (rows, GW) fp32 right operand of its
     gradient dot: columns [0, R) the factor rounded down to tf32 (10 mantissa bits), columns
-    [R, 2R) the remainder, zeros after (GW >= 2R).
+    [GW/2, GW/2 + R) the remainder, zeros elsewhere (GW >= 2R).
 
     The gradient dot runs in tf32, which rounds its operands to 10 bits. For the pRF factors
     that loses the cancellation the gradient relies on: [x, y, |x|^2, 1] combined with
     (2 mu / 2 sigma^2, -1 / 2 sigma^2, -|mu|^2 / 2 sigma^2) is -|x - mu|^2 / 2 sigma^2, small
     where the weight is, while each column is O(1); 2^-11 of O(1) per key was 2.5x SDPA's error
     in d sigma. With the remainder in its own columns the factor enters the dot to ~2^-22 at the
-    cost of no extra dot (GW is 16 either way for R <= 8); the host adds the two column
-    halves of the result."""
+    cost of no extra dot (GW is 16 either way for R <= 8); ``fold`` adds the two column halves
+    of the result in registers, so what is stored or reduced is R columns wide."""
     offs_c = tl.arange(0, GW)
-    col = tl.where(offs_c < RANK, offs_c, offs_c - RANK)
+    half = GW // 2
+    col = tl.where(offs_c < half, offs_c, offs_c - half)
     f = tl.load(F + f_off + offs_r[:, None] * s_r + col[None, :] * s_c,
-                mask=mask_r[:, None] & (offs_c < 2 * RANK)[None, :], other=0.0).to(tl.float32)
+                mask=mask_r[:, None] & (col < RANK)[None, :], other=0.0).to(tl.float32)
     hi = (f.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-    return tl.where((offs_c < RANK)[None, :], hi, f - hi)
+    return tl.where((offs_c < half)[None, :], hi, f - hi)
+
+
+@triton.jit
+def fold(g, GW: tl.constexpr):
+    """(X, GW) -> (X, GW/2): a low-rank gradient's high-part and remainder column halves
+    (``factor_tile``) added. In the accumulator layout of a dot the two halves of a row sit in
+    the same thread, so the reshape, permute and split move no data between threads."""
+    a, b = tl.reshape(g, [g.shape[0], 2, GW // 2]).permute(0, 2, 1).split()
+    return a + b
 
 
 @triton.jit
 def lr_grad(acc, ds, F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr,
             PREC: tl.constexpr, GW: tl.constexpr):
     """acc (X, GW) += ds @ [factor_hi | factor_lo] for a low-rank gradient: ds (X, Y) fp32, the
-    factor's rows offs_r (of F, strides s_r, s_c) split by ``factor_tile``."""
+    factor's rows offs_r (of F, strides s_r, s_c) split by ``factor_tile``; ``fold`` the result
+    before it is stored."""
     f = factor_tile(F, f_off, offs_r, mask_r, s_r, s_c, RANK, GW)
     return tl.dot(ds, f, acc, input_precision=PREC)

@@ -1,7 +1,9 @@
-"""Numerical pieces shared by the MLDS fits: grouped designs, likelihood minimisation, batched Newton.
+"""Numerical pieces shared by the MLDS fits: likelihood minimisation (optionally bounded), batched
+Newton, and glm refits of simulated data with the separation check.
 
 Plain functions on arrays and torch tensors; :mod:`~brainattn.psychophysics.mlds`,
-:mod:`~brainattn.psychophysics.formula` and :mod:`~brainattn.psychophysics.bootstrap` build on them.
+:mod:`~brainattn.psychophysics.formula`, :mod:`~brainattn.psychophysics.bootstrap` and
+:mod:`~brainattn.psychophysics.diagnostics` build on them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from brainattn.psychophysics.glm import _torch_mu
 
 @dataclass
 class _Core:
+    """What one fitting method hands to :class:`~brainattn.psychophysics.result.MLDSResult`."""
+
     psi: np.ndarray
     psi_se: np.ndarray
     sigma: float
@@ -130,7 +134,6 @@ def _num_hessian(f, x, h=1e-4):
     return H
 
 
-
 def _torch_nll(trials: Trials, link, psi_fn, *, log_sigma: bool = True):
     """NLL(theta) = -loglik with eta = X_full psi(theta) / sigma; theta's last entry is
     ``log sigma`` (``log_sigma``) or sigma itself (signed, as R's formula method has it)."""
@@ -147,7 +150,6 @@ def _torch_nll(trials: Trials, link, psi_fn, *, log_sigma: bool = True):
         return -torch.sum(kt * torch.log(mu) + (mt - kt) * torch.log((1 - mu).clamp_min(1e-300)))
 
     return nll
-
 
 
 def _batched_newton(nll, Th, *, max_iter: int = 50, tol: float = 1e-8):
@@ -216,7 +218,7 @@ def refit_replicates(Xu: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: 
     that has not converged is checked for separation by linear programming, and one that is not
     separated is solved again on its own with step halving and more iterations (slow Fisher
     scoring, e.g. cauchit).  Only separated replicates (no maximum likelihood estimate) and ones
-    that still fail are flagged.
+    that still fail are flagged (``ok`` False; ``separated`` tells which).
 
     Returns
     -------
@@ -228,9 +230,16 @@ def refit_replicates(Xu: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: 
                          line_search=False, summaries=False)
     beta, ok, mu = sol.beta, sol.converged.copy(), sol.mu
     separated = np.zeros(len(K), dtype=bool)
-    for b in np.flatnonzero(~ok):
+    # separated data can also look converged (steps vanish once every probability rounds to 0 or
+    # 1, e.g. logit), so a fitted probability within 1e-15 of 0 or 1 calls for the LP check too
+    with np.errstate(invalid="ignore"):
+        saturated = np.any(np.minimum(mu, 1.0 - mu) < 1e-15, axis=1)
+    for b in np.flatnonzero(~ok | saturated):
         if _separated_rows(Xu, m, K[b]):
             separated[b] = True
+            ok[b] = False
+            continue
+        if ok[b]:
             continue
         start = beta[b] if np.all(np.isfinite(beta[b])) else beta0
         beta[b], mu[b], ok[b] = _newton_one(Xu, m, K[b], link, start)

@@ -18,7 +18,6 @@ from brainattn.psychophysics.result import MLDSResult
 __all__ = ["bootstrap_mlds", "solve_firth_batch"]
 
 
-
 def bootstrap_mlds(res: MLDSResult, n_boot: int, *, seed: int | None = None,
                    chunk: int = 4096) -> MLDSResult:
     """Parametric bootstrap of ``res``, in place; returns ``res``.
@@ -107,7 +106,6 @@ def solve_firth_batch(X: np.ndarray, m: np.ndarray, K: np.ndarray, link, beta0: 
     B0 = torch.as_tensor(np.broadcast_to(beta0, (B, X.shape[1])).copy(), dtype=torch.float64)
     Bt, ok, mu = _batched_newton(nll, B0, max_iter=max_iter, tol=tol)
     return Bt.numpy(), ok.numpy(), mu.numpy()
-
 
 
 def _bootstrap_formula(res: MLDSResult, n_boot: int, rng, chunk: int) -> MLDSResult:

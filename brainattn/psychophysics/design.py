@@ -228,7 +228,6 @@ def _grouped(X: np.ndarray, y: np.ndarray):
     return Xu, inv, m, k
 
 
-
 def _group_sum(Y: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
     """Sum the (b, n) 0/1 responses over trials sharing a design row -> (b, n_groups)."""
     order = np.argsort(inv, kind="stable")

@@ -347,7 +347,6 @@ def _check_identifiable(psi_np, params, name, at_optimum: bool = False):
         )
 
 
-
 def solve_formula_batch(Xf: np.ndarray, m: np.ndarray, K: np.ndarray, stimulus: np.ndarray, fn, link,
                         theta0: np.ndarray, *, max_iter: int = 50, tol: float = 1e-8):
     """Maximum likelihood of a parametric scale for B response sets at once (batched Newton).

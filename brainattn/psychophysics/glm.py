@@ -248,8 +248,10 @@ def solve_mlds_glm(
 
     Returns
     -------
-    :class:`GLMSolution` (``loglik`` and ``deviance = -2 loglik`` are those of the 0/1 trials);
-    replicates whose estimates diverge (separated data) have ``converged = False``.
+    :class:`GLMSolution` (``loglik`` and ``deviance = -2 loglik`` are those of the 0/1 trials).
+    ``converged`` means the full Newton/scoring step became small; it is not a separation test
+    (separated data diverge, but their steps can vanish once the probabilities round to 0 or 1):
+    use :func:`detect_separation` for that.
     """
     import os
     from concurrent.futures import ThreadPoolExecutor

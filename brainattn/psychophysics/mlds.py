@@ -90,7 +90,6 @@ def _as_trials(trials) -> Trials:
     raise ConfigError(f"trials: expected Trials, a DataFrame or a CSV path, got {type(trials).__name__}")
 
 
-
 def _make_link(link, lapse):
     """Base link, or a :class:`LapseLink`: a float is a symmetric lapse rate (lam/2 at each end),
     a pair gives the lower and upper asymptotes (psyphy's ``2asym``)."""
@@ -100,7 +99,6 @@ def _make_link(link, lapse):
     if lapse:
         return LapseLink(base, lapse / 2.0, lapse / 2.0)
     return base
-
 
 
 def _bias_reduction(firth) -> str | None:
@@ -370,7 +368,6 @@ def _fit_lapse(profile_ll: Callable[[float], float], upper: float = 0.3):
     d2 = (profile_ll(hi) - 2 * profile_ll(mid) + profile_ll(lo)) / ((hi - lo) / 2) ** 2
     se = float(np.sqrt(-1.0 / d2)) if d2 < 0 else float("nan")
     return lam, se
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,11 +66,11 @@ R_RELATION = {
                "psi_p = 1) with sigma in the formula's units, se from the Hessian",
     "AS_mean": 'brglm2 type = "AS_mean" (mean-bias-reducing adjusted score; R brglm, the MLDS vignette)',
     "MPL_Jeffreys": 'brglm2 type = "MPL_Jeffreys" (Jeffreys-prior penalised likelihood)',
+    "lapse": "R: psyphy's links (probit.2asym); fitted asymptotes maximise the profile likelihood",
     "bootstrap": "R boot.mlds: replicates drawn from the fitted probabilities and refitted by glm "
                  "(optim: divided by psi_p); here a replicate is dropped only when its data are "
                  "separated (no maximum likelihood estimate) or its fit fails",
 }
-
 
 
 @dataclass
@@ -270,7 +270,7 @@ class MLDSResult:
             if self.lapse_fitted and np.isfinite(self.asymptotes_se[0]):
                 se_txt = f" (se of the asymptotes {self.asymptotes_se[0]:.4f}, {self.asymptotes_se[1]:.4f})"
             lines.append(f"lapse rate: {self.lapse:.4f} {how}{se_txt}; asymptotes "
-                         f"{self.asymptotes[0]:.4f} / {1 - self.asymptotes[1]:.4f}")
+                         f"{self.asymptotes[0]:.4f} / {1 - self.asymptotes[1]:.4f}; {R_RELATION['lapse']}")
         lines.append(f"null deviance: {self.null_deviance:<13.4f} deviance accounted for: {self.daf:.4f}   "
                      f"pmc: {self.pmc:.4f}")
         lines.append(f"converged: {'yes' if self.converged else 'NO'} ({self.n_iter} iterations)")
@@ -311,7 +311,9 @@ class MLDSResult:
             else:
                 how = (f"simulations refitted with the fit's link ({d['refit_link']}); R's binom.diagnostics "
                        "refits with probit (--diagnostics-refit probit)")
-            lines += ["-" * 72, f"goodness of fit: {d['n_sim']} simulations, {how}",
+            dropped = d.get("n_separated", 0) + d.get("n_failed", 0)
+            used = f"{d['n_sim']} simulations" + (f" ({dropped} separated/failed dropped)" if dropped else "")
+            lines += ["-" * 72, f"goodness of fit: {used}, {how}",
                       f"  runs (sign changes of residuals ordered by fitted value, as R counts): "
                       f"{d['runs_observed']}; P(simulated <= observed) = {d['runs_p']:.4f}",
                       f"  sorted residuals outside the 95% envelope: {100 * d['envelope_outside']:.1f}%"]

@@ -165,13 +165,18 @@ def plot_roi_accuracy(scores_by_model: dict, metric: str = "pearson_r"):
     return fig
 
 
-def surface_values(scores, metric: str = "noise_normalized"):
-    """Per-hemisphere arrays over the fsaverage5 mesh (NaN where no vertex was scored).
+def surface_values(scores, metric: str = "noise_normalized", *, significant_only: bool = False):
+    """Per-hemisphere arrays over the fsaverage5 mesh (NaN where no vertex was scored, and with
+    ``significant_only`` where scores.nc's ``significant`` is False).
 
     Returns ``({"lh": (10242,), "rh": (10242,)}, note)``; ``note`` says why the map cannot be
     drawn (then the dict is empty).
     """
     vals = scores["score"].sel(metric=metric).values.astype(float)
+    if significant_only:
+        if "significant" not in scores:
+            return {}, "scores.nc has no 'significant' variable (fit with --permutations > 0)"
+        vals = np.where(scores["significant"].values.astype(bool), vals, np.nan)
     if "hemisphere" not in scores.coords:
         return {}, "scores.nc has no 'hemisphere' coordinate; surface map skipped"
     hemi = scores["hemisphere"].values.astype(str)
@@ -584,14 +589,22 @@ def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: boo
                                "the surface shows Pearson r")
             metric = "pearson_r"
         best = _best_model(scores, metric)
-        vals, note = surface_values(scores[best], metric)
+        sig = "significant" in scores[best]  # only vertices that pass the FDR-controlled test
+        vals, note = surface_values(scores[best], metric, significant_only=sig)
         if vals:
             unit = "% of noise ceiling" if metric == "noise_normalized" else "Pearson r"
+            which = ""
+            if sig:
+                n_sig = int(scores[best]["significant"].sum())
+                which = (f" Only the {n_sig} of {scores[best].sizes['vertex']} vertices whose "
+                         "held-out r is significant (permutation test, Benjamini-Hochberg q <= "
+                         f"{scores[best].attrs.get('fdr_alpha', 0.05):g}) are coloured.")
             sec.figures.append(render(
-                plot_surface(vals, title=f"{best}: {unit} per vertex", unit=unit),
+                plot_surface(vals, title=f"{best}: {unit} per vertex"
+                             + (" (significant vertices)" if sig else ""), unit=unit),
                 f"encoders-surface-{best}",
                 f"{unit} of the {best} model on the inflated fsaverage5 surface (grey: no data; "
-                "colour range = range of the scores).", svg=svg))
+                f"colour range = range of the scores).{which}", svg=svg))
         else:
             sec.missing.append(note)
     else:
@@ -602,6 +615,13 @@ def build_section(runs: list[Run], missing: list[str] | None = None, *, svg: boo
                                   "held-out images (brighter = more weight).", svg=svg))
     if not atts and any(r.label == "transformer" for r in runs):
         sec.missing.append("the transformer run has no attention.nc: attention maps not drawn")
+    from brainattn.report.analyses import analysis_figures
+
+    figs, prov = analysis_figures(  # layer sweeps, variance partitioning
+        runs, svg=svg,
+        order=lambda items, kind: _order(items, FAMILY_ORDER if kind == "family" else ROI_ORDER))
+    sec.figures.extend(figs)
+    sec.provenance.extend(prov)
     if histories:
         sec.figures.append(render(plot_training(histories), "encoders-training",
                                   "Training curves: loss per epoch (solid: train, dashed: "

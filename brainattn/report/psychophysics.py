@@ -25,8 +25,9 @@ TEXT = (
     "Maximum likelihood difference scaling: the perceptual scale estimated from the trials "
     "(points, with bootstrap 95% intervals) against the scale predicted from the stimulus "
     "model's Fisher information (line), both normalised to run from 0 to 1. The fit checks "
-    "compare the deviance residuals with their bootstrap envelope and report the runs test "
-    "(too few or too many runs of same-sign residuals point to a misfit); the design panel "
+    "compare the deviance residuals with their envelope from simulated data sets and report "
+    "the runs test (too few or too many runs of same-sign residuals point to a misfit; both as "
+    "R's binom.diagnostics); the design panel "
     "shows which level gaps the trials compared."
 )
 
@@ -47,7 +48,7 @@ def runs_test(ds) -> dict:
 
 
 def envelope_bounds(ds):
-    """(lower, upper) of the bootstrap envelope of the sorted residuals, or None."""
+    """(lower, upper) of the simulated envelope of the sorted residuals, or None."""
     if "envelope" in ds.data_vars and "bound" in ds.coords:
         e = ds["envelope"]
         bd = [str(b) for b in ds["bound"].values]
@@ -94,7 +95,7 @@ def plot_diagnostics(ds):
         cdf = (np.arange(1, r.size + 1) - 0.5) / r.size
         if env is not None and len(env[0]) == r.size:
             ax1.fill_betweenx(cdf, np.sort(env[0]), np.sort(env[1]),
-                              color="0.8", label="bootstrap 95% envelope")
+                              color="0.8", label="simulated 95% envelope")
         (ln,) = ax1.plot(r, cdf, color="C0", lw=1.5, label="observed")
         ln.set_gid("envelope-residuals")
         ax1.legend(fontsize=8, frameon=False, loc="upper left")

@@ -125,9 +125,10 @@ def _semiotics_command():
     """The semiotics verb: the shared options plus ``--dataset``."""
 
     def command(
-        out: Path = typer.Option(..., "--out", "-o", help="Output folder (results.nc, figure.png/.svg, "
+        out: Path = typer.Option(..., "--out", "-o", callback=writable, help="Output folder (results.nc, figure.png/.svg, "
                                  "config.json, summary.csv); must be new or empty unless --overwrite."),
-        config: Path = typer.Option(None, "--config", "-c", help="JSON or TOML file of config keys "
+        config: Path = typer.Option(None, "--config", "-c",
+                                    callback=existing_file("a .json or .toml config"), help="JSON or TOML file of config keys "
                                     "replacing the preset's (see config.json of a previous run)."),
         scale: str = typer.Option("quick", "--scale", help="quick (8x8 digits, minutes on a CPU) or "
                                   "full (the published setting on MNIST, for a GPU)."),
@@ -136,7 +137,7 @@ def _semiotics_command():
                                     "mnist_dir in --config); default: the preset's (quick: digits, "
                                     "full: mnist-bundled)."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda[:N]."),
-        seed: int = typer.Option(None, "--seed", help="Random seed (default: the config's, 0)."),
+        seed: int = seed_option(None, "Random seed (default: the config's, 0)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     ):
         run_simulation("semiotics", scale=scale, config_file=config, device=device, seed=seed, out=out,

@@ -104,3 +104,19 @@ def test_partition_verb(synth, sweep, tmp_path, capsys):
     assert "variance partitioning" in capsys.readouterr().out
     assert main(["partition", str(synth), "--layer", "1", "--out", str(tmp_path / "p2")]) == 2
     assert "at least 2 feature spaces" in capsys.readouterr().err
+
+
+def test_report_draws_the_sweep_the_partition_and_significant_vertices(synth, sweep, tmp_path):
+    from brainattn.report.build import figures_dir
+
+    out, cache = sweep
+    part = tmp_path / "part"
+    assert main(["partition", str(synth), "--layer", "0,1", "--out", str(part), "--cache",
+                 str(cache), "--device", "cpu", "--n-iter", "3", "--permutations", "50"]) == 0
+    html = tmp_path / "report.html"
+    assert main(["report", str(out), str(part), "--out", str(html), "--no-svg"]) == 0
+    names = sorted(p.stem for p in figures_dir(html).glob("*.png"))
+    assert "analyses-layer-sweep" in names
+    assert "analyses-partition-part" in names
+    text = html.read_text()
+    assert "significant (permutation test, Benjamini-Hochberg" in text

@@ -7,9 +7,11 @@ from scipy import stats
 
 from brainattn.analyses.significance import (
     bh_qvalues,
+    bootstrap_r,
     bootstrap_roi_medians,
     permutation_pvalues,
-    significance,
+    resamples,
+    significance_table,
 )
 from brainattn.errors import ConfigError, ShapeError
 
@@ -110,10 +112,23 @@ def test_significance_dataset_labels():
     r_true = np.r_[np.full(30, 0.8), np.zeros(30)]
     pred, true = _planted(40, 60, r_true, rng)
     coords = {"hemisphere": np.repeat(["lh", "rh"], 30), "roi_fam": np.repeat(["X", "Y"], 30)}
-    ds = significance(pred, true, vertex_coords=coords, n_permutations=200, n_bootstrap=100,
+    ds = significance_table(pred, true, vertex_coords=coords, n_permutations=200, n_bootstrap=100,
                       device="cpu")
     assert ds["significant"].values[:30].all()
     assert ds["significant"].values[30:].sum() <= 3
     assert ds.attrs["n_significant"] == int(ds["significant"].sum())
     assert set(ds["roi"].values) == {"fam/X", "fam/Y"}
     assert ds["hemisphere"].values[0] == "lh"
+
+
+def test_bootstrap_r_is_r_of_the_resampled_images():
+    rng = np.random.default_rng(8)
+    pred, true = _planted(25, 40, np.full(40, 0.5), rng)
+    true[:, 3] = true[:, 3] * 0 + np.arange(25) % 2  # two values: some resamples are constant
+    boot = bootstrap_r(pred, true, n_bootstrap=30, seed=9, device="cpu", memory_mb=0.01)
+    idx = resamples(25, 30, 9).numpy()
+    for b in range(30):
+        p, t = pred[idx[b]], true[idx[b]]
+        with np.errstate(all="ignore"):
+            want = [np.corrcoef(p[:, j], t[:, j])[0, 1] for j in range(40)]
+        np.testing.assert_allclose(boot[b], want, atol=1e-5)

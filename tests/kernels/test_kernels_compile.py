@@ -42,6 +42,7 @@ def _targets(graphs) -> set:
     return {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
 
 
+@pytest.mark.slow
 def test_custom_op_passes_torch_library_checks():
     """Schema, fake implementation against the real kernels, the autograd registration, and
     AOTAutograd's tracing of forward and backward with dynamic shapes (``opcheck``), on a call
@@ -81,6 +82,7 @@ def test_fake_tensors_infer_shapes_forward_and_backward(monkeypatch):
             assert t.grad.shape == t.shape and t.grad.dtype == t.dtype
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["triton", "torch"])
 def test_compiled_encoder_matches_eager(path, monkeypatch):
     """``torch.compile(fullgraph=True)`` over the transformer encoder (pRF prior on): one graph,
@@ -115,6 +117,7 @@ def test_compiled_encoder_matches_eager(path, monkeypatch):
         torch.testing.assert_close(g, ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 def test_gpu_inductor_compiled_attention_matches_eager():

@@ -155,10 +155,12 @@ def test_direct_launch_only_on_known_triton_versions(version, direct, monkeypatc
         assert fn.slow == 4 and T.FAST == {}
 
 
-def test_interpreted_kernels_get_the_interpreter_config():
+def test_interpreted_kernels_get_the_interpreter_config(monkeypatch):
     """Without a GPU (the interpreter) each pass runs its one small config; the tuned lists
-    stay the GPU's."""
+    stay the GPU's (tuning on: ``BRAINATTN_AUTOTUNE=0``, as the GPU script sets, would keep one)."""
     from brainattn.kernels import _bwd_kv, _fwd
+
+    monkeypatch.delenv("BRAINATTN_AUTOTUNE", raising=False)
 
     if not _tiling.interpreted(_fwd.fwd):
         pytest.skip("compiled kernels (a GPU machine)")

@@ -43,7 +43,8 @@ def test_fit_writes_scale_nc_summary_and_figure(trials_csv, tmp_path, capsys):
     ds = load_netcdf(out / "scale.nc")
     np.testing.assert_allclose(ds["stimulus"], [1, 1.5, 2, 2.5, 3, 3.5, 4])
     np.testing.assert_allclose(ds["predicted_scale"], np.log(ds["stimulus"]) / np.log(4), atol=1e-6)
-    assert ds["bootstrap_scale"].shape == (200 - ds.attrs["n_bootstrap_failed"], 7)
+    dropped = ds.attrs["n_bootstrap_failed"] + ds.attrs["n_bootstrap_separated"]
+    assert ds["bootstrap_scale"].shape == (200 - dropped, 7) == (ds.attrs["n_bootstrap"], 7)
     assert ds.attrs["method"] == "glm" and "area_match_lower" in ds.attrs
     # --overwrite protection, then the optim method with a fitted lapse rate
     rc = main(["scale", "fit", str(trials_csv), "--out", str(out)])

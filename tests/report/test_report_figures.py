@@ -166,7 +166,7 @@ def test_diagnostics_show_runs_test_and_design_counts(fakes):
     assert counts[1, 2] == np.sum((g1 == 2) & (g2 == 1))
     res = _by_gid(fig, "envelope-residuals")["envelope-residuals"]
     np.testing.assert_allclose(res.get_xdata(), np.sort(ds["deviance_residual"].values))
-    band = [c for c in fig.axes[0].collections if c.get_label() == "bootstrap 95% envelope"]
+    band = [c for c in fig.axes[0].collections if c.get_label() == "simulated 95% envelope"]
     assert len(band) == 1
 
 

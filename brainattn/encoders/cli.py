@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
                                         "Options given explicitly win."),
         prf_bias: bool = typer.Option(None, "--prf-bias/--no-prf-bias",
                                       help="Learn a Gaussian pRF prior (default off)."),
+        prf_lr: float = typer.Option(10.0, "--prf-lr", callback=positive,
+                                     help="Learning rate of the pRF prior as a multiple of "
+                                          "--lr (default 10; > 0)."),
         epochs: int = typer.Option(None, "--epochs", min=1, max=100_000),
         batch_size: int = typer.Option(None, "--batch-size", min=1, max=1_000_000),
         lr: float = typer.Option(None, "--lr", callback=positive, help="Learning rate (> 0)."),
@@ -119,7 +122,7 @@ def register(app: typer.Typer) -> None:
         common = dict(overwrite=overwrite, resume=resume, cache_dir=cache, model=model,
                       weights=weights, stream=stream,
                       image_size=image_size, queries=queries, roi_families=roi_families,
-                      preset=preset, prf_bias=prf_bias, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
+                      preset=preset, prf_bias=prf_bias, prf_lr=prf_lr, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
                       heads=heads, ffn=ffn, layers=layers, dropout=dropout, patience=patience,
                       pool=pool, n_components=n_components, val_fraction=val_fraction,
                       test_fraction=test_fraction, seed=seed, permutations=permutations,

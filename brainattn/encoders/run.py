@@ -44,7 +44,8 @@ DEFAULTS = {
     "model": "transformer", "subject": "subj01", "backbone": "gabor", "weights": None,
     "layer": -1, "stream": "block", "image_size": None, "queries": "rois", "roi_families": None,
     "preset": None, "epochs": None, "batch_size": None, "lr": None, "width": 768, "heads": 16,
-    "ffn": 1024, "layers": 1, "dropout": 0.1, "prf_bias": False, "pool": "mean",
+    "ffn": 1024, "layers": 1, "dropout": 0.1, "prf_bias": False, "prf_lr": 10.0,
+    "pool": "mean",
     "n_components": 256, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "device": "auto",
     "n_attention_images": 32, "patience": 5, "permutations": 1000, "bootstrap": 1000,
     "fdr": 0.05, "drop_nonfinite": False, "allow_empty_rois": False,
@@ -153,7 +154,8 @@ def make_estimator(cfg: dict, ds=None, grid=None):
         return TransformerBrainEncoder(queries=cfg["queries"], hemisphere=hemi, roi_labels=roi,
                                        roi_families=cfg["roi_families"], width=cfg["width"],
                                        heads=cfg["heads"], ffn=cfg["ffn"], layers=cfg["layers"],
-                                       dropout=cfg["dropout"], prf_bias=cfg["prf_bias"], **common)
+                                       dropout=cfg["dropout"], prf_bias=cfg["prf_bias"],
+                                       prf_lr=cfg["prf_lr"], **common)
     if cfg["model"] == "factorized":
         return SpatialFeatureEncoder(**common)
     return RidgeEncoder(pool=cfg["pool"], n_components=cfg["n_components"], seed=cfg["seed"],

@@ -139,6 +139,10 @@ def token_positions(grid) -> torch.Tensor:
     return torch.stack([xx.flatten(), yy.flatten()], -1).float()
 
 
+#: parameter names of the learned pRF prior (their own learning rate: ``prf_lr``)
+PRF_PARAMS = ("prf_mu", "prf_log_sigma")
+
+
 class CrossAttentionLayer(nn.Module):
     """Pre-norm decoder layer: cross-attention (brainattn kernel) then FFN."""
 
@@ -366,6 +370,13 @@ class TransformerBrainEncoder(TorchEncoder):
     width, heads, ffn, layers, dropout : decoder size (defaults as published: 768, 16, 1024, 1,
         0.1); :data:`CPU_PRESET` is the small size for machines without CUDA.
     prf_bias : learn a Gaussian pRF prior (centre, size) per head and query.
+    prf_lr : learning rate of the pRF prior's centres and log sizes as a multiple of ``lr``
+        (no weight decay on them). Adam moves a parameter by about its learning rate per step,
+        so at ``lr`` itself a prior crosses at most ``steps * lr`` grid units (the grid is
+        [-1, 1]^2): ~0.4 in a CPU-preset fit on 1,000 images, where the heads of an early-visual
+        query then stayed where they started, 1-3 of 8 inside the ROI's visual field, at
+        ~3 tokens' size against pRFs of under one token (benchmarks/RESULTS.md, section
+        evc_seeds). 10x lets them reach the field and shrink to about a token.
     epochs, batch_size, lr, weight_decay, grad_clip, schedule ('cosine'|'step'|'constant'),
     warmup (epochs), patience (early stopping on validation mean r; None = off),
     val_fraction, seed, device ('auto'), amp (bf16 autocast on CUDA), cuda_graph (replay the
@@ -378,7 +389,8 @@ class TransformerBrainEncoder(TorchEncoder):
 
     def __init__(self, queries="rois", hemisphere=None, roi_labels=None, roi_families=None,
                  grid=None, width: int = 768, heads: int = 16, ffn: int = 1024,
-                 layers: int = 1, dropout: float = 0.1, prf_bias: bool = False, epochs: int = 15,
+                 layers: int = 1, dropout: float = 0.1, prf_bias: bool = False,
+                 prf_lr: float = 10.0, epochs: int = 15,
                  batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-4,
                  grad_clip: float | None = 0.1, schedule: str = "cosine", warmup: int = 0,
                  patience: int | None = 5, val_fraction: float = 0.1, seed: int = 0,
@@ -394,6 +406,7 @@ class TransformerBrainEncoder(TorchEncoder):
         self.layers = layers
         self.dropout = dropout
         self.prf_bias = prf_bias
+        self.prf_lr = prf_lr
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -438,6 +451,21 @@ class TransformerBrainEncoder(TorchEncoder):
                                  heads=self.heads, ffn=self.ffn, layers=self.layers,
                                  dropout=self.dropout, prf_bias=self.prf_bias, seed=self.seed,
                                  query_names=list(qa.names))
+
+    def _optimizer(self, module):
+        if float(self.prf_lr) <= 0:
+            raise ConfigError(f"prf_lr {self.prf_lr!r}: expected a positive multiple of lr")
+        prior = [p for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] in PRF_PARAMS]
+        if not prior:
+            return super()._optimizer(module)
+        rest = [p for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] not in PRF_PARAMS]
+        cuda = all(p.is_cuda for p in module.parameters())
+        # weight decay would pull the centres to the image centre and the sizes to half the
+        # image, a prior with no basis: none on them
+        return torch.optim.AdamW(
+            [{"params": rest},
+             {"params": prior, "lr": self.lr * float(self.prf_lr), "weight_decay": 0.0}],
+            lr=self.lr, weight_decay=self.weight_decay, **({"fused": True} if cuda else {}))
 
     def _before_training(self, module, train_loader, device, log) -> None:
         if device.type == "cpu":

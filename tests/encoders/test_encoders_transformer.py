@@ -115,3 +115,64 @@ def test_save_load_predicts_identically(tmp_path):
     again = TransformerBrainEncoder.load(tmp_path)
     np.testing.assert_array_equal(est.predict(X[:7]), again.predict(X[:7]))
     assert again.query_names_ == est.query_names_
+
+
+def _planted_prf(n=320, side=8, centre=(-0.625, 0.625), size=0.2, seed=0):
+    """Tokens of random features on a side x side grid; 4 vertices pool feature 0 (an energy,
+    as the Gabor backbone's features are) through one Gaussian pRF at ``centre`` (grid units in
+    [-1, 1], x right, y down), each with its own gain: the early-visual vertices of the
+    synthetic cortex in miniature."""
+    from brainattn.encoders.transformer import token_positions
+
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, side * side, 6)).astype(np.float32)
+    pos = token_positions((side, side)).numpy()
+    g = np.exp(-((pos - np.asarray(centre)) ** 2).sum(1) / (2 * size**2))
+    drive = X[:, :, 0] @ (g / g.sum())
+    Y = np.outer(drive, [1.0, 0.8, 0.6, 0.4]) + 0.05 * rng.standard_normal((n, 4))
+    return X, Y.astype(np.float32)
+
+
+def test_prf_prior_reaches_a_planted_prf_only_with_its_own_learning_rate():
+    """Adam moves a parameter by about its learning rate per step, so at the decoder's lr the
+    pRF centres cannot cross the grid in a short fit (the CPU preset's early-visual miss,
+    issue 21); ``prf_lr`` (default 10x lr) lets a head reach the planted pRF and shrink."""
+    centre = np.array([-0.625, 0.625])  # 0.66 from the nearest initial head
+    X, Y = _planted_prf(centre=tuple(centre))
+    res = {}
+    for prf_lr in (1.0, 10.0):
+        est = TransformerBrainEncoder(queries=QueryAssignment(("v",), np.zeros(4, np.int64)),
+                                      width=16, heads=2, ffn=16, dropout=0.0, prf_bias=True,
+                                      prf_lr=prf_lr, epochs=8, batch_size=32, lr=3e-3,
+                                      patience=None, device="cpu", seed=0)
+        est.fit(X, Y)
+        layer = est.module_.layers[0]
+        mu = layer.prf_mu.detach().numpy()[:, 0]  # (heads, 2)
+        sigma = layer.prf_log_sigma.detach().exp().numpy()[:, 0]
+        h = int(np.argmin(np.linalg.norm(mu - centre, axis=1)))
+        res[prf_lr] = (float(np.linalg.norm(mu[h] - centre)), float(sigma[h]))
+    steps = 8 * int(np.ceil(320 * 0.9 / 32))  # 72 steps of at most ~lr each
+    print(res, steps)
+    far, _ = res[1.0]
+    near, sigma_near = res[10.0]
+    assert far > 0.3, res  # measured 0.53: the head moved 0.13 < steps * lr = 0.22
+    assert near < 0.1, res  # measured 0.005 (the token spacing is 0.25)
+    assert sigma_near < 0.35, res  # measured 0.27 (planted 0.2, initial 0.5)
+
+
+def test_prf_prior_has_its_own_optimizer_group():
+    from brainattn.encoders.run import make_estimator, resolve_config
+    from brainattn.errors import ConfigError
+
+    est = TransformerBrainEncoder(width=16, heads=2, ffn=8, prf_bias=True, lr=2e-3, prf_lr=10)
+    groups = est._optimizer(est._build(16, 4, 5)).param_groups
+    assert [(len(g["params"]), g["lr"], g["weight_decay"]) for g in groups] == [
+        (25, 2e-3, 1e-4), (2, pytest.approx(2e-2), 0.0)]
+    plain = TransformerBrainEncoder(width=16, heads=2, ffn=8)._optimizer(
+        TransformerBrainEncoder(width=16, heads=2, ffn=8)._build(16, 4, 5))
+    assert len(plain.param_groups) == 1
+    with pytest.raises(ConfigError, match="prf_lr"):
+        TransformerBrainEncoder(prf_bias=True, prf_lr=0)._optimizer(est._build(16, 4, 5))
+    cfg = resolve_config(model="transformer", preset="cpu")
+    assert make_estimator(cfg).prf_lr == 10.0
+    assert make_estimator(resolve_config(model="transformer", prf_lr=1.0)).prf_lr == 1.0

@@ -49,9 +49,9 @@ def register(app: typer.Typer) -> None:
                                         "Options given explicitly win."),
         prf_bias: bool = typer.Option(None, "--prf-bias/--no-prf-bias",
                                       help="Learn a Gaussian pRF prior (default off)."),
-        prf_lr: float = typer.Option(10.0, "--prf-lr", callback=positive,
+        prf_lr: float = typer.Option(5.0, "--prf-lr", callback=positive,
                                      help="Learning rate of the pRF prior as a multiple of "
-                                          "--lr (default 10; > 0)."),
+                                          "--lr (default 5; > 0)."),
         epochs: int = typer.Option(None, "--epochs", min=1, max=100_000),
         batch_size: int = typer.Option(None, "--batch-size", min=1, max=1_000_000),
         lr: float = typer.Option(None, "--lr", callback=positive, help="Learning rate (> 0)."),

@@ -44,7 +44,7 @@ DEFAULTS = {
     "model": "transformer", "subject": "subj01", "backbone": "gabor", "weights": None,
     "layer": -1, "stream": "block", "image_size": None, "queries": "rois", "roi_families": None,
     "preset": None, "epochs": None, "batch_size": None, "lr": None, "width": 768, "heads": 16,
-    "ffn": 1024, "layers": 1, "dropout": 0.1, "prf_bias": False, "prf_lr": 10.0,
+    "ffn": 1024, "layers": 1, "dropout": 0.1, "prf_bias": False, "prf_lr": 5.0,
     "pool": "mean",
     "n_components": 256, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "device": "auto",
     "n_attention_images": 32, "patience": 5, "permutations": 1000, "bootstrap": 1000,

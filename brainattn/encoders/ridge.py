@@ -18,7 +18,7 @@ computes -- the same folds (scikit-learn's ``KFold(cv)``), the same score (``l2_
 negative MSE, averaged over folds), the same rule (first best mean score per target); the tests
 check alphas and predictions against himalaya's -- but not in how. It works in feature space:
 one eigendecomposition of each training fold's centred Gram matrix (features x features, float64)
-instead of an SVD of the fold's rows (on a GPU the tall SVD dominated the fit), the training
+instead of an SVD of the fold's rows (cuSOLVER's tall SVDs were the slow part of the fit on a GPU), the training
 cross-products ``X^T Y`` formed once and corrected per fold by the validation block's, and one
 (n_val x p) x (p x targets) product per alpha, where himalaya's solver multiplies an
 (n_val x n_train) matrix per alpha into Y, n_train / p times the work (9x at Algonauts size:

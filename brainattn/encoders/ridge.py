@@ -17,13 +17,15 @@ himalaya's ``solve_ridge_cv_svd`` (``RidgeCV(solver="svd", fit_intercept=True)``
 computes -- the same folds (scikit-learn's ``KFold(cv)``), the same score (``l2_neg_loss``, the
 negative MSE, averaged over folds), the same rule (first best mean score per target); the tests
 check alphas and predictions against himalaya's -- but not in how. It works in feature space:
-one eigendecomposition of each training fold's centred Gram matrix (features x features, float64)
-instead of an SVD of the fold's rows (cuSOLVER's tall SVDs were the slow part of the fit on a GPU), the training
-cross-products ``X^T Y`` formed once and corrected per fold by the validation block's, and one
-(n_val x p) x (p x targets) product per alpha, where himalaya's solver multiplies an
-(n_val x n_train) matrix per alpha into Y, n_train / p times the work (9x at Algonauts size:
-8,857 images, 768 features); its refit with a per-target alpha would materialise (features x
-images x targets). Here the refit applies each target's alpha to one eigenbasis of all rows.
+one eigendecomposition of each training fold's centred Gram matrix (features x features, float64;
+the total minus the validation block's) instead of an SVD of the fold's rows (cuSOLVER's tall
+SVDs were the slow part of the fit on a GPU); the rows projected on that basis and multiplied
+into Y once per fold, the validation block's share subtracted (unshuffled folds are contiguous
+row views: no copies of the targets); then one (n_val x p) x (p x targets) product per alpha,
+where himalaya's solver multiplies an (n_val x n_train) matrix per alpha into Y, n_train / p
+times the work (9x at Algonauts size: 8,857 images, 768 features). Its refit with a per-target
+alpha would materialise (features x images x targets); here the refit applies each target's
+alpha to one eigenbasis of all rows.
 """
 
 from __future__ import annotations

@@ -42,9 +42,9 @@ def fit_stacked(
     ``autocast`` (e.g. ``torch.bfloat16``): the forward and backward passes under
     ``torch.autocast`` of that dtype (mixed precision: parameters, loss and Adam stay float32).
     ``stacked=False``: the models' passes one after another (one Adam over all parameters: the
-    same optimisation again). On CUDA this is faster for the autoencoders: ``vmap`` turns each
-    convolution into a grouped one, and cuDNN's grouped kernels took 80-90 ms a step for 10
-    autoencoders of 256 channels on an H200 (benchmarks/RESULTS.md, semiotics).
+    same optimisation again, without ``vmap``'s grouped convolutions, which took 80-90 ms a
+    step for 10 autoencoders of 256 channels on an H200; whether this is faster there is not
+    measured yet: benchmarks/RESULTS.md, semiotics).
     """
     from torch.func import functional_call, stack_module_state
 
@@ -115,13 +115,13 @@ def train_autoencoders(
     """Fit ``G`` autoencoders at once, ``D_g(E_g(x[g])) ~ x[g]``, ``x`` ``(G, n, 1, s, s)``.
 
     Full-batch Adam on the MSE per pixel, cosine-annealed learning rate (see
-    :func:`fit_stacked`; stacked by ``vmap`` on CPU, one network after another on CUDA).
-    ``bf16``: passes under bfloat16 autocast (mixed precision; meant for CUDA's tensor cores).
+    :func:`fit_stacked`). ``bf16``: passes under bfloat16 autocast (mixed precision; meant for
+    CUDA's tensor cores).
     Returns the losses ``(steps, G)`` (MSE per pixel).
     """
     pairs = [nn.Sequential(E, D) for E, D in agents]
     return fit_stacked(pairs, x, x, _mse_per_model, steps=steps, lr=lr, cosine=True,
-                       autocast=torch.bfloat16 if bf16 else None, stacked=not x.is_cuda)
+                       autocast=torch.bfloat16 if bf16 else None)
 
 
 def train_autoencoder(

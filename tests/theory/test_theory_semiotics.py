@@ -353,6 +353,7 @@ def test_saved_results_round_trip(tmp_path):
         ({"dataset": "mnist"}, "'mnist_dir'"),
         ({"agents": "yes"}, "'agents'"),
         ({"cpu_threads": 0}, "'cpu_threads'"),
+        ({"cuda_bf16": 1}, "'cuda_bf16'"),
     ],
 )
 def test_bad_config(bad, key):
@@ -407,3 +408,69 @@ def test_stacked_training_through_torch_convolutions():
     l_dense = S.train_autoencoders(dense, xs, steps=5, lr=1e-3)
     l_conv = S.train_autoencoders(conv, xs, steps=5, lr=1e-3)
     np.testing.assert_allclose(l_conv, l_dense, rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# the GPU path's pieces (bfloat16, per-model training), checked on CPU where they run there too
+
+
+def test_stacked_false_trains_the_same_as_vmap():
+    from torch import nn
+
+    from brainattn.theory.semiotics.training import _mse_per_model, fit_stacked
+
+    x, _ = S.load_digits_pool()
+    xs = torch.as_tensor(x[:36]).view(3, 12, 1, 8, 8)
+    a = [nn.Sequential(*S.build_autoencoder(8, 6, seed=s)) for s in range(3)]
+    b = [nn.Sequential(*S.build_autoencoder(8, 6, seed=s)) for s in range(3)]
+    la = fit_stacked(a, xs, xs, _mse_per_model, steps=15, lr=5e-3, cosine=True)
+    lb = fit_stacked(b, xs, xs, _mse_per_model, steps=15, lr=5e-3, cosine=True, stacked=False)
+    np.testing.assert_allclose(lb, la, rtol=1e-5)  # measured: 2e-7
+    assert np.all(la[-1] < 0.9 * la[0])  # it did train
+    for ma, mb in zip(a, b, strict=True):
+        assert not mb.training
+        for p, q in zip(ma.parameters(), mb.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_training_tracks_float32():
+    x = torch.as_tensor(S.load_digits_pool()[0][:48]).view(2, 24, 1, 8, 8)
+    l32 = S.train_autoencoders([S.build_autoencoder(8, 8, seed=s) for s in (0, 1)], x, steps=30)
+    l16 = S.train_autoencoders([S.build_autoencoder(8, 8, seed=s) for s in (0, 1)], x, steps=30,
+                               bf16=True)
+    assert l16.dtype == np.float64 and l16.shape == (30, 2)
+    np.testing.assert_allclose(l16[0], l32[0], rtol=2e-2)  # same start, bf16 rounding only
+    assert l16[-1].max() < 0.8 * l16[0].min()
+    np.testing.assert_allclose(l16[-1], l32[-1], rtol=0.1)
+
+
+def test_bf16_stochastic_loop_tracks_float32(trained_ae):
+    E, D, _, x_te, _ = trained_ae
+    outs = []
+    for bf16 in (False, True):
+        g = torch.Generator()
+        g.manual_seed(3)
+        outs.append(S.stochastic_loop(E, D, x_te[:12], 6, n_copies=8, generator=g, bf16=bf16))
+    assert outs[1].dtype == torch.float32 and outs[1].shape == outs[0].shape
+    # the same augmentations (float32, same generator); bfloat16 passes differ by rounding only
+    rms = float((outs[1] - outs[0]).pow(2).mean().sqrt())
+    assert 0 < rms < 0.02
+    assert E.net[0].conv.weight.dtype == torch.float32  # the networks themselves untouched
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernel runs on CUDA")
+def test_fused_cos_minus_x_rounds_once_from_float32():
+    from brainattn.theory.semiotics.networks import fused_cos_minus_x
+
+    x = (torch.randn(64, 32, 14, 14, device="cuda") * 3).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = fused_cos_minus_x(x)
+    assert y.stride() == x.stride()
+    ref = (torch.cos(x.float()) - x.float()).to(torch.bfloat16)
+    assert float((y == ref).float().mean()) > 0.999  # H200: 100 % of 822M values
+    m = S.CosMinusX()
+    m.fused = True
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), y, rtol=0, atol=0)
+    with pytest.raises(Exception, match="contiguous"):
+        fused_cos_minus_x(x[..., ::2])

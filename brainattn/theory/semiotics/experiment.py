@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -91,8 +92,20 @@ def _draw(cfg: dict, data: dict, R: int, seed: int) -> dict[str, np.ndarray]:
     return {"tr": tr, "tr_b": tr_b, "te": te}
 
 
-def run_R(cfg: dict, data: dict, R: int, seeds: Sequence[int], device: torch.device) -> list[dict]:
+def _clock(device: torch.device) -> float:
+    # CUDA runs ahead of the host: wait for it, so that a phase's time is its own
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def run_R(cfg: dict, data: dict, R: int, seeds: Sequence[int], device: torch.device,
+          timing: dict[str, float] | None = None) -> list[dict]:
     """All repetitions at one ``R``: train the agents, perceive, classify; numbers per seed.
+
+    ``timing``, if given, gets the seconds of each phase added to its keys ``train``
+    (autoencoders), ``vanilla`` (the vanilla and two-agent loops and the per-seed numbers),
+    ``stochastic`` (the stochastic loop), ``mlp`` (classifiers), summed over seeds.
 
     The autoencoders of all repetitions (agents A and B) are trained together, and so are the
     MLPs (see :func:`fit_stacked`: the same optimisation as one at a time). Model seeds:
@@ -114,8 +127,13 @@ def run_R(cfg: dict, data: dict, R: int, seeds: Sequence[int], device: torch.dev
                    for s in seeds]
         x_fit += [x_all[d["tr_b"]] for d in draws]
     x_fit_t = torch.as_tensor(np.stack(x_fit), dtype=torch.float32, device=device)[:, :, None]
-    losses = train_autoencoders(agents, x_fit_t, steps=cfg["ae_steps"], lr=cfg["ae_lr"])
+    spent = dict.fromkeys(("train", "vanilla", "stochastic", "mlp"), 0.0)
+    t0 = _clock(device)
+    bf16 = bool(cfg["cuda_bf16"]) and device.type == "cuda"
+    losses = train_autoencoders(agents, x_fit_t, steps=cfg["ae_steps"], lr=cfg["ae_lr"], bf16=bf16)
 
+    t1 = _clock(device)
+    spent["train"] += t1 - t0
     outs, mlp_x, mlp_test = [], [], []
     for i, (seed, d) in enumerate(zip(seeds, draws, strict=True)):
         E, D = agents_a[i]
@@ -126,12 +144,17 @@ def run_R(cfg: dict, data: dict, R: int, seeds: Sequence[int], device: torch.dev
         n_tr = len(x_tr)
         van = vanilla_loop(E, D, x_both, cfg["vanilla_steps"], tol=cfg["tol"],
                            batch_size=cfg["batch_size"])
+        t2 = _clock(device)
+        spent["vanilla"] += t2 - t1
         gen = torch.Generator(device=device)
         gen.manual_seed(1000 * seed + R)
         sto = stochastic_loop(
             E, D, x_both, cfg["stochastic_steps"], n_copies=cfg["n_copies"], decay=cfg["decay"],
             params=AugmentParams.from_config(cfg), generator=gen, batch_size=cfg["batch_size"],
+            bf16=bf16,
         )
+        t1 = _clock(device)
+        spent["stochastic"] += t1 - t2
         mlp_x += [x_tr, van.x[:n_tr], sto[:n_tr]]
         mlp_test.append((x_te, van.x[n_tr:], sto[n_tr:], y_te))
         n_conv = van.n_steps[n_tr:]
@@ -181,6 +204,10 @@ def run_R(cfg: dict, data: dict, R: int, seeds: Sequence[int], device: torch.dev
             if "agents_final" in out:  # does the raw-image classifier still name the digit?
                 final = out.pop("agents_final")
                 out["agents_label_kept"] = float((models[3 * i](final).argmax(1) == y_te).double().mean())
+    spent["mlp"] += _clock(device) - t1
+    if timing is not None:
+        for k, v in spent.items():
+            timing[k] = timing.get(k, 0.0) + v
     return outs
 
 
@@ -228,8 +255,9 @@ def _simulate(cfg: dict, dev: torch.device):
     trace = np.full((nS, nR, cfg["vanilla_steps"]), np.nan)
     size = data["x"].shape[-1]
     examples = np.zeros((nR, len(METHODS), 10, size, size), dtype=np.float32)
+    timing: dict[str, float] = {}
     for j in progress(range(nR), desc="semiotics R", total=nR):
-        for i, r in enumerate(run_R(cfg, data, Rs[j], seeds, dev)):
+        for i, r in enumerate(run_R(cfg, data, Rs[j], seeds, dev, timing)):
             acc[i, j] = r["accuracy"]
             for k in scal_names:
                 scal[k][i, j] = r[k]
@@ -292,6 +320,7 @@ def _simulate(cfg: dict, dev: torch.device):
             "paper_claim": "stochastic-loop perceptualized MLP beats the raw baseline at few "
                            "images per class; the vanilla loop does not",
             "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in cfg.items()},
+            "phase_seconds": {k: round(v, 3) for k, v in timing.items()},
         },
     )
     return ds

@@ -15,11 +15,56 @@ from torch import nn
 
 from brainattn.errors import ShapeError
 
+_FUSED: dict[str, object] = {}  # the Triton kernel of cos(x) - x, built on first use
+
+
+def _fused_kernel():
+    """The Triton kernel ``y = cos(x) - x`` (None where Triton is missing), imported once."""
+    if "kernel" not in _FUSED:
+        try:
+            from brainattn.theory.semiotics._fused import cos_minus_x
+        except ImportError:
+            cos_minus_x = None
+        _FUSED["kernel"] = cos_minus_x
+    return _FUSED["kernel"]
+
+
+def fused_cos_minus_x(x: torch.Tensor) -> torch.Tensor:
+    """``cos(x) - x`` in one pass over memory (a Triton kernel), same layout as ``x``.
+
+    For the stochastic loop's bfloat16 passes on CUDA, where the activations of 65,536 copies
+    are gigabytes: PyTorch's ``cos`` then ``-`` read and write them three times, this once
+    (and rounds once, from float32). ``x`` must be contiguous or channels-last contiguous (the
+    kernel walks the storage, so the output takes ``x``'s strides).
+    """
+    kernel = _fused_kernel()
+    if kernel is None:
+        raise RuntimeError("fused_cos_minus_x needs Triton")
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        raise ShapeError("fused_cos_minus_x: x must be contiguous or channels-last contiguous")
+    y = torch.empty_like(x)  # preserve_format: a dense x gives y its strides
+    n = x.numel()
+    block = 4096
+    kernel[((n + block - 1) // block,)](x, y, n, BLOCK=block)
+    return y
+
 
 class CosMinusX(nn.Module):
-    """The activation ``cos(x) - x`` of the published autoencoder (elementwise, any shape)."""
+    """The activation ``cos(x) - x`` of the published autoencoder (elementwise, any shape).
+
+    ``fused = True`` (set on the bfloat16 copies that :func:`~brainattn.theory.semiotics.loops.
+    stochastic_loop` makes on CUDA) computes it with :func:`fused_cos_minus_x` when no gradient
+    is needed, ``x`` is a dense CUDA tensor and Triton is there; otherwise PyTorch's two
+    operations.
+    """
+
+    fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.fused and x.is_cuda and not torch.is_grad_enabled()
+                and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+                and _fused_kernel() is not None):
+            return fused_cos_minus_x(x)
         return torch.cos(x) - x
 
 

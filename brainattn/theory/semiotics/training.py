@@ -28,6 +28,8 @@ def fit_stacked(
     lr: float,
     weight_decay: float = 0.0,
     cosine: bool = False,
+    autocast: torch.dtype | None = None,
+    stacked: bool = True,
 ) -> np.ndarray:
     """Train ``G`` models of one architecture at once, model ``g`` on ``(x[g], target[g])``.
 
@@ -37,33 +39,63 @@ def fit_stacked(
     for model ``g`` is the gradient of its own loss and Adam is elementwise, so this is the
     same optimisation as training each model alone, in ``1/G`` as many (small) operations.
     The trained parameters are copied back into ``models``. Returns losses ``(steps, G)``.
+    ``autocast`` (e.g. ``torch.bfloat16``): the forward and backward passes under
+    ``torch.autocast`` of that dtype (mixed precision: parameters, loss and Adam stay float32).
+    ``stacked=False``: the models' passes one after another (one Adam over all parameters: the
+    same optimisation again, without ``vmap``'s grouped convolutions, which took 80-90 ms a
+    step for 10 autoencoders of 256 channels on an H200; whether this is faster there is not
+    measured yet: benchmarks/RESULTS.md, semiotics).
     """
     from torch.func import functional_call, stack_module_state
 
     models = list(models)
-    params, _ = stack_module_state(models)
-    buffers = dict(models[0].named_buffers())  # index tables: identical in every model
-    base = models[0]
+    if stacked:
+        params, _ = stack_module_state(models)
+        buffers = dict(models[0].named_buffers())  # index tables: identical in every model
+        base = models[0]
 
-    def call(p, xg):
-        return functional_call(base, (p, buffers), (xg,))
+        def call(p, xg):
+            return functional_call(base, (p, buffers), (xg,))
 
-    forward = torch.vmap(call)
-    opt = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=weight_decay)
+        vmapped = torch.vmap(call)
+
+        def forward(p, xs):
+            return vmapped(p, xs)
+
+        trained = list(params.values())
+    else:
+        params = None
+
+        def forward(_, xs):
+            return torch.stack([m(xs[g]) for g, m in enumerate(models)])
+
+        for m in models:
+            m.train()
+        trained = [p for m in models for p in m.parameters()]
+    opt = torch.optim.Adam(trained, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cosine else None
-    losses = np.zeros((steps, len(models)))
+    # losses stay on the device until the end: a copy to the host each step would make the
+    # CPU wait for the GPU, step after step
+    hist = torch.zeros((steps, len(models)), dtype=torch.float32, device=x.device)
     for t in range(steps):
         opt.zero_grad(set_to_none=True)
-        per = loss(forward(params, x), target)
+        if autocast is None:
+            out = forward(params, x)
+        else:
+            with torch.autocast(device_type=x.device.type, dtype=autocast):
+                out = forward(params, x)
+        per = loss(out.float(), target)
         per.sum().backward()
         opt.step()
         if sched is not None:
             sched.step()
-        losses[t] = per.detach().cpu().numpy()
+        hist[t] = per.detach()
+    losses = hist.cpu().numpy().astype(np.float64)
     with torch.no_grad():
         for g, m in enumerate(models):
-            for name, p in m.named_parameters():
-                p.copy_(params[name][g])
+            if stacked:
+                for name, p in m.named_parameters():
+                    p.copy_(params[name][g])
             m.eval()
     return losses
 
@@ -78,14 +110,18 @@ def train_autoencoders(
     *,
     steps: int = 400,
     lr: float = 3e-3,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Fit ``G`` autoencoders at once, ``D_g(E_g(x[g])) ~ x[g]``, ``x`` ``(G, n, 1, s, s)``.
 
     Full-batch Adam on the MSE per pixel, cosine-annealed learning rate (see
-    :func:`fit_stacked`). Returns the losses ``(steps, G)`` (MSE per pixel).
+    :func:`fit_stacked`). ``bf16``: passes under bfloat16 autocast (mixed precision; meant for
+    CUDA's tensor cores).
+    Returns the losses ``(steps, G)`` (MSE per pixel).
     """
     pairs = [nn.Sequential(E, D) for E, D in agents]
-    return fit_stacked(pairs, x, x, _mse_per_model, steps=steps, lr=lr, cosine=True)
+    return fit_stacked(pairs, x, x, _mse_per_model, steps=steps, lr=lr, cosine=True,
+                       autocast=torch.bfloat16 if bf16 else None)
 
 
 def train_autoencoder(

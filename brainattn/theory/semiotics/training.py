@@ -29,7 +29,6 @@ def fit_stacked(
     weight_decay: float = 0.0,
     cosine: bool = False,
     autocast: torch.dtype | None = None,
-    stacked: bool = True,
 ) -> np.ndarray:
     """Train ``G`` models of one architecture at once, model ``g`` on ``(x[g], target[g])``.
 
@@ -41,37 +40,19 @@ def fit_stacked(
     The trained parameters are copied back into ``models``. Returns losses ``(steps, G)``.
     ``autocast`` (e.g. ``torch.bfloat16``): the forward and backward passes under
     ``torch.autocast`` of that dtype (mixed precision: parameters, loss and Adam stay float32).
-    ``stacked=False``: the models' passes one after another (one Adam over all parameters: the
-    same optimisation again, without ``vmap``'s grouped convolutions, which took 80-90 ms a
-    step for 10 autoencoders of 256 channels on an H200; whether this is faster there is not
-    measured yet: benchmarks/RESULTS.md, semiotics).
     """
     from torch.func import functional_call, stack_module_state
 
     models = list(models)
-    if stacked:
-        params, _ = stack_module_state(models)
-        buffers = dict(models[0].named_buffers())  # index tables: identical in every model
-        base = models[0]
+    params, _ = stack_module_state(models)
+    buffers = dict(models[0].named_buffers())  # index tables: identical in every model
+    base = models[0]
 
-        def call(p, xg):
-            return functional_call(base, (p, buffers), (xg,))
+    def call(p, xg):
+        return functional_call(base, (p, buffers), (xg,))
 
-        vmapped = torch.vmap(call)
-
-        def forward(p, xs):
-            return vmapped(p, xs)
-
-        trained = list(params.values())
-    else:
-        params = None
-
-        def forward(_, xs):
-            return torch.stack([m(xs[g]) for g, m in enumerate(models)])
-
-        for m in models:
-            m.train()
-        trained = [p for m in models for p in m.parameters()]
+    forward = torch.vmap(call)
+    trained = list(params.values())
     opt = torch.optim.Adam(trained, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cosine else None
     # losses stay on the device until the end: a copy to the host each step would make the
@@ -93,9 +74,8 @@ def fit_stacked(
     losses = hist.cpu().numpy().astype(np.float64)
     with torch.no_grad():
         for g, m in enumerate(models):
-            if stacked:
-                for name, p in m.named_parameters():
-                    p.copy_(params[name][g])
+            for name, p in m.named_parameters():
+                p.copy_(params[name][g])
             m.eval()
     return losses
 

@@ -273,16 +273,18 @@ def stages(size: dict | None = None) -> list[tuple[str, Callable[[DemoContext], 
 
     size = FULL if size is None else size
     sims = available_simulations() if size.get("simulations") is None else size["simulations"]
-    stages = [("synthetic data", stage_data, 60.0)]
-    est_fit = {"transformer": 540.0, "ridge": 60.0, "factorized": 120.0}
+    # the estimates: the stage times of README's measured demo run (2-core CPU), rounded up
+    stages = [("synthetic data", stage_data, 15.0)]
+    est_fit = {"transformer": 90.0, "ridge": 10.0, "factorized": 30.0}
     for model in size.get("models", MODELS):
-        est = est_fit.get(model, 120.0)
+        est = est_fit.get(model, 60.0)
         stages.append((f"encoder: {model}", _stage_encoder(model), est))
-    stages.append(("encoder analyses", stage_analyses, 90.0))
-    stages.append(("difference scaling", stage_psychophysics, 30.0))
+    stages.append(("encoder analyses", stage_analyses, 360.0))
+    stages.append(("difference scaling", stage_psychophysics, 5.0))
+    est_sim = {"pavlovian": 10.0, "semiotics": 50.0, "consciousness": 10.0}
     for name in sims:
-        stages.append((f"theory: {name}", _stage_theory(name), 60.0))
-    stages.append(("report", stage_report, 60.0))
+        stages.append((f"theory: {name}", _stage_theory(name), est_sim.get(name, 60.0)))
+    stages.append(("report", stage_report, 20.0))
     return stages
 
 

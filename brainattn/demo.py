@@ -159,7 +159,12 @@ def stage_analyses(ctx: DemoContext) -> str:
     from brainattn.io import load_netcdf
 
     summary = load_netcdf(summary_path)
-    best = dict(zip(summary["roi_name"].values, summary["best_layer_roi"].values, strict=True))
+    # the planted question is colour (stage 0) vs energy (stage 1); stage 3, a random projection
+    # of every stage's features, carries both and may predict either kind best
+    pure = summary["roi_score"].sel(layer=[0, 1])
+    best = dict(zip(summary["roi_name"].values,
+                    np.asarray([0, 1])[np.nanargmax(np.nan_to_num(pure.values, nan=-np.inf), 0)],
+                    strict=True))
     ev = [int(best[r]) for r in ("V1v", "V1d", "V2v", "V2d", "V3v", "V3d") if r in best]
     members = [base / m for m in ctx.size.get("models", MODELS) if (base / m / "scores.nc").is_file()]
     ens_line = ""
@@ -171,8 +176,9 @@ def stage_analyses(ctx: DemoContext) -> str:
     A.partition_run(ctx.data_dir, base / "banded-ridge", layers=(0, 1), pool="pca",
                     n_components=32, n_iter=ctx.size.get("partition_iter", 10), seed=ctx.seed,
                     overwrite=ctx.overwrite, log=quiet)
-    return (f"best gabor stage: V1-V3 {max(set(ev), key=ev.count) if ev else '-'} (energy), hV4 "
-            f"{int(best.get('hV4', -1))} (colour; planted 1 and 0){ens_line}")
+    return (f"colour (0) vs energy (1) stage by layer sweep: V1-V3 "
+            f"{max(set(ev), key=ev.count) if ev else '-'}, hV4 {int(best.get('hV4', -1))} "
+            f"(planted 1 and 0){ens_line}")
 
 
 def stage_psychophysics(ctx: DemoContext) -> str:

@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=Path("evc_seeds.json"))
     ap.add_argument("--refit", action="store_true", help="refit cells already in --json")
     ap.add_argument("--prf-lr", type=float, default=None,
-                    help="the transformer's --prf-lr (default: the estimator's, 10; 1 = before "
+                    help="the transformer's --prf-lr (default: the estimator's, 5; 1 = before "
                          "issue 21)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]

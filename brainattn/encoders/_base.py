@@ -239,11 +239,17 @@ class TorchEncoder(RegressorMixin, BaseEstimator):
         self.finished_ = bool(state["done"])
         return self
 
+    def _param_groups(self, module):
+        """What the optimizer trains: the parameters, or param groups with their own settings
+        (a subclass's hook)."""
+        return module.parameters()
+
     def _optimizer(self, module):
         # fused AdamW on CUDA: one kernel for the whole update instead of a few per tensor
         # (checkpoints do not depend on it: see brainattn.encoders.training._IMPL_KEYS)
         cuda = all(p.is_cuda for p in module.parameters())
-        return torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+        return torch.optim.AdamW(self._param_groups(module), lr=self.lr,
+                                 weight_decay=self.weight_decay,
                                  **({"fused": True} if cuda else {}))
 
     def _check_fitted(self):

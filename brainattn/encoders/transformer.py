@@ -454,20 +454,17 @@ class TransformerBrainEncoder(TorchEncoder):
                                  dropout=self.dropout, prf_bias=self.prf_bias, seed=self.seed,
                                  query_names=list(qa.names))
 
-    def _optimizer(self, module):
+    def _param_groups(self, module):
         if float(self.prf_lr) <= 0:
             raise ConfigError(f"prf_lr {self.prf_lr!r}: expected a positive multiple of lr")
         prior = [p for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] in PRF_PARAMS]
         if not prior:
-            return super()._optimizer(module)
+            return module.parameters()
         rest = [p for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] not in PRF_PARAMS]
-        cuda = all(p.is_cuda for p in module.parameters())
         # weight decay would pull the centres to the image centre and the sizes to half the
         # image, a prior with no basis: none on them
-        return torch.optim.AdamW(
-            [{"params": rest},
-             {"params": prior, "lr": self.lr * float(self.prf_lr), "weight_decay": 0.0}],
-            lr=self.lr, weight_decay=self.weight_decay, **({"fused": True} if cuda else {}))
+        return [{"params": rest},
+                {"params": prior, "lr": self.lr * float(self.prf_lr), "weight_decay": 0.0}]
 
     def _before_training(self, module, train_loader, device, log) -> None:
         if device.type == "cpu":

@@ -52,8 +52,7 @@ def fit_stacked(
         return functional_call(base, (p, buffers), (xg,))
 
     forward = torch.vmap(call)
-    trained = list(params.values())
-    opt = torch.optim.Adam(trained, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cosine else None
     # losses stay on the device until the end: a copy to the host each step would make the
     # CPU wait for the GPU, step after step

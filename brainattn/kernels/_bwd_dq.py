@@ -10,7 +10,8 @@ tile sums the splits' fp32 partials in split order (deterministic) and resets it
 a batch-shared low-rank key factor (the pRF prior) the loops swap (key blocks outer, batches
 inner) so dS is summed over the batch before the factor's dot.
 
-``bwd_pre``: delta alone, when dq is not needed or is added inside the dk/dv pass.
+``bwd_pre``: delta alone, when dq is not needed or is added inside the dk/dv pass (and, for
+the fused dq_bias, each row's fp16 scale).
 """
 
 import triton
@@ -24,10 +25,16 @@ CONFIGS = ConfigSet([(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 32, 4
 
 
 @triton.jit
-def bwd_pre(O, DO, DLSE, DELTA, s_db, s_dh, s_dm, H, Lq,
-            HEAD_D: tl.constexpr, HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_D: tl.constexpr):
-    """delta = rowsum(dO * O) - dlse, for a backward that does not run the dq pass."""
+def bwd_pre(O, DO, DLSE, DELTA, VMAX, CS, s_db, s_dh, s_dm, H, Lq,
+            HEAD_D: tl.constexpr, HAS_DLSE: tl.constexpr, ROW_SCALE: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta = rowsum(dO * O) - dlse, for a backward that does not run the dq pass.
+
+    With ROW_SCALE also each row's power of two c = 2^(15 - ceil(log2 b)) for the fused
+    pass's fp16 dq_bias dot, b = 2 ||dO_i||_1 max|v| + |dlse_i| bounding |dS_ij| (|dP_ij| and
+    |rowsum(dO O)| are at most ||dO_i||_1 max|v|, as O is an average of v's rows; VMAX holds
+    max|v|), so |c dS| <= 2^15 stays inside fp16's range while the row's large entries keep
+    fp16's full 11 bits whatever the scale of the upstream gradient."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -41,9 +48,16 @@ def bwd_pre(O, DO, DLSE, DELTA, s_db, s_dh, s_dm, H, Lq,
                  mask=mask, other=0.0).to(tl.float32)
     delta = tl.sum(o * do, 1)
     row = bh * Lq + offs_m
+    dlse = 0.0
     if HAS_DLSE:
-        delta -= tl.load(DLSE + row, mask=offs_m < Lq, other=0.0)
+        dlse = tl.load(DLSE + row, mask=offs_m < Lq, other=0.0)
+        delta -= dlse
     tl.store(DELTA + row, delta, mask=offs_m < Lq)
+    if ROW_SCALE:
+        bound = 2.0 * tl.sum(tl.abs(do), 1) * tl.load(VMAX).to(tl.float32) + tl.abs(dlse)
+        # a zero row (no gradient): c = 1; the clamp keeps c a finite fp32 number
+        e = 15.0 - tl.ceil(tl.log2(tl.where(bound > 0, bound, 32768.0)))
+        tl.store(CS + row, tl.exp2(tl.minimum(tl.maximum(e, -126.0), 126.0)), mask=offs_m < Lq)
 
 
 @triton.jit

@@ -12,8 +12,9 @@ dq^T += K^T dS^T and adds it, transposed back, to an fp32 (H, Lq, D) buffer with
 reduction (a descriptor made in the kernel), so the separate dq pass, which recomputes q k^T and
 dO v^T for every batch, is not needed: 7 matmul units per step instead of 9. With a low-rank
 bias whose query factor is shared by the batch (the pRF prior) it also adds dq_bias = dS k_bias
-(a tf32 dot of fp32 dS, its two column halves folded in registers) to an (H, Lq, R) buffer
-the same way. The batches' query sweeps start
+to an (H, Lq, R) buffer the same way: an fp16 dot of dS times a power of two per query (from the
+pre-pass, so fp16's range holds any gradient scale) with the key factor split into fp16 high
+and low parts, its two column halves folded in registers. The batches' query sweeps start
 at different offsets so the programs that run together reduce into different rows. The order of
 the fp32 additions varies, so dq is not bitwise repeatable;
 ``torch.use_deterministic_algorithms(True)`` keeps the separate dq pass.
@@ -22,7 +23,7 @@ the fp32 additions varies, so dq is not bitwise repeatable;
 import triton
 import triton.language as tl
 
-from brainattn.kernels._tile import LOG2E, factor_tile, fold, logits_t, lr_grad
+from brainattn.kernels._tile import LOG2E, factor_tile_h, fold, logits_t, lr_grad
 from brainattn.kernels._tiling import ConfigSet, tails
 
 # (queries per step, keys per program): the tutorial's dk/dv shape (32, 128) first; interpreted,
@@ -43,13 +44,14 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
              HAS_BIAS: tl.constexpr, RANK: tl.constexpr, PREC: tl.constexpr,
              LR_DOT: tl.constexpr, KAUG: tl.constexpr, LR_GRAD: tl.constexpr, GW: tl.constexpr,
              MASK_M: tl.constexpr, BLOCK_M: tl.constexpr, dqd=None, h32=0, kT=None,
-             DQ_FUSED: tl.constexpr = False, dqbd=None, kbf=None,
-             DQB_FUSED: tl.constexpr = False):
+             DQ_FUSED: tl.constexpr = False, dqbd=None, kbf=None, kbg=None, CS=None,
+             DQB_FUSED: tl.constexpr = False, TAIL: tl.constexpr = False):
     """One query block of the dk/dv pass: dv += P^T dO, dk += dS^T Q (and dk_bias). A full
     block (not MASK_M) loads q, dO, lse and delta without a query mask. With DQ_FUSED also
     dq^T += K^T dS^T, added to the (H, Lq, D) fp32 accumulator by a TMA reduction (dqd); with
-    DQB_FUSED also dq_bias += dS k_bias (fp32 dS, the split key factor kbf; the halves folded)
-    into (H, Lq, R) (dqbd)."""
+    DQB_FUSED also dq_bias += dS k_bias into (H, Lq, R) (dqbd): an fp16 dot of dS times each
+    query's power of two (CS, from the pre-pass) and the fp16-split key factor kbf, the halves
+    folded and both scales (1/c per row, kbg per column) undone before the reduction."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Lq
     qT_ptr = q_base + offs_m[None, :] * s_qm + offs_d[:, None]
@@ -80,7 +82,15 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
         # scale and cast (faster than an (H, D, Lq) accumulator; docs/kernels.md)
         dqd.atomic_add([h32, start_m, 0], tl.reshape(tl.trans(dqT), [1, BLOCK_M, dqT.shape[0]]))
     if DQB_FUSED:  # (BLOCK_M, GW/2): the box's columns past R fall outside the buffer (clipped)
-        dqb = fold(tl.dot(tl.trans(dsT), kbf, input_precision=PREC), GW)
+        if MASK_M:
+            cs = tl.load(CS + row_base + offs_m, mask=mask_m, other=1.0)
+        else:
+            cs = tl.load(CS + row_base + offs_m)
+        dsh = dsT * cs[None, :]
+        if TAIL:  # keys past Lk (logit 0, maybe far above the row's): huge p, past fp16
+            dsh = tl.where(mask_n[:, None], dsh, 0.0)
+        dsh = dsh.to(tl.float16)
+        dqb = fold(tl.dot(tl.trans(dsh), kbf), GW) * ((1.0 / cs)[:, None] * kbg[None, :])
         dqbd.atomic_add([h32, start_m, 0], tl.reshape(dqb, [1, BLOCK_M, GW // 2]))
     if LR_GRAD:
         dkb = lr_grad(dkb, dsT, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK, PREC, GW)
@@ -88,7 +98,7 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
 
 
 @triton.jit
-def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA,
+def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, CS,
               s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
               s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
               s_db, s_dh, s_dm,
@@ -96,7 +106,8 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
               HEAD_D: tl.constexpr, HAS_BIAS: tl.constexpr, RANK: tl.constexpr,
               PREC: tl.constexpr, LR_DOT: tl.constexpr, KAUG: tl.constexpr,
               LR_GRAD: tl.constexpr, GW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, DQ_FUSED: tl.constexpr, DQB_FUSED: tl.constexpr):
+              BLOCK_N: tl.constexpr, DQ_FUSED: tl.constexpr, DQB_FUSED: tl.constexpr,
+              TAIL: tl.constexpr):
     """dk, dv (and dk_bias) of the BLOCK_N keys from start_n of one (batch, head); with
     DQ_FUSED (DQB_FUSED) also their share of dq (dq_bias), see ``_kv_step``."""
     bh = b * H + h
@@ -142,6 +153,7 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
         rot = ((b.to(tl.int32) * (Lq // BLOCK_M)) // tl.num_programs(0)) * BLOCK_M
     dqbd = DQBA
     kbf = dkb
+    kbg = 0.0
     if DQB_FUSED:
         # (H, Lq, R) rows of s_dqb >= R columns (16 bytes); the key factor split into its
         # high part and remainder (``factor_tile``), whose two column halves each step folds
@@ -149,7 +161,7 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
         dqbd = tl.make_tensor_descriptor(DQBA, shape=[H, Lq, RANK],
                                          strides=[Lq * s_dqb, s_dqb, 1],
                                          block_shape=[1, BLOCK_M, GW // 2])
-        kbf = factor_tile(KB, kb_off, offs_n, mask_n, s_kbn, s_kbr, RANK, GW)
+        kbf, kbg = factor_tile_h(KB, kb_off, offs_n, mask_n, s_kbn, s_kbr, RANK, GW)
     for i in range(0, m_full, BLOCK_M):
         start_m = i + rot
         if DQ_FUSED:
@@ -159,14 +171,14 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
                                offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
                                s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC,
                                LR_DOT, KAUG, LR_GRAD, GW, False, BLOCK_M, dqd, h32, kT,
-                               DQ_FUSED, dqbd, kbf, DQB_FUSED)
+                               DQ_FUSED, dqbd, kbf, kbg, CS, DQB_FUSED, TAIL)
     if m_full < Lq:
         dk, dv, dkb = _kv_step(dk, dv, dkb, m_full, k, v, ka, q_base, do_base, LSE, DELTA,
                                row_base, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off,
                                offs_n, mask_n, offs_d, mask_d, s_qm, s_dm, s_bm, s_qbm,
                                s_qbr, s_kbn, s_kbr, Lq, scale, HAS_BIAS, RANK, PREC,
                                LR_DOT, KAUG, LR_GRAD, GW, True, BLOCK_M, dqd, h32, kT,
-                               DQ_FUSED, dqbd, kbf, DQB_FUSED)
+                               DQ_FUSED, dqbd, kbf, kbg, CS, DQB_FUSED, TAIL)
     dk = dk * scale
     nd = (bh * Lk + offs_n[:, None]) * HEAD_D + offs_d[None, :]
     tl.store(DK + nd, dk.to(DK.dtype.element_ty), mask=mask_nd)
@@ -178,7 +190,7 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
 
 
 @triton.jit
-def _bwd_kv_kernel(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA,
+def _bwd_kv_kernel(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, CS,
                 s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm,
                 s_qbb, s_qbh, s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah,
                 s_db, s_dh, s_dm,
@@ -197,27 +209,27 @@ def _bwd_kv_kernel(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, D
     # full programs, then the last keys in one TAIL_N-wide tile (BLOCK_N when the rest needs
     # it), then, with TAIL2_N, a second narrow one (never a mostly empty BLOCK_N-wide tile)
     if pid_n < n_full:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, CS, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
                   s_dh, s_dm, b, h, start_n, H, Lq, Lk, scale, s_dqa, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, LR_DOT, KAUG, LR_GRAD, GW, BLOCK_D,
-                  BLOCK_M, BLOCK_N, DQ_FUSED, DQB_FUSED)
+                  BLOCK_M, BLOCK_N, DQ_FUSED, DQB_FUSED, False)
     elif pid_n == n_full:
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, CS, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
                   s_dh, s_dm, b, h, start_n, H, Lq, Lk, scale, s_dqa, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, LR_DOT, KAUG, LR_GRAD, GW, BLOCK_D,
-                  BLOCK_M, TAIL_N, DQ_FUSED, DQB_FUSED)
+                  BLOCK_M, TAIL_N, DQ_FUSED, DQB_FUSED, True)
     elif TAIL2_N > 0:
         start_2 = n_full * BLOCK_N + TAIL_N
-        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, s_qb,
+        _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, DQBA, CS, s_qb,
                   s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_bh, s_bm, s_qbb, s_qbh,
                   s_qbm, s_qbr, s_kbb, s_kbh, s_kbn, s_kbr, s_qab, s_qah, s_kab, s_kah, s_db,
                   s_dh, s_dm, b, h, start_2, H, Lq, Lk, scale, s_dqa, s_dqb, HEAD_D,
                   HAS_BIAS, RANK, PREC, LR_DOT, KAUG, LR_GRAD, GW, BLOCK_D,
-                  BLOCK_M, TAIL2_N, DQ_FUSED, DQB_FUSED)
+                  BLOCK_M, TAIL2_N, DQ_FUSED, DQB_FUSED, True)
 
 
 _HEUR = {"TAIL_N": lambda a: tails(a["Lk"], a["BLOCK_N"])[0],

@@ -77,7 +77,7 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
     delta = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
     dq = dk = dv = dbias = dqb = dkb = None
     fused = _plan.fused_dq(q, q_bias, plan, (nq, nk, nv, nb, nqb, nkb), has_bias, TUNED)
-    dqa = dqba = plan.ptrs[1]
+    dqa = dqba = cs = vmax = plan.ptrs[1]
     r_pad = R
     nqb_fused = False
     if fused:  # dq (and dq_bias) accumulate in fp32 (dq_bias rows padded to 16 bytes)
@@ -86,6 +86,9 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
         if nqb:
             r_pad = cdiv(R, 4) * 4
             dqba = torch.zeros((H, Lq, r_pad), device=dev, dtype=torch.float32)
+            # each row's fp16 scale for the dq_bias dot, formed by the pre-pass from max|v|
+            cs = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
+            vmax = torch.linalg.vector_norm(v.detach(), float("inf"))
         nq = False
         nqb_fused, nqb = nqb, False
     if nq or nqb:  # the dq pass also forms delta for the passes after it
@@ -122,8 +125,9 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
             dqb = reduce_to(dqb_p, q_bias.shape).to(q_bias.dtype)
     else:
         bwd_pre[(cdiv(Lq, 64), B * H)](
-            out, dout, dlse if dlse is not None else delta, delta, *dstr, H, Lq,
-            HEAD_D=D, HAS_DLSE=dlse is not None, BLOCK_M=64, BLOCK_D=plan.BLOCK_D)
+            out, dout, dlse if dlse is not None else delta, delta, vmax, cs, *dstr, H, Lq,
+            HEAD_D=D, HAS_DLSE=dlse is not None, ROW_SCALE=nqb_fused, BLOCK_M=64,
+            BLOCK_D=plan.BLOCK_D)
     if nk or nv or nkb:
         dk = torch.empty((B, H, Lk, D), device=dev, dtype=k.dtype)
         dv = torch.empty((B, H, Lk, D), device=dev, dtype=v.dtype)
@@ -131,7 +135,7 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
                  if nkb else plan.ptrs[2])
         grid = lambda meta: (B, kv_programs(Lk, meta["BLOCK_N"]), H)  # noqa: E731
         launch(bwd_kv_dq if fused else bwd_kv, grid, _plan.kv_key(plan, nkb, fused, nqb_fused),
-               (q, k, v, *plan.ptrs, dout, lse, delta, dk, dv, dkb_p, dqa, dqba),
+               (q, k, v, *plan.ptrs, dout, lse, delta, dk, dv, dkb_p, dqa, dqba, cs),
                (*common, H, Lq, Lk, scale, D, r_pad),
                dict(consts, LR_GRAD=nkb, DQ_FUSED=fused, DQB_FUSED=nqb_fused),
                direct=not fused)

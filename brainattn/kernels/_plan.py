@@ -79,21 +79,22 @@ def split_pair(q_bias: torch.Tensor, k_bias: torch.Tensor, kaug: int, qscale: fl
     Column r of both factors is first rescaled by a_r = sqrt(max|q_r| / max|k_r|) (the product
     is unchanged) so both sides stay well inside fp16's range."""
     qf, kf = q_bias.detach().float(), k_bias.detach().float()
-    if qscale != 1.0:
-        qf = qf * qscale
-    qm = qf.abs().amax(dim=(0, 1, 2))
-    km = kf.abs().amax(dim=(0, 1, 2))
+    # (few passes over the query factor, (H, Lq, R) in a pRF step: the column maxima in one
+    # reduction, qscale and the rescaling applied together)
+    dims = tuple(range(qf.ndim - 1))
+    qm = torch.linalg.vector_norm(qf, float("inf"), dim=dims) * abs(qscale)
+    km = torch.linalg.vector_norm(kf, float("inf"), dim=dims)
     a = torch.sqrt(qm / km)
-    a = torch.where(torch.isfinite(a) & (a > 0), a, torch.ones_like(a))
+    a = torch.where(torch.isfinite(a) & (a > 0), a, 1.0)
     out = []
-    for x, query in ((qf / a, True), (kf * a, False)):
+    for x, query in ((qf * (qscale / a), True), (kf * a, False)):
         hi = x.to(torch.float16)
-        lo = (x - hi.float()).to(torch.float16)
+        lo = (x - hi).to(torch.float16)
         parts = [hi, hi, lo] if query else [hi, lo, hi]
         pad = kaug - 3 * x.shape[-1]
         if pad:
             parts.append(hi.new_zeros(*x.shape[:-1], pad))
-        out.append(torch.cat(parts, dim=-1).contiguous())
+        out.append(torch.cat(parts, dim=-1))
     return out
 
 

@@ -129,6 +129,26 @@ def factor_tile(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl.c
 
 
 @triton.jit
+def factor_tile_h(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl.constexpr):
+    """``factor_tile`` in fp16 for a half-precision gradient dot: the factor's rows ``offs_r``
+    times a power of two per column (g = 2^-ceil(log2 max|column|) over these rows, so every
+    entry fits fp16), columns [0, R) rounded to fp16 (11 bits), [GW/2, GW/2 + R) the
+    remainder in fp16, so the factor enters the dot to ~2^-22 of its column's largest entry.
+    Returns (tile (rows, GW) fp16, 1/g (GW/2,) fp32 for the folded result's columns)."""
+    offs_c = tl.arange(0, GW)
+    half = GW // 2
+    col = tl.where(offs_c < half, offs_c, offs_c - half)
+    f = tl.load(F + f_off + offs_r[:, None] * s_r + col[None, :] * s_c,
+                mask=mask_r[:, None] & (col < RANK)[None, :], other=0.0).to(tl.float32)
+    m = tl.max(tl.abs(f), 0)  # (GW,): column c and c + GW/2 hold the same maximum
+    e = tl.ceil(tl.log2(tl.where(m > 0, m, 1.0)))  # an empty column: g = 1
+    hi = (f * tl.exp2(-e)[None, :]).to(tl.float16)
+    lo = (f * tl.exp2(-e)[None, :] - hi.to(tl.float32)).to(tl.float16)
+    ginv = tl.max(tl.reshape(tl.exp2(e), [2, GW // 2]), 0)
+    return tl.where((offs_c < half)[None, :], hi, lo), ginv
+
+
+@triton.jit
 def fold(g, GW: tl.constexpr):
     """(X, GW) -> (X, GW/2): a low-rank gradient's high-part and remainder column halves
     (``factor_tile``) added. In the accumulator layout of a dot the two halves of a row sit in

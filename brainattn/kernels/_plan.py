@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
+from brainattn.kernels._factors import split_rows
 from brainattn.kernels._tiling import p2
 
 #: the fused dq pays off only with many queries (vertices: 20,000; rois' 50 keep the dq pass)
@@ -80,22 +81,13 @@ def split_pair(q_bias: torch.Tensor, k_bias: torch.Tensor, kaug: int, qscale: fl
     is unchanged) so both sides stay well inside fp16's range."""
     qf, kf = q_bias.detach().float(), k_bias.detach().float()
     # (few passes over the query factor, (H, Lq, R) in a pRF step: the column maxima in one
-    # reduction, qscale and the rescaling applied together)
+    # reduction, the rescaled split in one kernel)
     dims = tuple(range(qf.ndim - 1))
     qm = torch.linalg.vector_norm(qf, float("inf"), dim=dims) * abs(qscale)
     km = torch.linalg.vector_norm(kf, float("inf"), dim=dims)
     a = torch.sqrt(qm / km)
     a = torch.where(torch.isfinite(a) & (a > 0), a, 1.0)
-    out = []
-    for x, query in ((qf * (qscale / a), True), (kf * a, False)):
-        hi = x.to(torch.float16)
-        lo = (x - hi).to(torch.float16)
-        parts = [hi, hi, lo] if query else [hi, lo, hi]
-        pad = kaug - 3 * x.shape[-1]
-        if pad:
-            parts.append(hi.new_zeros(*x.shape[:-1], pad))
-        out.append(torch.cat(parts, dim=-1))
-    return out
+    return [split_rows(qf, qscale / a, kaug, True), split_rows(kf, a, kaug, False)]
 
 
 def reduce_to(t: torch.Tensor, shape) -> torch.Tensor:

@@ -54,10 +54,19 @@ def prf_bias_factors(mu, sigma, positions, *, query_mask=None, token_mask=None, 
         raise ConfigError("sigma: expected every pRF size to be positive")
     dt = torch.float64 if mu.dtype == torch.float64 else torch.float32
     mu = mu.to(dt)
-    inv = 1.0 / (2.0 * sigma.to(dt) ** 2)  # (H, Lq)
-    qb = torch.stack(
-        [2 * inv * mu[..., 0], 2 * inv * mu[..., 1], -inv, -inv * (mu**2).sum(-1)], dim=-1
-    )  # (H, Lq, 4)
+    # on CUDA one kernel each way (``_factors``); compiled code, fake tensors and subclasses
+    # get the torch ops (inductor fuses them itself)
+    plain = (torch.Tensor, torch.nn.Parameter)
+    if (mu.is_cuda and dt == torch.float32 and not torch.compiler.is_compiling()
+            and type(mu) in plain and type(sigma) in plain):
+        from brainattn.kernels._factors import PrfQueryFactor
+
+        qb = PrfQueryFactor.apply(mu, sigma.to(dt))
+    else:
+        inv = 1.0 / (2.0 * sigma.to(dt) ** 2)  # (H, Lq)
+        qb = torch.stack(
+            [2 * inv * mu[..., 0], 2 * inv * mu[..., 1], -inv, -inv * (mu**2).sum(-1)], dim=-1
+        )  # (H, Lq, 4)
     if query_mask is not None:
         query_mask = torch.as_tensor(query_mask, dtype=torch.bool, device=qb.device)
         if query_mask.shape[-1] != mu.shape[1] or query_mask.ndim not in (1, 2):

@@ -155,3 +155,17 @@ def test_gpu_inductor_compiled_attention_matches_eager():
     for name, a, b in zip(["loss", "q0", "k0", "w", "mu", "sigma"], got, ref, strict=True):
         err = ((a.double() - b.double()).norm() / b.double().norm()).item()
         assert err <= 5e-3, f"{name}: relative difference {err:.2e} from eager"
+
+
+def test_prf_factors_of_fake_cuda_tensors_launch_no_kernel():
+    """On CUDA ``prf_bias_factors`` builds the query factor with a Triton kernel; fake tensors
+    (shape inference, AOT tracing) take the torch formula instead, so no kernel is handed
+    a fake pointer. Fake CUDA tensors need no GPU, so this runs on the CPU too."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        mu = torch.empty(2, 5, 2, device="cuda", requires_grad=True)
+        sigma = torch.ones(2, 5, device="cuda", requires_grad=True)
+        qb, kb = prf_bias_factors(mu, sigma, torch.empty(7, 2, device="cuda"), validate=False)
+        assert isinstance(qb, FakeTensor) and qb.shape == (1, 2, 5, 4) and qb.is_cuda
+        assert kb.shape == (1, 1, 7, 4)

@@ -181,12 +181,58 @@ def test_split_factors_reproduce_the_low_rank_product():
     sigma = torch.rand(2, 30, generator=g) * 0.2 + 0.02  # narrow pRFs: factors up to ~1e3
     pos = torch.rand(50, 2, generator=g) * 2 - 1
     qb, kb = prf_bias_factors(mu, sigma, pos)
-    qa, ka = split_pair(qb, kb, 16)
+    qa, ka = (t.cpu() for t in split_pair(qb.to(DEV), kb.to(DEV), 16))
     assert qa.dtype == torch.float16 and qa.shape == (1, 2, 30, 16) and ka.shape == (1, 1, 50, 16)
     approx = qa.double() @ ka.double().transpose(-1, -2)
     exact = qb.double() @ kb.double().transpose(-1, -2)
     scale = (qb.double().abs() @ kb.double().abs().transpose(-1, -2)).max()
     assert ((approx - exact).abs().max() / scale).item() < 2e-6
+
+
+@pytest.mark.parametrize("R", [4, 3])
+def test_split_kernel_lays_out_an_exact_fp16_hi_lo_split(R):
+    """``_factors.split_rows`` (one Triton pass) writes [hi, hi, lo] (query) or [hi, lo, hi]
+    (key) of the factor times its column scales, zero padded to 16 columns: hi is the fp16
+    rounding of x = f * s (as torch rounds it) and hi + lo equals x to ~2^-22 (the GPU may fuse
+    the remainder's multiply and subtraction, so lo is not compared bit for bit)."""
+    from brainattn.kernels._factors import split_rows
+
+    g = torch.Generator().manual_seed(8)
+    f = torch.randn(2, 3, 300, R, generator=g) * 10 ** torch.randint(-3, 3, (R,), generator=g)
+    s = torch.rand(R, generator=g) + 0.5
+    x = f * s
+    for query in (True, False):
+        got = split_rows(f.to(DEV), s.to(DEV), 16, query).cpu()
+        assert got.shape == (2, 3, 300, 16) and got.dtype == torch.float16
+        first, second, third = (got[..., i * R:(i + 1) * R] for i in range(3))
+        hi, lo = (first, third) if query else (first, second)
+        assert torch.equal(hi, x.to(torch.float16))
+        assert torch.equal(second if query else third, hi)
+        err = (hi.double() + lo.double() - (f.double() * s.double())).abs()
+        assert (err <= 2.0**-21 * x.double().abs() + 1e-7).all()
+        assert not got[..., 3 * R:].any()
+
+
+def test_prf_query_factor_kernels_match_torch_autograd():
+    """The pRF query factor's Triton forward and backward (``_factors.PrfQueryFactor``, what
+    ``prf_bias_factors`` runs on CUDA) against the torch formula and its autograd in float64,
+    with the upstream gradient a row-padded view (as the fused pass hands it back)."""
+    from brainattn.kernels._factors import PrfQueryFactor
+
+    g = torch.Generator().manual_seed(9)
+    mu = (torch.rand(3, 500, 2, generator=g) * 2 - 1).to(DEV).requires_grad_()
+    sigma = (torch.rand(3, 500, generator=g) * 0.4 + 0.05).to(DEV).requires_grad_()
+    up = torch.randn(3, 500, 8, generator=g)[..., :4]
+    qb = PrfQueryFactor.apply(mu, sigma)
+    qb.backward(up.to(DEV))
+    m64 = mu.detach().cpu().double().requires_grad_()
+    s64 = sigma.detach().cpu().double().requires_grad_()
+    inv = 1.0 / (2.0 * s64**2)
+    ref = torch.stack([2 * inv * m64[..., 0], 2 * inv * m64[..., 1], -inv,
+                       -inv * (m64**2).sum(-1)], dim=-1)
+    ref.backward(up.double())
+    assert _rel(qb, ref) < 1e-6
+    assert _rel(mu.grad, m64.grad) < 1e-6 and _rel(sigma.grad, s64.grad) < 1e-6
 
 
 @triton.jit

@@ -2,9 +2,8 @@
 fp16 hi/lo split of a factor (``_plan.split_pair``) and the pRF query factor with its gradient
 (``prf.prf_bias_factors`` on CUDA).
 
-A pRF step (H x 20,000 queries) spent ~0.2 ms of an 11.9 ms step in some 60 small torch
-kernels building, splitting and differentiating these factors (a torch.profiler trace,
-benchmarks/RESULTS.md); each is one launch here.
+As torch ops, building, splitting and differentiating these factors took some 60 small kernels
+a pRF step (a torch.profiler trace in benchmarks/RESULTS.md); each is one launch here.
 """
 
 from __future__ import annotations

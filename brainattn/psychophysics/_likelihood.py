@@ -98,7 +98,8 @@ def _theta_fit(nll, theta0: np.ndarray, *, torch_ok: bool, bounds=None):
             except np.linalg.LinAlgError:
                 break
             cand = np.clip(th - step, lo, hi)
-            if not np.all(np.isfinite(cand)) or fg(cand)[0] > f0 + 1e-12:
+            # (a step may raise the sum's rounding noise, ~1e-14 of |f|, not more)
+            if not np.all(np.isfinite(cand)) or fg(cand)[0] > f0 + 1e-12 * max(1.0, abs(f0)):
                 break
             n_iter += 1
             th = cand

@@ -156,7 +156,7 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
     kbg = 0.0
     if DQB_FUSED:
         # (H, Lq, R) rows of s_dqb >= R columns (16 bytes); the key factor split into its
-        # high part and remainder (``factor_tile``), whose two column halves each step folds
+        # fp16 high part and remainder (``factor_tile_h``), whose two column halves each step folds
         # before the reduction (R columns reduced, not 2R)
         dqbd = tl.make_tensor_descriptor(DQBA, shape=[H, Lq, RANK],
                                          strides=[Lq * s_dqb, s_dqb, 1],

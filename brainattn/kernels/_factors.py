@@ -86,7 +86,7 @@ def _prf_bwd_kernel(MU, SIG, G, s_g, DMU, DSIG, n, BLOCK: tl.constexpr):
 
 
 class PrfQueryFactor(torch.autograd.Function):
-    """The pRF query factor (1, H, Lq, 4) from mu (H, Lq, 2) and sigma (H, Lq), float32 on
+    """The pRF query factor (H, Lq, 4) from mu (H, Lq, 2) and sigma (H, Lq), float32 on
     CUDA: one kernel forward, one backward (what ``prf_bias_factors`` computes with torch ops
     elsewhere)."""
 

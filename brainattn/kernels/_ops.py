@@ -118,9 +118,15 @@ class TritonAttention(torch.autograd.Function):
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def plain_eager(*tensors) -> bool:
+    """Not compiling, and every given tensor a plain one (no fake tensor or subclass): calls
+    that may launch kernels directly through an autograd Function."""
+    return not torch.compiler.is_compiling() and all(
+        t is None or type(t) in _PLAIN for t in tensors)
+
+
 def attention_triton(q, k, v, bias, q_bias, k_bias, scale: float):
     """Triton path of :func:`brainattn.kernels.attention`; returns ``(out, lse)``."""
-    if torch.compiler.is_compiling() or any(
-            t is not None and type(t) not in _PLAIN for t in (q, k, v, bias, q_bias, k_bias)):
+    if not plain_eager(q, k, v, bias, q_bias, k_bias):
         return attention_fwd(q, k, v, bias, q_bias, k_bias, scale)
     return TritonAttention.apply(q, k, v, bias, q_bias, k_bias, scale)

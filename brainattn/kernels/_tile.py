@@ -107,6 +107,17 @@ def logits_t(k, qT, ka, Bias, bias_off, QB, qb_off, KB, kb_off, QA, qa_off, offs
 
 
 @triton.jit
+def _factor_halves(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl.constexpr):
+    """The factor's rows ``offs_r`` twice side by side, (rows, GW) fp32: column c and
+    c + GW/2 both hold factor column c (zeros past R), and the mask of the first half."""
+    offs_c = tl.arange(0, GW)
+    col = tl.where(offs_c < GW // 2, offs_c, offs_c - GW // 2)
+    f = tl.load(F + f_off + offs_r[:, None] * s_r + col[None, :] * s_c,
+                mask=mask_r[:, None] & (col < RANK)[None, :], other=0.0).to(tl.float32)
+    return f, (offs_c < GW // 2)[None, :]
+
+
+@triton.jit
 def factor_tile(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl.constexpr):
     """A low-rank factor's rows ``offs_r`` as the (rows, GW) fp32 right operand of its
     gradient dot: columns [0, R) the factor rounded down to tf32 (10 mantissa bits), columns
@@ -119,13 +130,9 @@ def factor_tile(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl.c
     in d sigma. With the remainder in its own columns the factor enters the dot to ~2^-22 at the
     cost of no extra dot (GW is 16 either way for R <= 8); ``fold`` adds the two column halves
     of the result in registers, so what is stored or reduced is R columns wide."""
-    offs_c = tl.arange(0, GW)
-    half = GW // 2
-    col = tl.where(offs_c < half, offs_c, offs_c - half)
-    f = tl.load(F + f_off + offs_r[:, None] * s_r + col[None, :] * s_c,
-                mask=mask_r[:, None] & (col < RANK)[None, :], other=0.0).to(tl.float32)
+    f, first = _factor_halves(F, f_off, offs_r, mask_r, s_r, s_c, RANK, GW)
     hi = (f.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-    return tl.where((offs_c < half)[None, :], hi, f - hi)
+    return tl.where(first, hi, f - hi)
 
 
 @triton.jit
@@ -135,17 +142,14 @@ def factor_tile_h(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl
     entry fits fp16), columns [0, R) rounded to fp16 (11 bits), [GW/2, GW/2 + R) the
     remainder in fp16, so the factor enters the dot to ~2^-22 of its column's largest entry.
     Returns (tile (rows, GW) fp16, 1/g (GW/2,) fp32 for the folded result's columns)."""
-    offs_c = tl.arange(0, GW)
-    half = GW // 2
-    col = tl.where(offs_c < half, offs_c, offs_c - half)
-    f = tl.load(F + f_off + offs_r[:, None] * s_r + col[None, :] * s_c,
-                mask=mask_r[:, None] & (col < RANK)[None, :], other=0.0).to(tl.float32)
+    f, first = _factor_halves(F, f_off, offs_r, mask_r, s_r, s_c, RANK, GW)
     m = tl.max(tl.abs(f), 0)  # (GW,): column c and c + GW/2 hold the same maximum
     e = tl.ceil(tl.log2(tl.where(m > 0, m, 1.0)))  # an empty column: g = 1
-    hi = (f * tl.exp2(-e)[None, :]).to(tl.float16)
-    lo = (f * tl.exp2(-e)[None, :] - hi.to(tl.float32)).to(tl.float16)
+    x = f * tl.exp2(-e)[None, :]
+    hi = x.to(tl.float16)
+    lo = (x - hi.to(tl.float32)).to(tl.float16)
     ginv = tl.max(tl.reshape(tl.exp2(e), [2, GW // 2]), 0)
-    return tl.where((offs_c < half)[None, :], hi, lo), ginv
+    return tl.where(first, hi, lo), ginv
 
 
 @triton.jit

@@ -54,15 +54,15 @@ def prf_bias_factors(mu, sigma, positions, *, query_mask=None, token_mask=None, 
         raise ConfigError("sigma: expected every pRF size to be positive")
     dt = torch.float64 if mu.dtype == torch.float64 else torch.float32
     mu = mu.to(dt)
-    # on CUDA one kernel each way (``_factors``); compiled code, fake tensors and subclasses
-    # get the torch ops (inductor fuses them itself)
-    plain = (torch.Tensor, torch.nn.Parameter)
-    if (mu.is_cuda and dt == torch.float32 and not torch.compiler.is_compiling()
-            and type(mu) in plain and type(sigma) in plain):
-        from brainattn.kernels._factors import PrfQueryFactor
+    qb = None
+    if mu.is_cuda and dt == torch.float32:
+        from brainattn.kernels import _factors, _ops
 
-        qb = PrfQueryFactor.apply(mu, sigma.to(dt))
-    else:
+        # one kernel each way; compiled code, fake tensors and subclasses get the torch ops
+        # (inductor fuses them itself)
+        if _ops.plain_eager(mu, sigma):
+            qb = _factors.PrfQueryFactor.apply(mu, sigma.to(dt))
+    if qb is None:
         inv = 1.0 / (2.0 * sigma.to(dt) ** 2)  # (H, Lq)
         qb = torch.stack(
             [2 * inv * mu[..., 0], 2 * inv * mu[..., 1], -inv, -inv * (mu**2).sum(-1)], dim=-1

@@ -12,9 +12,10 @@ dq^T += K^T dS^T and adds it, transposed back, to an fp32 (H, Lq, D) buffer with
 reduction (a descriptor made in the kernel), so the separate dq pass, which recomputes q k^T and
 dO v^T for every batch, is not needed: 7 matmul units per step instead of 9. With a low-rank
 bias whose query factor is shared by the batch (the pRF prior) it also adds dq_bias = dS k_bias
-to an (H, Lq, R) buffer the same way: an fp16 dot of dS times a power of two per query (from the
-pre-pass, so fp16's range holds any gradient scale) with the key factor split into fp16 high
-and low parts, its two column halves folded in registers. The batches' query sweeps start
+to an (H, Lq, R) buffer the same way: an fp16 dot of dS times a power of two per (head, query)
+(the pre-pass's smallest over the batch, so fp16's range holds any gradient scale; the host
+divides the sum by it) with the key factor split into fp16 high and low parts, its two column
+halves folded in registers. The batches' query sweeps start
 at different offsets so the programs that run together reduce into different rows. The order of
 the fp32 additions varies, so dq is not bitwise repeatable;
 ``torch.use_deterministic_algorithms(True)`` keeps the separate dq pass.
@@ -49,9 +50,10 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
     """One query block of the dk/dv pass: dv += P^T dO, dk += dS^T Q (and dk_bias). A full
     block (not MASK_M) loads q, dO, lse and delta without a query mask. With DQ_FUSED also
     dq^T += K^T dS^T, added to the (H, Lq, D) fp32 accumulator by a TMA reduction (dqd); with
-    DQB_FUSED also dq_bias += dS k_bias into (H, Lq, R) (dqbd): an fp16 dot of dS times each
-    query's power of two (CS, from the pre-pass) and the fp16-split key factor kbf, the halves
-    folded and both scales (1/c per row, kbg per column) undone before the reduction."""
+    DQB_FUSED also c dq_bias += c dS k_bias into (H, Lq, R) (dqbd): an fp16 dot of dS times
+    each query's power of two c (CS, this head's row of the pre-pass's (H, Lq) scales) and the
+    fp16-split key factor kbf, the halves folded and kbg (per column) undone before the
+    reduction; the host divides the sum by c."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Lq
     qT_ptr = q_base + offs_m[None, :] * s_qm + offs_d[:, None]
@@ -83,14 +85,16 @@ def _kv_step(dk, dv, dkb, start_m, k, v, ka, q_base, do_base, LSE, DELTA, row_ba
         dqd.atomic_add([h32, start_m, 0], tl.reshape(tl.trans(dqT), [1, BLOCK_M, dqT.shape[0]]))
     if DQB_FUSED:  # (BLOCK_M, GW/2): the box's columns past R fall outside the buffer (clipped)
         if MASK_M:
-            cs = tl.load(CS + row_base + offs_m, mask=mask_m, other=1.0)
+            cs = tl.load(CS + offs_m, mask=mask_m, other=1.0)
         else:
-            cs = tl.load(CS + row_base + offs_m)
+            cs = tl.load(CS + offs_m)
         dsh = dsT * cs[None, :]
         if TAIL:  # keys past Lk (logit 0, maybe far above the row's): huge p, past fp16
             dsh = tl.where(mask_n[:, None], dsh, 0.0)
         dsh = dsh.to(tl.float16)
-        dqb = fold(tl.dot(tl.trans(dsh), kbf), GW) * ((1.0 / cs)[:, None] * kbg[None, :])
+        # reduced times c (the host divides the sum by it): a per-row 1/c here would be a
+        # second, unpipelined load of CS in the result's layout every step
+        dqb = fold(tl.dot(tl.trans(dsh), kbf), GW) * kbg[None, :]
         dqbd.atomic_add([h32, start_m, 0], tl.reshape(dqb, [1, BLOCK_M, GW // 2]))
     if LR_GRAD:
         dkb = lr_grad(dkb, dsT, QB, qb_off, offs_m, mask_m, s_qbm, s_qbr, RANK, PREC, GW)
@@ -162,6 +166,7 @@ def _kv_block(Q, K, V, Bias, QB, KB, QA, KA, DO, LSE, DELTA, DK, DV, DKB, DQA, D
                                          strides=[Lq * s_dqb, s_dqb, 1],
                                          block_shape=[1, BLOCK_M, GW // 2])
         kbf, kbg = factor_tile_h(KB, kb_off, offs_n, mask_n, s_kbn, s_kbr, RANK, GW)
+        CS += h * Lq
     for i in range(0, m_full, BLOCK_M):
         start_m = i + rot
         if DQ_FUSED:

@@ -86,8 +86,9 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
         if nqb:
             r_pad = cdiv(R, 4) * 4
             dqba = torch.zeros((H, Lq, r_pad), device=dev, dtype=torch.float32)
-            # each row's fp16 scale for the dq_bias dot, formed by the pre-pass from max|v|
-            cs = torch.empty((B, H, Lq), device=dev, dtype=torch.float32)
+            # each (head, query)'s fp16 scale for the dq_bias dot: the pre-pass's smallest
+            # over the batch (from max|v| and dO); 2^126 where no batch has a gradient
+            cs = torch.full((H, Lq), 2.0**126, device=dev, dtype=torch.float32)
             vmax = torch.linalg.vector_norm(v.detach(), float("inf"))
         nq = False
         nqb_fused, nqb = nqb, False
@@ -142,8 +143,9 @@ def backward(q, k, v, bias, q_bias, k_bias, out, lse, dout, dlse, scale, needs, 
         if fused:  # one kernel: scale, cast
             dq = torch.empty((1, H, Lq, D), device=dev, dtype=q.dtype)
             torch.mul(dqa, scale, out=dq[0])
-            if nqb_fused:
-                dqb = reduce_to(dqba[None, :, :, :R], q_bias.shape).to(q_bias.dtype)
+            if nqb_fused:  # the sums carry each row's scale c
+                dqb = torch.div(dqba[:, :, :R], cs[:, :, None])[None]
+                dqb = reduce_to(dqb, q_bias.shape).to(q_bias.dtype)
         if nkb:
             dkb = reduce_to(dkb_p, k_bias.shape).to(k_bias.dtype)
         if not nk:

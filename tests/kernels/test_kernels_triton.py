@@ -544,15 +544,18 @@ def test_interpreted_fused_dq_matches_reference(lowrank, monkeypatch):
             assert err <= TOL[torch.float16], f"d{name}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("scale", [1e-12, 1e12])
-def test_fused_dq_bias_keeps_its_precision_at_any_gradient_scale(scale, monkeypatch):
+@pytest.mark.parametrize("scales", [(1e-12, 1e-12), (1e12, 1e12), (1e-12, 0.0)],
+                         ids=["1e-12", "1e12", "1e-12-and-none"])
+def test_fused_dq_bias_keeps_its_precision_at_any_gradient_scale(scales, monkeypatch):
     """The fused pass forms dq_bias with an fp16 dot: dS enters it times a power of two per
-    query row (from the pre-pass's bound on |dS|), so an upstream gradient 1e-12 or 1e12 times
-    the usual one (a loss averaged over many vertices, or summed) neither flushes to zero nor
-    overflows fp16: the pRF factor's gradient keeps the error it has at scale 1. On sm_90+ as
-    the encoders train (bf16 inputs); interpreted on the CPU (the descriptor reduction
-    emulated, the fused pass forced) in float32, whose upstream gradient itself can be that
-    small or large (the interpreter's bf16 is not exact)."""
+    (head, query), the smallest the pre-pass's bound on |dS| gives over the batch, so an
+    upstream gradient 1e-12 or 1e12 times the usual one (a loss averaged over many vertices, or
+    summed) neither flushes to zero nor overflows fp16, and a batch without gradient does not
+    set the scale of one with a small one: the pRF factor's gradient keeps the error it has at
+    scale 1 (batch b's upstream gradient times scales[b]). On sm_90+ as the encoders train
+    (bf16 inputs); interpreted on the CPU (the descriptor reduction emulated, the fused pass
+    forced) in float32, whose upstream gradient itself can be that small or large (the
+    interpreter's bf16 is not exact)."""
     from brainattn.kernels import _bwd_kv, _plan
 
     if GPU:
@@ -576,19 +579,20 @@ def test_fused_dq_bias_keeps_its_precision_at_any_gradient_scale(scale, monkeypa
                      torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(-1, 2)])
     qb, kb = prf_bias_factors(mu, sigma, pos)
     gout = torch.randn(B, H, Lq, D, generator=g, dtype=torch.float64)
-    ref = qb.double().requires_grad_()
-    rout, _ = reference_attention(q.double(), k.double(), v.double(), q_bias=ref,
-                                  k_bias=kb.double())
-    (rout * gout).sum().backward()
     seen = _record_launches(monkeypatch)
     errs = []
-    for s in (1.0, scale):
+    for s in ([float(x > 0) for x in scales], scales):  # the same batches at scale 1 first
+        gs = gout * torch.tensor(s, dtype=torch.float64)[:, None, None, None]
+        ref = qb.double().requires_grad_()
+        rout, _ = reference_attention(q.double(), k.double(), v.double(), q_bias=ref,
+                                      k_bias=kb.double())
+        (rout * gs).sum().backward()
         leaf = qb.detach().to(DEV, copy=True).requires_grad_()
         # q, k, v learned too: the fused pass runs when dq and dk/dv are wanted
         qkv = [t.to(DEV, dtype).requires_grad_() for t in (q, k, v)]
         out = attention(*qkv, q_bias=leaf, k_bias=kb.to(DEV))
-        (out.double() * (gout * s).to(DEV)).sum().backward()
-        errs.append(_rel(leaf.grad / s, ref.grad))
+        (out.double() * gs.to(DEV)).sum().backward()
+        errs.append(_rel(leaf.grad, ref.grad))
     assert _bwd_kv.bwd_kv_dq in seen
     assert errs[0] <= TOL[torch.bfloat16], errs  # fp16 dS: ~1e-4 even from float32 inputs
     assert errs[1] <= 1.5 * errs[0], errs

@@ -15,9 +15,9 @@ bias whose query factor is shared by the batch (the pRF prior) it also adds dq_b
 to an (H, Lq, R) buffer the same way: an fp16 dot of dS times a power of two per (head, query)
 (the pre-pass's smallest over the batch, so fp16's range holds any gradient scale; the host
 divides the sum by it) with the key factor split into fp16 high and low parts, its two column
-halves folded in registers. The batches' query sweeps start
-at different offsets so the programs that run together reduce into different rows. The order of
-the fp32 additions varies, so dq is not bitwise repeatable;
+halves folded in registers. The batches' query sweeps start at different offsets so the
+programs that run together reduce into different rows. The order of the fp32 additions varies,
+so dq is not bitwise repeatable;
 ``torch.use_deterministic_algorithms(True)`` keeps the separate dq pass.
 """
 

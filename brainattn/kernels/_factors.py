@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from brainattn.kernels._tile import split_f16
 from brainattn.kernels._tiling import cdiv
 
 _ROWS = 256  # rows of a factor per program
@@ -20,8 +21,8 @@ _ROWS = 256  # rows of a factor per program
 @triton.jit
 def _split_kernel(F, S, OUT, n, R: tl.constexpr, KAUG: tl.constexpr, QUERY: tl.constexpr,
                   ROWS: tl.constexpr):
-    """OUT (n, KAUG) fp16 = [hi, hi, lo, 0] (QUERY) or [hi, lo, hi, 0] of x = F (n, R) * S (R,),
-    hi = fp16(x), lo = fp16(x - hi)."""
+    """OUT (n, KAUG) fp16 = [hi, hi, lo, 0] (QUERY) or [hi, lo, hi, 0] of x = F (n, R) * S (R,)
+    (``_tile.split_f16``)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, KAUG)
     part = cols // R  # 0, 1, 2: the three copies; 3+: padding
@@ -29,8 +30,7 @@ def _split_kernel(F, S, OUT, n, R: tl.constexpr, KAUG: tl.constexpr, QUERY: tl.c
     m = (rows < n)[:, None] & (part < 3)[None, :]
     x = tl.load(F + rows[:, None] * R + src[None, :], mask=m, other=0.0)
     x = x * tl.load(S + src, mask=part < 3, other=0.0)[None, :]
-    hi = x.to(tl.float16)
-    lo = (x - hi.to(tl.float32)).to(tl.float16)
+    hi, lo = split_f16(x)
     lo_part = 2 if QUERY else 1
     y = tl.where((part == lo_part)[None, :], lo, hi)
     tl.store(OUT + rows[:, None] * KAUG + cols[None, :], y, mask=(rows < n)[:, None])

@@ -118,6 +118,14 @@ def _factor_halves(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: t
 
 
 @triton.jit
+def split_f16(x):
+    """fp32 x as fp16 high part and remainder: hi = fp16(x), lo = fp16(x - hi), so hi + lo
+    holds x to ~2^-22 of |x| (for |x| inside fp16's normal range)."""
+    hi = x.to(tl.float16)
+    return hi, (x - hi.to(tl.float32)).to(tl.float16)
+
+
+@triton.jit
 def factor_tile(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl.constexpr):
     """A low-rank factor's rows ``offs_r`` as the (rows, GW) fp32 right operand of its
     gradient dot: columns [0, R) the factor rounded down to tf32 (10 mantissa bits), columns
@@ -145,9 +153,7 @@ def factor_tile_h(F, f_off, offs_r, mask_r, s_r, s_c, RANK: tl.constexpr, GW: tl
     f, first = _factor_halves(F, f_off, offs_r, mask_r, s_r, s_c, RANK, GW)
     m = tl.max(tl.abs(f), 0)  # (GW,): column c and c + GW/2 hold the same maximum
     e = tl.ceil(tl.log2(tl.where(m > 0, m, 1.0)))  # an empty column: g = 1
-    x = f * tl.exp2(-e)[None, :]
-    hi = x.to(tl.float16)
-    lo = (x - hi.to(tl.float32)).to(tl.float16)
+    hi, lo = split_f16(f * tl.exp2(-e)[None, :])
     ginv = tl.max(tl.reshape(tl.exp2(e), [2, GW // 2]), 0)
     return tl.where(first, hi, lo), ginv
 
